@@ -1,0 +1,59 @@
+"""Shared defaults: every experiment config starts from these."""
+
+import ml_collections
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+  """The paper's CIFAR-10 hyperparameters; experiments override fields."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "cifar10"  # 'digits' or a tfds dataset name
+  config.data.split = "train"
+  config.data.image_size = 32
+  config.data.channels = 3
+  config.data.random_flip = True
+  config.data.data_dir = ""  # tfds data_dir; '' = tfds default
+
+  config.model = ml_collections.ConfigDict()
+  config.model.ch = 128
+  config.model.ch_mult = (1, 2, 2, 2)
+  config.model.num_res_blocks = 2
+  config.model.attn_resolutions = (16,)
+  config.model.dropout = 0.1
+  config.model.resamp_with_conv = True
+  config.model.num_groups = 32
+  config.model.norm_eps = 1e-6
+  config.model.dtype = "float32"
+
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.schedule = "linear"  # see ddpm_jax.schedules
+  config.diffusion.num_timesteps = 1000
+  config.diffusion.beta_start = 1e-4
+  config.diffusion.beta_end = 0.02
+
+  config.sampling = ml_collections.ConfigDict()
+  config.sampling.variance = "fixedlarge"  # or 'fixedsmall'
+  config.sampling.mean_from = "x0"  # or 'eps' (eq. 11)
+  config.sampling.clip_denoised = True
+  config.sampling.num_samples = 64  # grid drawn at each sample_every
+  config.sampling.batch_size = 64
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 2e-4
+  config.optim.warmup_steps = 5000
+  config.optim.grad_clip = 1.0
+  config.optim.beta1 = 0.9
+  config.optim.beta2 = 0.999
+  config.optim.eps = 1e-8
+
+  config.training = ml_collections.ConfigDict()
+  config.training.batch_size = 128
+  config.training.num_steps = 800_000
+  config.training.ema_decay = 0.9999
+  config.training.log_every = 100
+  config.training.checkpoint_every = 10_000
+  config.training.sample_every = 50_000  # 0: only at the end
+  config.training.max_to_keep = 3
+  return config

@@ -1,0 +1,63 @@
+"""The reverse process: Algorithm 2 as one ``lax.scan`` under ``jax.jit``.
+
+The loop body is traced and compiled once, whatever T. The noise of step t
+is drawn from ``fold_in(key, t)``, so a chain is reproducible from its key.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from ddpm_jax.diffusion import ApplyFn, p_step_from_eps
+from ddpm_jax.schedules import DiffusionSchedule
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "apply_fn", "shape", "clip_denoised", "variance", "mean_from",
+    "return_every"))
+def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
+           key: jax.Array, shape: Tuple[int, ...], *,
+           clip_denoised: bool = True, variance: str = "fixedsmall",
+           mean_from: str = "x0", return_every: int = 0
+           ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+  """Draws ``shape`` (B, H, W, C) samples: x_T ~ N(0, I), then T steps.
+
+  With ``return_every=k`` (k must divide T) the trajectory is returned too:
+  ``{'x_t': [T/k, ...], 'x0': [T/k, ...], 't': [T/k]}``: after the steps
+  at indices t = T-k, T-2k, ..., 0, the state that step produced and the x_0
+  it predicted.
+  Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
+  """
+  num_t = schedule.num_timesteps
+  key_init, key_loop = jax.random.split(key)
+  x_init = jax.random.normal(key_init, shape, jnp.float32)
+
+  def step(x, t):
+    t_vec = jnp.full((shape[0],), t, jnp.int32)
+    eps = apply_fn(params, x, t_vec, None).astype(jnp.float32)
+    noise = jax.random.normal(jax.random.fold_in(key_loop, t), shape,
+                              jnp.float32)
+    x_prev, x0 = p_step_from_eps(schedule, x, t, eps, noise,
+                                 clip_denoised=clip_denoised,
+                                 variance=variance, mean_from=mean_from)
+    return x_prev, x0
+
+  timesteps = jnp.arange(num_t - 1, -1, -1, dtype=jnp.int32)
+  if not return_every:
+    x, _ = jax.lax.scan(lambda x, t: (step(x, t)[0], None), x_init, timesteps)
+    return x, {}
+
+  if num_t % return_every:
+    raise ValueError(f"return_every={return_every} must divide T={num_t}")
+
+  def chunk(x, ts):
+    x, x0s = jax.lax.scan(lambda x, t: step(x, t), x, ts)
+    return x, (x, x0s[-1], ts[-1])
+
+  x, (xs, x0s, ts) = jax.lax.scan(
+      chunk, x_init, timesteps.reshape(num_t // return_every, return_every))
+  return x, {"x_t": xs, "x0": x0s, "t": ts}

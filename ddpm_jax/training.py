@@ -1,0 +1,250 @@
+"""Training: the train state, one optimisation step, and the training loop.
+
+Structured as the flax examples: :func:`create_train_state`,
+:func:`train_step` (jitted, pure) and :func:`train_and_evaluate`. The step's
+randomness is ``fold_in(PRNGKey(seed), step)``, so every step is
+reproducible and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from typing import Any, Dict, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ddpm_jax import checkpoints, data, images
+from ddpm_jax.diffusion import MEAN_ROUTES, VARIANCES, loss_fn
+from ddpm_jax.models.unet import UNet, eps_fn, unet_from_config
+from ddpm_jax.sampling import sample
+from ddpm_jax.schedules import (DiffusionSchedule, beta_schedule_names,
+                                schedule_from_config)
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the field and the fix."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Step, parameters, their EMA and the optimizer state (all checkpointed)."""
+  step: jnp.ndarray
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`ConfigError` naming the first invalid field."""
+  checks = [
+      ("training.batch_size", config.training.batch_size > 0, "a positive int"),
+      ("training.num_steps", config.training.num_steps > 0, "a positive int"),
+      ("training.ema_decay", 0.0 <= config.training.ema_decay < 1.0,
+       "in [0, 1)"),
+      ("training.log_every", config.training.log_every > 0, "a positive int"),
+      ("training.checkpoint_every", config.training.checkpoint_every > 0,
+       "a positive int"),
+      ("training.sample_every", config.training.sample_every >= 0,
+       ">= 0 (0: only at the end)"),
+      ("optim.learning_rate", config.optim.learning_rate > 0, "positive"),
+      ("optim.warmup_steps", config.optim.warmup_steps >= 0, ">= 0"),
+      ("diffusion.num_timesteps", config.diffusion.num_timesteps > 0,
+       "a positive int"),
+      ("diffusion.schedule", config.diffusion.schedule in beta_schedule_names(),
+       f"one of {beta_schedule_names()}"),
+      ("sampling.variance", config.sampling.variance in VARIANCES,
+       f"one of {VARIANCES}"),
+      ("sampling.mean_from", config.sampling.mean_from in MEAN_ROUTES,
+       f"one of {MEAN_ROUTES}"),
+      ("sampling.num_samples", config.sampling.num_samples > 0,
+       "a positive int"),
+      ("sampling.batch_size", config.sampling.batch_size > 0, "a positive int"),
+      ("data.image_size", config.data.image_size > 0, "a positive int"),
+      ("model.ch", config.model.ch > 0 and
+       config.model.ch % config.model.num_groups == 0,
+       f"a positive multiple of model.num_groups={config.model.num_groups}"),
+  ]
+  for field, ok, want in checks:
+    if not ok:
+      value = config
+      for part in field.split("."):
+        value = value[part]
+      raise ConfigError(f"config field {field}={value!r} is invalid: "
+                        f"set --config.{field} to {want}")
+  levels = len(config.model.ch_mult)
+  if config.data.image_size % (2**(levels - 1)):
+    raise ConfigError(
+        f"config field data.image_size={config.data.image_size} must be "
+        f"divisible by 2**(len(model.ch_mult) - 1) = {2**(levels - 1)}")
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> DiffusionSchedule:
+  """The diffusion tables of ``config.diffusion``."""
+  d = config.diffusion
+  kwargs = {}
+  if d.schedule in ("linear", "quad", "warmup10", "warmup50",
+                    "sigmoid_geodiff"):
+    kwargs = dict(beta_start=d.beta_start, beta_end=d.beta_end)
+  elif d.schedule == "const":
+    kwargs = dict(beta_end=d.beta_end)
+  return schedule_from_config(d.schedule, d.num_timesteps,
+                              d.get("betas", None), **kwargs)
+
+
+def make_model(config: ml_collections.ConfigDict) -> UNet:
+  """The U-Net of ``config.model`` for ``config.data``'s channel count."""
+  return unet_from_config(config.model, config.data.channels)
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+  """Adam with linear warmup (lr * min(1, step / warmup), as the original)
+  after clipping the gradient's global norm."""
+  o = config.optim
+  warmup = max(int(o.warmup_steps), 0)
+
+  def lr_schedule(step):
+    if warmup == 0:
+      return jnp.asarray(o.learning_rate, jnp.float32)
+    return o.learning_rate * jnp.minimum(1.0, step / warmup)
+
+  chain = []
+  if o.grad_clip and o.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(o.grad_clip))
+  chain.append(optax.adam(lr_schedule, b1=o.beta1, b2=o.beta2, eps=o.eps))
+  return optax.chain(*chain)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: UNet,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Fresh parameters from ``config.seed``; EMA starts equal to them."""
+  size, ch = config.data.image_size, config.data.channels
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x1417)
+  params = jax.jit(model.init)(key, jnp.zeros((1, size, size, ch)),
+                               jnp.zeros((1,), jnp.int32))["params"]
+  return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                    opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch: jnp.ndarray,
+               schedule: DiffusionSchedule, *, apply_fn, tx, ema_decay: float,
+               seed: int) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
+  """One Adam step on L_simple and one EMA update. Pure; jit it with
+  ``apply_fn``, ``tx``, ``ema_decay`` and ``seed`` bound."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+  key_loss, key_dropout = jax.random.split(key)
+
+  def objective(params):
+    return loss_fn(params, apply_fn, schedule, batch, key_loss,
+                   dropout_rng=key_dropout)
+
+  loss, grads = jax.value_and_grad(objective)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = jax.tree_util.tree_map(
+      lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params,
+      params)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            ema_params=ema, opt_state=opt_state)
+  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
+             schedule: DiffusionSchedule, num: int, batch_size: int,
+             seed: int) -> np.ndarray:
+  """``num`` samples in [-1, 1] as a NumPy array, ``batch_size`` at a time;
+  batch i uses ``fold_in(PRNGKey(seed), i)``."""
+  size, ch = config.data.image_size, config.data.channels
+  s = config.sampling
+  out = []
+  for i in range(int(math.ceil(num / batch_size))):
+    x, _ = sample(params, eps_fn(model), schedule,
+                  jax.random.fold_in(jax.random.PRNGKey(seed), i),
+                  (batch_size, size, size, ch),
+                  clip_denoised=bool(s.clip_denoised), variance=s.variance,
+                  mean_from=s.mean_from)
+    out.append(np.asarray(x))
+  return np.concatenate(out)[:num]
+
+
+def _write_grid(config, model, state, schedule, workdir, step) -> str:
+  n = config.sampling.num_samples
+  x = generate(config, model, state.ema_params, schedule, n,
+               min(n, config.sampling.batch_size), seed=config.seed)
+  prefix = os.path.join(workdir, "samples", f"step_{step:08d}")
+  images.write_samples(prefix, x, images.display_scale(config.data.image_size))
+  return prefix + ".png"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainState:
+  """Trains (resuming from ``workdir``'s latest checkpoint), checkpoints and
+  writes EMA sample grids to ``workdir/samples``."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  model, tx, schedule = make_model(config), make_optimizer(config), \
+      make_schedule(config)
+  manager = checkpoints.checkpoint_manager(workdir,
+                                           config.training.max_to_keep)
+  state = create_train_state(config, model, tx)
+  restored = checkpoints.restore_latest(manager, state)
+  if restored is not None:
+    state = restored
+    print(f"Resuming from {workdir} at step {int(state.step)}.")
+  checkpoints.write_config(workdir, config)
+
+  start, total = int(state.step), int(config.training.num_steps)
+  step_fn = jax.jit(functools.partial(
+      train_step, apply_fn=eps_fn(model), tx=tx,
+      ema_decay=float(config.training.ema_decay), seed=int(config.seed)),
+                    donate_argnums=(0,))
+  batches = data.create_input_iter(config, start_step=start)
+  writer = _summary_writer(workdir)
+  bs, t0, last = config.training.batch_size, time.time(), start
+  bar = tqdm(total=total, initial=start, desc="train", unit="step",
+             dynamic_ncols=True, mininterval=2.0)
+  for step in range(start, total):
+    state, metrics = step_fn(state, jnp.asarray(next(batches)), schedule)
+    done = step + 1
+    if done % config.training.log_every == 0 or done == total:
+      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(m["loss"]):
+        raise FloatingPointError(f"loss is {m['loss']} at step {done}; no "
+                                 f"checkpoint was written for it")
+      dt = time.time() - t0
+      m["img_per_s"] = (done - last) * bs / max(dt, 1e-9)
+      t0, last = time.time(), done
+      bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['img_per_s']:.0f}")
+      if writer is not None:
+        for k, v in m.items():
+          writer.add_scalar(f"train/{k}", v, done)
+    bar.update(1)
+    if done % config.training.checkpoint_every == 0 or done == total:
+      checkpoints.save(manager, done, state)
+    every = config.training.sample_every
+    if (every and done % every == 0) or done == total:
+      path = _write_grid(config, model, state, schedule, workdir, done)
+      bar.write(f"step {done}: wrote {path}")
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  if writer is not None:
+    writer.close()
+  return state
+
+
+def _summary_writer(workdir: str):
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -1,0 +1,64 @@
+"""A toy eps-model written twice, in JAX and in PyTorch, with the same
+weights: the parity tests push the same x_t and t through both so that the
+diffusion formulas are compared on identical model outputs.
+
+eps(x, t) = tanh(x * w_c + b_c * t / 1000 + x_mean * u_c), per channel c,
+where x_mean is the per-example mean of x (so pixels interact).
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def toy_weights(channels: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  return {k: rng.normal(size=channels).astype(np.float32)
+          for k in ("w", "b", "u")}
+
+
+def toy_apply_jax(params, x_t, t, dropout_rng=None):
+  """NHWC JAX version; matches :class:`ToyTorchModel`."""
+  del dropout_rng
+  t = jnp.asarray(t, jnp.float32).reshape(-1, 1, 1, 1)
+  mean = jnp.mean(x_t, axis=(1, 2, 3), keepdims=True)
+  return jnp.tanh(x_t * params["w"] + params["b"] * t / 1000.0 +
+                  mean * params["u"])
+
+
+def make_torch_model(torch, params, channels: int):
+  """NCHW PyTorch version, with the attributes lucidrains' GaussianDiffusion
+  reads (channels, out_dim, self_condition)."""
+
+  class ToyTorchModel(torch.nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.channels = channels
+      self.out_dim = channels
+      self.self_condition = False
+      for k, v in params.items():
+        self.register_buffer(k, torch.from_numpy(np.asarray(v)).view(
+            1, -1, 1, 1))
+
+    def forward(self, x, t, x_self_cond=None):
+      del x_self_cond
+      t = t.to(torch.float32).view(-1, 1, 1, 1)
+      mean = x.mean(dim=(1, 2, 3), keepdim=True)
+      return torch.tanh(x * self.w + self.b * t / 1000.0 + mean * self.u)
+
+  return ToyTorchModel()
+
+
+def nchw(x):
+  return np.ascontiguousarray(np.transpose(np.asarray(x), (0, 3, 1, 2)))
+
+
+def nhwc(x):
+  return np.ascontiguousarray(np.transpose(np.asarray(x), (0, 2, 3, 1)))
+
+
+def assert_close(actual, desired, rtol=1e-5, atol=1e-6, err_msg=""):
+  """Elementwise |a - d| <= atol + rtol * |d| (numpy's assert_allclose)."""
+  np.testing.assert_allclose(np.asarray(actual, np.float64),
+                             np.asarray(desired, np.float64), rtol=rtol,
+                             atol=atol, err_msg=err_msg)
