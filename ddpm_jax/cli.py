@@ -7,6 +7,8 @@ import sys
 from typing import NoReturn
 
 from absl import app
+from absl import flags
+from absl import logging
 
 # Errors whose message is written for the user: printed as one line.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError)
@@ -18,20 +20,51 @@ def fail(message: str) -> NoReturn:
   sys.exit(1)
 
 
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
 @contextlib.contextmanager
 def errors_as_one_line():
   """Turns the user-facing errors raised inside into :func:`fail`."""
   try:
     yield
   except USER_ERRORS as e:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    fail(msg)
+    fail(_first_line(e))
 
 
 def run(main) -> int:
   """``absl.app.run(main)`` with flag errors reduced to one line."""
+  def quiet_main(argv):
+    # Orbax logs every save at INFO; keep the console to progress and errors.
+    logging.set_verbosity(logging.WARNING)
+    return main(argv)
+
+  def parse_flags(argv):
+    try:
+      rest = flags.FLAGS(argv)
+    except flags.Error as e:
+      fail(f"{_first_line(e)} (see --helpshort)")
+    except (AttributeError, KeyError) as e:
+      overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+      fail(f"unknown config field {_first_line(e)} in {', '.join(overrides)}:"
+           f" check the name against the config file")
+    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+      try:
+        flags.FLAGS.config.keys()  # a config that failed to load raises
+      except OSError as e:
+        path = flags.FLAGS["config"].config_filename
+        reason = str(e).strip().splitlines()[-1].strip()
+        reason = reason.split("] ", 1)[-1]  # drop "[Errno 2] "
+        fail(f"cannot load config file {path!r}: {reason} (give an existing "
+             f"file such as configs/digits.py)")
+    return rest
+
   try:
-    app.run(main)
+    app.run(quiet_main, flags_parser=parse_flags)
   except SystemExit as e:
+    if e.code is None:
+      return 0
     return e.code if isinstance(e.code, int) else 1
   return 0

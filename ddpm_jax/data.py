@@ -117,8 +117,7 @@ def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
                           antialias=True)
     return tf.cast(img, tf.float32) / 127.5 - 1.0
 
-  def flip(step_and_img):
-    i, img = step_and_img
+  def flip(i, img):
     seeds = tf.stack([tf.cast(seed, tf.int64), i])
     return tf.image.stateless_random_flip_left_right(img, seeds)
 
@@ -127,7 +126,7 @@ def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
   if random_flip:
     ds = ds.enumerate().map(flip, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True).skip(start_step)
-  return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def create_input_iter(config, start_step: int = 0) -> Iterator[np.ndarray]:

@@ -62,3 +62,23 @@ def assert_close(actual, desired, rtol=1e-5, atol=1e-6, err_msg=""):
   np.testing.assert_allclose(np.asarray(actual, np.float64),
                              np.asarray(desired, np.float64), rtol=rtol,
                              atol=atol, err_msg=err_msg)
+
+
+def assert_close_to_terms(actual, desired, term_scale, rtol=1e-5,
+                          err_msg=""):
+  """|a - d| <= rtol * term_scale, elementwise.
+
+  For a value computed as a sum of large terms that cancel (x0 from eps at
+  large t is 1/sqrt(abar) * x_t - sqrt(1/abar - 1) * eps, with terms ~100x
+  the result), float32 rounding is relative to the terms' magnitudes
+  ``term_scale``, not to the result; this is the 1e-5 relative bound stated
+  against them.
+  """
+  a, d = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+  bad = np.abs(a - d) > rtol * np.asarray(term_scale, np.float64) + 1e-7
+  if bad.any():
+    i = np.argmax(np.abs(a - d) - rtol * term_scale)
+    raise AssertionError(
+        f"{err_msg}: {bad.sum()} of {bad.size} beyond {rtol} x term scale; "
+        f"worst at flat index {i}: {a.flat[i]} vs {d.flat[i]} (scale "
+        f"{np.asarray(term_scale).flat[i]})")

@@ -1,0 +1,70 @@
+"""The lax.scan sampler: equals repeated p_sample_step, compiles once."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddpm_jax import diffusion, schedules
+from ddpm_jax.sampling import sample
+from tests.reference_models import assert_close, toy_apply_jax, toy_weights
+
+SHAPE = (3, 4, 4, 2)
+
+
+def toy():
+  return {k: jnp.asarray(v) for k, v in toy_weights(2).items()}
+
+
+def test_scan_equals_step_by_step_chain():
+  sched = schedules.make_schedule(schedules.get_betas("linear", 20, beta_end=0.2))
+  key = jax.random.PRNGKey(4)
+  x, traj = sample(toy(), toy_apply_jax, sched, key, SHAPE, return_every=5,
+                   variance="fixedsmall")
+  key_init, key_loop = jax.random.split(key)
+  y = jax.random.normal(key_init, SHAPE)
+  states, x0s = {}, {}
+  for t in range(19, -1, -1):
+    noise = jax.random.normal(jax.random.fold_in(key_loop, t), SHAPE)
+    y, x0 = diffusion.p_sample_step(toy(), toy_apply_jax, sched, y, t,
+                                    noise=noise, variance="fixedsmall")
+    states[t], x0s[t] = y, x0
+  assert_close(x, y)
+  np.testing.assert_array_equal(traj["t"], [15, 10, 5, 0])
+  for i, t in enumerate([15, 10, 5, 0]):
+    assert_close(traj["x_t"][i], states[t])
+    assert_close(traj["x0"][i], x0s[t])
+  # Same key, same samples; without the trajectory, same final x.
+  x2, empty = sample(toy(), toy_apply_jax, sched, key, SHAPE,
+                     variance="fixedsmall")
+  assert empty == {}
+  np.testing.assert_array_equal(x, x2)
+
+
+def _compile_seconds(num_timesteps):
+  sched = schedules.make_schedule(schedules.get_betas("linear", num_timesteps))
+  start = time.perf_counter()
+  sample.lower(toy(), toy_apply_jax, sched, jax.random.PRNGKey(0),
+               SHAPE).compile()
+  return time.perf_counter() - start
+
+
+def test_sampler_compiles_once_whatever_t():
+  # The persistent cache would hide compile time: turn it off here.
+  prev = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    _compile_seconds(7)  # warm up tracing machinery
+    short = min(_compile_seconds(10) for _ in range(2))
+    long = min(_compile_seconds(1000) for _ in range(2))
+  finally:
+    jax.config.update("jax_enable_compilation_cache", prev)
+  assert long < 2 * short, (short, long)
+  # And the program does not grow with T: one model call in the loop body.
+  s10 = schedules.make_schedule(schedules.get_betas("linear", 10))
+  s1000 = schedules.make_schedule(schedules.get_betas("linear", 1000))
+  count = lambda s: str(jax.make_jaxpr(
+      lambda p, k: sample(p, toy_apply_jax, s, k, SHAPE))(
+          toy(), jax.random.PRNGKey(0))).count("tanh")
+  assert count(s10) == count(s1000) == 1
