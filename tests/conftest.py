@@ -13,6 +13,14 @@ CACHE_DIR = os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Import the PyTorch references before anything loads TensorFlow (tfds
+# tests): importing torch's triton after TensorFlow segfaults.
+for _name in ("torch", "diffusers", "denoising_diffusion_pytorch"):
+  try:
+    __import__(_name)
+  except ImportError:
+    pass
+
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update("jax_default_matmul_precision", "highest")
