@@ -29,9 +29,9 @@ def get_config():
   config.optim.warmup_steps = 200
 
   config.training.batch_size = 64
-  config.training.num_steps = 2000
+  config.training.num_steps = 1500
   config.training.ema_decay = 0.995  # short run: a long EMA would keep the init
   config.training.log_every = 50
-  config.training.checkpoint_every = 1000
+  config.training.checkpoint_every = 500
   config.training.sample_every = 0
   return config

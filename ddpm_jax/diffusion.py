@@ -143,8 +143,9 @@ def p_step_from_eps(schedule: DiffusionSchedule, x_t: Array, t: Array,
     raise ValueError(f"unknown mean_from {mean_from!r}; choose one of "
                      f"{MEAN_ROUTES}")
   log_var = p_log_variance(schedule, t, x_t.shape, variance)
-  nonzero = extract((jnp.arange(schedule.num_timesteps) > 0).astype(
-      x_t.dtype), t, x_t.shape)
+  t = jnp.asarray(t)
+  nonzero = (t > 0).astype(x_t.dtype).reshape(
+      t.shape + (1,) * (x_t.ndim - t.ndim))
   return mean + nonzero * jnp.exp(0.5 * log_var) * noise, x0
 
 

@@ -22,6 +22,7 @@ ddpm-jax               diffusers ``beta_schedule``            lucidrains ``beta_
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Dict, Optional, Sequence
 
@@ -66,17 +67,14 @@ def quad_betas(num_timesteps: int, beta_start: float = 1e-4,
 
 
 @register_beta_schedule("const")
-def const_betas(num_timesteps: int, beta_end: float = 0.02,
-                **unused) -> np.ndarray:
+def const_betas(num_timesteps: int, beta_end: float = 0.02) -> np.ndarray:
   """Every beta equals ``beta_end`` (original code)."""
-  del unused
   return np.full(num_timesteps, beta_end, dtype=np.float64)
 
 
 @register_beta_schedule("jsd")
-def jsd_betas(num_timesteps: int, **unused) -> np.ndarray:
+def jsd_betas(num_timesteps: int) -> np.ndarray:
   """1/T, 1/(T-1), ..., 1 (original code, after Sohl-Dickstein et al.)."""
-  del unused
   return 1.0 / np.linspace(num_timesteps, 1, num_timesteps, dtype=np.float64)
 
 
@@ -114,9 +112,8 @@ def betas_from_alphas_cumprod(alphas_cumprod: np.ndarray,
 
 @register_beta_schedule("cosine")
 def cosine_betas(num_timesteps: int, s: float = 0.008,
-                 max_beta: float = 0.999, **unused) -> np.ndarray:
+                 max_beta: float = 0.999) -> np.ndarray:
   """Cosine alpha-bar of improved DDPM (Nichol & Dhariwal 2021, eq. 17)."""
-  del unused
   u = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
   abar = np.cos((u + s) / (1 + s) * math.pi / 2)**2
   return betas_from_alphas_cumprod(abar, max_beta)
@@ -134,10 +131,9 @@ def sigmoid_geodiff_betas(num_timesteps: int, beta_start: float = 1e-4,
 @register_beta_schedule("sigmoid_alphabar")
 def sigmoid_alphabar_betas(num_timesteps: int, start: float = -3.0,
                            end: float = 3.0, tau: float = 1.0,
-                           max_beta: float = 0.999, **unused) -> np.ndarray:
+                           max_beta: float = 0.999) -> np.ndarray:
   """Alpha-bar shaped as a falling sigmoid (Jabri et al. 2022; lucidrains
   ``sigmoid``)."""
-  del unused
   sig = lambda z: 1.0 / (1.0 + np.exp(-z))
   u = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
   v_start, v_end = sig(start / tau), sig(end / tau)
@@ -152,7 +148,14 @@ def get_betas(name: str, num_timesteps: int, **kwargs) -> np.ndarray:
                      f"{beta_schedule_names()} or pass betas directly")
   if int(num_timesteps) < 1:
     raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-  return _BETA_SCHEDULES[name](int(num_timesteps), **kwargs)
+  fn = _BETA_SCHEDULES[name]
+  accepted = [k for k in inspect.signature(fn).parameters
+              if k != "num_timesteps"]
+  unknown = sorted(set(kwargs) - set(accepted))
+  if unknown:
+    raise ValueError(f"beta schedule {name!r} takes no {unknown}; its "
+                     f"options are {accepted}")
+  return fn(int(num_timesteps), **kwargs)
 
 
 @flax.struct.dataclass
@@ -232,10 +235,25 @@ def make_schedule(betas: np.ndarray) -> DiffusionSchedule:
       **{k: jnp.asarray(v.astype(np.float32)) for k, v in tables.items()})
 
 
+def schedule_kwargs(name: str, **options) -> Dict[str, float]:
+  """The subset of ``options`` (e.g. a config's beta_start and beta_end) that
+  the registered schedule ``name`` takes; the rest do not apply to it."""
+  fn = _BETA_SCHEDULES.get(name)
+  if fn is None:
+    return {}
+  params = inspect.signature(fn).parameters
+  return {k: v for k, v in options.items()
+          if k in params and k != "num_timesteps" and v is not None}
+
+
 def schedule_from_config(name: str, num_timesteps: int,
                          betas: Optional[Sequence[float]] = None,
-                         **kwargs) -> DiffusionSchedule:
-  """Named schedule, or user-given ``betas`` (then ``name`` must be 'custom')."""
+                         **options) -> DiffusionSchedule:
+  """Named schedule, or user-given ``betas`` (then ``name`` must be 'custom').
+
+  ``options`` may hold settings of several schedules (a config's beta_start,
+  beta_end, ...); each schedule gets only those it takes.
+  """
   if betas is not None and len(betas):
     if name not in ("custom", None):
       raise ValueError("give either schedule.name or schedule.betas, not both "
@@ -245,4 +263,5 @@ def schedule_from_config(name: str, num_timesteps: int,
       raise ValueError(f"schedule.betas has {arr.size} entries but "
                        f"num_timesteps is {num_timesteps}")
     return make_schedule(arr)
-  return make_schedule(get_betas(name, num_timesteps, **kwargs))
+  return make_schedule(get_betas(name, num_timesteps,
+                                **schedule_kwargs(name, **options)))

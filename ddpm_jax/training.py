@@ -88,14 +88,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def make_schedule(config: ml_collections.ConfigDict) -> DiffusionSchedule:
   """The diffusion tables of ``config.diffusion``."""
   d = config.diffusion
-  kwargs = {}
-  if d.schedule in ("linear", "quad", "warmup10", "warmup50",
-                    "sigmoid_geodiff"):
-    kwargs = dict(beta_start=d.beta_start, beta_end=d.beta_end)
-  elif d.schedule == "const":
-    kwargs = dict(beta_end=d.beta_end)
   return schedule_from_config(d.schedule, d.num_timesteps,
-                              d.get("betas", None), **kwargs)
+                              d.get("betas", None),
+                              beta_start=d.get("beta_start", None),
+                              beta_end=d.get("beta_end", None))
 
 
 def make_model(config: ml_collections.ConfigDict) -> UNet:

@@ -72,6 +72,22 @@ def test_custom_betas_and_errors():
     schedules.make_schedule(np.array([0.1, 0.0]))
 
 
+def test_config_options_reach_only_the_schedules_that_take_them():
+  # A config carries beta_start/beta_end for every schedule; cosine takes
+  # neither, const only beta_end.
+  opts = dict(beta_start=1e-3, beta_end=0.05)
+  cos = schedules.schedule_from_config("cosine", 50, **opts)
+  assert_close(cos.betas, schedules.get_betas("cosine", 50).astype(np.float32),
+               rtol=0)
+  const = schedules.schedule_from_config("const", 50, **opts)
+  assert np.all(np.asarray(const.betas) == np.float32(0.05))
+  lin = schedules.schedule_from_config("linear", 50, **opts)
+  assert_close(lin.betas, np.linspace(1e-3, 0.05, 50).astype(np.float32),
+               rtol=0)
+  with pytest.raises(ValueError, match=r"'cosine' takes no \['beta_start'\]"):
+    schedules.get_betas("cosine", 50, beta_start=1e-3)
+
+
 # --- diffusers DDPMScheduler ---------------------------------------------
 
 DIFFUSERS_NAMES = [("linear", "linear"), ("quad", "scaled_linear"),
