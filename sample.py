@@ -1,8 +1,11 @@
-"""Draws samples from a trained run: python sample.py --workdir DIR.
+"""Draws samples: python sample.py --workdir DIR, or --model PATH.
 
-Loads the workdir's config and latest checkpoint (EMA parameters unless
---noema), runs the lax.scan sampler and writes OUT.png (a grid) and OUT.npz
-(uint8 images, key 'images').
+--workdir: a train.py run; its config and latest checkpoint (EMA parameters
+unless --noema). --model: a diffusers UNet2DModel directory (config.json +
+diffusion_pytorch_model.safetensors, with scheduler_config.json if present),
+such as google/ddpm-cifar10-32 downloaded once, or an original TF checkpoint
+(model.ckpt-NNNN, with --image_size). Runs the lax.scan sampler and writes
+OUT.png (a grid) and OUT.npz (uint8 images, key 'images').
 """
 
 import sys
@@ -13,24 +16,40 @@ from ddpm_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir.")
+flags.DEFINE_string("model", None, "A diffusers model directory or an "
+                    "original TF checkpoint prefix (instead of --workdir).")
+flags.DEFINE_integer("image_size", None, "Image size of a TF checkpoint "
+                     "(32 for CIFAR-10, 256 for CelebA-HQ/LSUN).")
+flags.DEFINE_string("variance", None, "Override the sampler variance: "
+                    "fixedsmall or fixedlarge.")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch_size", 64, "Samples drawn per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", None, "Output prefix (default: "
-                    "WORKDIR/samples/sample_seed<SEED>_step<STEP>).")
+                    "WORKDIR/samples/sample_seed<SEED>_step<STEP>, or "
+                    "samples/<MODEL NAME>_seed<SEED> for --model).")
 flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
                   "ones).")
-flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
+  if (FLAGS.workdir is None) == (FLAGS.model is None):
+    cli.fail("give exactly one of --workdir (a train.py run) and --model (a "
+             "diffusers model directory or TF checkpoint)")
   with cli.errors_as_one_line():
     from ddpm_jax import sampling_cli  # pylint: disable=g-import-not-at-top
-    path = sampling_cli.sample_from_workdir(
-        FLAGS.workdir, num=FLAGS.num, batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema)
+    if FLAGS.workdir is not None:
+      path = sampling_cli.sample_from_workdir(
+          FLAGS.workdir, num=FLAGS.num, batch_size=FLAGS.batch_size,
+          seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
+          variance=FLAGS.variance)
+    else:
+      path = sampling_cli.sample_from_model(
+          FLAGS.model, num=FLAGS.num, batch_size=FLAGS.batch_size,
+          seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
+          image_size=FLAGS.image_size, variance=FLAGS.variance)
   print(f"wrote {path}.png and {path}.npz")
 
 

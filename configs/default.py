@@ -1,6 +1,7 @@
 """Shared defaults: every experiment config starts from these."""
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_default_config() -> ml_collections.ConfigDict:
@@ -25,6 +26,15 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.model.resamp_with_conv = True
   config.model.num_groups = 32
   config.model.norm_eps = 1e-6
+  # Options of the same U-Net family (diffusers UNet2DModel options); these
+  # values are the paper's. attn_head_dim None: one head as wide as the
+  # block. downsample_padding 0: TF 'SAME' (0 before, 1 after); 1: 1 each
+  # side. act: of the residual blocks, swish/silu, mish, gelu or relu.
+  config.model.attn_head_dim = config_dict.placeholder(int)
+  config.model.flip_sin_to_cos = False
+  config.model.freq_shift = 1.0
+  config.model.downsample_padding = 0
+  config.model.act = "swish"
   config.model.dtype = "float32"
 
   config.diffusion = ml_collections.ConfigDict()

@@ -22,8 +22,8 @@ def get_config():
   config.model.dropout = 0.1
 
   config.sampling.variance = "fixedlarge"
-  config.sampling.num_samples = 100
-  config.sampling.batch_size = 100
+  config.sampling.num_samples = 49
+  config.sampling.batch_size = 49
 
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 200

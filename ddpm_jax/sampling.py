@@ -32,16 +32,44 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   it predicted.
   Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
   """
-  num_t = schedule.num_timesteps
   key_init, key_loop = jax.random.split(key)
   x_init = jax.random.normal(key_init, shape, jnp.float32)
+  noise_at = lambda t: jax.random.normal(jax.random.fold_in(key_loop, t),
+                                         shape, jnp.float32)
+  return _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
+                        clip_denoised, variance, mean_from, return_every)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "apply_fn", "clip_denoised", "variance", "mean_from"))
+def sample_with_noise(params: Any, apply_fn: ApplyFn,
+                      schedule: DiffusionSchedule, x_T: jnp.ndarray,
+                      noise: jnp.ndarray, *, clip_denoised: bool = True,
+                      variance: str = "fixedsmall", mean_from: str = "x0"
+                      ) -> jnp.ndarray:
+  """The reverse chain from a given x_T with given per-step noise:
+  ``noise[t]`` (shape of x_T) is the z of the step at index t (unused at
+  t = 0). For parity tests against other implementations; returns x_0."""
+  if noise.shape != (schedule.num_timesteps,) + x_T.shape:
+    raise ValueError(f"noise must have shape (T,) + x_T.shape = "
+                     f"{(schedule.num_timesteps,) + x_T.shape}, got "
+                     f"{noise.shape}")
+  x, _ = _reverse_chain(params, apply_fn, schedule,
+                        jnp.asarray(x_T, jnp.float32), lambda t: noise[t],
+                        clip_denoised, variance, mean_from, 0)
+  return x
+
+
+def _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
+                   clip_denoised, variance, mean_from, return_every):
+  """Algorithm 2 from ``x_init`` over t = T-1 .. 0 in one lax.scan."""
+  num_t = schedule.num_timesteps
+  batch = x_init.shape[0]
 
   def step(x, t):
-    t_vec = jnp.full((shape[0],), t, jnp.int32)
+    t_vec = jnp.full((batch,), t, jnp.int32)
     eps = apply_fn(params, x, t_vec, None).astype(jnp.float32)
-    noise = jax.random.normal(jax.random.fold_in(key_loop, t), shape,
-                              jnp.float32)
-    x_prev, x0 = p_step_from_eps(schedule, x, t, eps, noise,
+    x_prev, x0 = p_step_from_eps(schedule, x, t, eps, noise_at(t),
                                  clip_denoised=clip_denoised,
                                  variance=variance, mean_from=mean_from)
     return x_prev, x0
@@ -55,7 +83,7 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
     raise ValueError(f"return_every={return_every} must divide T={num_t}")
 
   def chunk(x, ts):
-    x, x0s = jax.lax.scan(lambda x, t: step(x, t), x, ts)
+    x, x0s = jax.lax.scan(step, x, ts)
     return x, (x, x0s[-1], ts[-1])
 
   x, (xs, x0s, ts) = jax.lax.scan(

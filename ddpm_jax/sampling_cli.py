@@ -6,22 +6,48 @@ import os
 from typing import Optional
 
 from ddpm_jax import checkpoints, images, training
+from ddpm_jax.interop import sources
+
+VARIANCES = ("fixedsmall", "fixedlarge")
 
 
-def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
-                        out: Optional[str] = None,
-                        use_ema: bool = True) -> str:
-  """Writes ``num`` samples of ``workdir``'s latest checkpoint; returns the
-  output prefix (``.png`` and ``.npz`` are appended)."""
+def _check_counts(num: int, batch_size: int) -> None:
   if num <= 0:
     raise ValueError(f"--num must be positive, got {num}")
   if batch_size <= 0:
     raise ValueError(f"--batch_size must be positive, got {batch_size}")
+
+
+def _apply_overrides(config, variance: Optional[str]) -> None:
+  if variance:
+    if variance not in VARIANCES:
+      raise ValueError(f"--variance must be one of {VARIANCES}, got "
+                       f"{variance!r}")
+    config.sampling.variance = variance
+
+
+def _draw_and_write(config, params, num: int, batch_size: int, seed: int,
+                    prefix: str) -> str:
+  x = training.generate(config, training.make_model(config), params,
+                        training.make_schedule(config), num,
+                        min(batch_size, num), seed)
+  images.write_samples(prefix, x, images.display_scale(config.data.image_size))
+  return prefix
+
+
+def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
+                        out: Optional[str] = None,
+                        use_ema: bool = True,
+                        variance: Optional[str] = None) -> str:
+  """Writes ``num`` samples of ``workdir``'s latest checkpoint; returns the
+  output prefix (``.png`` and ``.npz`` are appended)."""
+  _check_counts(num, batch_size)
   if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
     raise FileNotFoundError(
         f"{workdir!r} has no {checkpoints.CONFIG_FILE}: pass the --workdir of "
         f"a train.py run")
   config = checkpoints.read_config(workdir)
+  _apply_overrides(config, variance)
   manager = checkpoints.checkpoint_manager(workdir, read_only=True)
   if manager.latest_step() is None:
     raise FileNotFoundError(
@@ -33,9 +59,20 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
   manager.close()
   params = state.ema_params if use_ema else state.params
   step = int(state.step)
-  x = training.generate(config, model, params, training.make_schedule(config),
-                        num, min(batch_size, num), seed)
   prefix = out or os.path.join(workdir, "samples",
                                f"sample_seed{seed}_step{step}")
-  images.write_samples(prefix, x, images.display_scale(config.data.image_size))
-  return prefix
+  return _draw_and_write(config, params, num, batch_size, seed, prefix)
+
+
+def sample_from_model(path: str, num: int, batch_size: int, seed: int,
+                      out: Optional[str] = None, use_ema: bool = True,
+                      image_size: Optional[int] = None,
+                      variance: Optional[str] = None) -> str:
+  """Writes ``num`` samples of a diffusers model directory or an original
+  TF checkpoint; returns the output prefix."""
+  _check_counts(num, batch_size)
+  config, params, _ = sources.load_model(path, image_size, use_ema)
+  _apply_overrides(config, variance)
+  name = os.path.basename(os.path.normpath(path)) or "model"
+  prefix = out or os.path.join("samples", f"{name}_seed{seed}")
+  return _draw_and_write(config, params, num, batch_size, seed, prefix)

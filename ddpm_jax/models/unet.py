@@ -24,17 +24,42 @@ default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 zeros_init = nn.initializers.zeros
 
 
-def timestep_embedding(t: jnp.ndarray, dim: int,
+def timestep_embedding(t: jnp.ndarray, dim: int, *,
+                       flip_sin_to_cos: bool = False, freq_shift: float = 1.0,
                        max_period: float = 10000.0) -> jnp.ndarray:
-  """Sinusoidal embedding of integer timesteps (the Transformer's, Sec. 3.3):
-  [sin(t w_0..w_{d/2-1}), cos(...)] with w_i = max_period^(-i / (d/2 - 1))."""
+  """Sinusoidal embedding of integer timesteps (the Transformer's, Sec. 3.3).
+
+  [sin(t w_i), cos(t w_i)] with w_i = max_period^(-i / (d/2 - freq_shift)),
+  i = 0 .. d/2 - 1. The original code uses freq_shift=1 and sin first;
+  diffusers' ``Timesteps(dim, flip_sin_to_cos, downscale_freq_shift)`` is the
+  same function, and we compute the frequencies in its float32 operation
+  order so that imported models agree with it to the last bit of w_i.
+  """
   if dim % 2 or dim < 4:
     raise ValueError(f"timestep embedding dim must be even and >= 4, got {dim}")
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) / (half - 1) *
-                  jnp.arange(half, dtype=jnp.float32))
-  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
-  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+  freqs = jnp.exp(exponent / (half - freq_shift))
+  args = jnp.asarray(t).astype(jnp.float32)[:, None] * freqs[None, :]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  return jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos],
+                         axis=-1)
+
+
+ACTIVATIONS = {
+    "swish": nn.swish, "silu": nn.swish,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "relu": nn.relu,
+}
+
+
+def activation(name: str):
+  """The nonlinearity called ``name`` (swish/silu, mish, gelu, relu)."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; choose one of "
+                     f"{sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
 
 
 def _norm(num_groups: int, eps: float, name: str) -> nn.GroupNorm:
@@ -50,16 +75,18 @@ class ResnetBlock(nn.Module):
   dropout: float = 0.0
   num_groups: int = 32
   norm_eps: float = 1e-6
+  act: str = "swish"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, temb, train: bool = False):
-    h = nn.swish(_norm(self.num_groups, self.norm_eps, "norm1")(x))
+    act = activation(self.act)
+    h = act(_norm(self.num_groups, self.norm_eps, "norm1")(x))
     h = nn.Conv(self.out_ch, (3, 3), padding="SAME", kernel_init=default_init,
                 dtype=self.dtype, name="conv1")(h)
     h = h + nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
-                     name="temb_proj")(nn.swish(temb))[:, None, None, :]
-    h = nn.swish(_norm(self.num_groups, self.norm_eps, "norm2")(h))
+                     name="temb_proj")(act(temb))[:, None, None, :]
+    h = act(_norm(self.num_groups, self.norm_eps, "norm2")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), padding="SAME", kernel_init=zeros_init,
                 dtype=self.dtype, name="conv2")(h)
@@ -70,41 +97,58 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-  """Single-head self-attention over all H*W positions, residual."""
+  """Self-attention over all H*W positions, residual. One head of width C
+  (the paper's) unless ``head_dim`` splits C into C / head_dim heads."""
   num_groups: int = 32
   norm_eps: float = 1e-6
+  head_dim: Optional[int] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     b, hgt, wid, c = x.shape
+    head_dim = self.head_dim or c
+    if c % head_dim:
+      raise ValueError(f"attention head_dim {head_dim} does not divide the "
+                       f"{c} channels")
+    heads = c // head_dim
     h = _norm(self.num_groups, self.norm_eps, "norm")(x)
     dense = functools.partial(nn.Dense, c, kernel_init=default_init,
                               dtype=self.dtype)
-    q = dense(name="q")(h).reshape(b, hgt * wid, c)
-    k = dense(name="k")(h).reshape(b, hgt * wid, c)
-    v = dense(name="v")(h).reshape(b, hgt * wid, c)
-    w = jnp.einsum("bic,bjc->bij", q, k) * (c**-0.5)
+    shape = (b, hgt * wid, heads, head_dim)
+    q = dense(name="q")(h).reshape(shape)
+    k = dense(name="k")(h).reshape(shape)
+    v = dense(name="v")(h).reshape(shape)
+    w = jnp.einsum("bihd,bjhd->bhij", q, k) * (head_dim**-0.5)
     w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
-    h = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hgt, wid, c)
+    h = jnp.einsum("bhij,bjhd->bihd", w, v).reshape(b, hgt, wid, c)
     h = nn.Dense(c, kernel_init=zeros_init, dtype=self.dtype,
                  name="proj_out")(h)
     return x + h
 
 
 class Downsample(nn.Module):
-  """Stride-2 3x3 conv with TF 'SAME' padding on even sizes (0 before,
-  1 after), or 2x2 average pooling."""
+  """Stride-2 3x3 conv, or 2x2 average pooling.
+
+  ``padding=0`` pads as TF's 'SAME' does on even sizes (0 before, 1 after:
+  the original code, diffusers' ``downsample_padding=0``); ``padding=1``
+  pads 1 on both sides (diffusers' default).
+  """
   with_conv: bool = True
+  padding: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    if self.with_conv:
-      return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2),
-                     padding=((0, 1), (0, 1)), kernel_init=default_init,
-                     dtype=self.dtype, name="conv")(x)
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    if not self.with_conv:
+      return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    if self.padding not in (0, 1):
+      raise ValueError(f"downsample padding must be 0 or 1, got "
+                       f"{self.padding}")
+    pad = (0, 1) if self.padding == 0 else (1, 1)
+    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=(pad, pad),
+                   kernel_init=default_init, dtype=self.dtype,
+                   name="conv")(x)
 
 
 class Upsample(nn.Module):
@@ -126,7 +170,11 @@ class UNet(nn.Module):
 
   Attributes follow the original code: ``ch`` base width, ``ch_mult`` width
   multiplier per resolution level, ``num_res_blocks`` per level,
-  ``attn_resolutions`` the spatial sizes with attention.
+  ``attn_resolutions`` the spatial sizes with attention. The remaining
+  fields default to the paper's choices and exist to express other models
+  of the same family (diffusers ``UNet2DModel`` options): ``attn_head_dim``
+  (None: one head), ``flip_sin_to_cos``/``freq_shift`` of the timestep
+  embedding, ``downsample_padding`` and the residual blocks' ``act``.
   """
   ch: int = 128
   out_ch: int = 3
@@ -137,6 +185,11 @@ class UNet(nn.Module):
   resamp_with_conv: bool = True
   num_groups: int = 32
   norm_eps: float = 1e-6
+  attn_head_dim: Optional[int] = None
+  flip_sin_to_cos: bool = False
+  freq_shift: float = 1.0
+  downsample_padding: int = 0
+  act: str = "swish"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -148,11 +201,14 @@ class UNet(nn.Module):
                        f"2**(len(ch_mult) - 1) = {2**(levels - 1)}")
     block = functools.partial(ResnetBlock, dropout=self.dropout,
                               num_groups=self.num_groups,
-                              norm_eps=self.norm_eps, dtype=self.dtype)
+                              norm_eps=self.norm_eps, act=self.act,
+                              dtype=self.dtype)
     attn = functools.partial(AttnBlock, num_groups=self.num_groups,
-                             norm_eps=self.norm_eps, dtype=self.dtype)
+                             norm_eps=self.norm_eps,
+                             head_dim=self.attn_head_dim, dtype=self.dtype)
 
-    temb = timestep_embedding(t, self.ch)
+    temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos,
+                              freq_shift=self.freq_shift)
     temb = nn.Dense(self.ch * 4, kernel_init=default_init, name="temb_dense0")(
         temb)
     temb = nn.Dense(self.ch * 4, kernel_init=default_init, name="temb_dense1")(
@@ -169,8 +225,8 @@ class UNet(nn.Module):
           h = attn(name=f"down_{i}_attn_{j}")(h)
         hs.append(h)
       if i != levels - 1:
-        hs.append(Downsample(self.resamp_with_conv, self.dtype,
-                             name=f"down_{i}_downsample")(hs[-1]))
+        hs.append(Downsample(self.resamp_with_conv, self.downsample_padding,
+                             self.dtype, name=f"down_{i}_downsample")(hs[-1]))
 
     h = hs[-1]
     h = block(h.shape[-1], name="mid_block_1")(h, temb, train)
@@ -204,6 +260,11 @@ def unet_from_config(model_cfg, image_channels: int) -> UNet:
               resamp_with_conv=model_cfg.resamp_with_conv,
               num_groups=model_cfg.get("num_groups", 32),
               norm_eps=model_cfg.get("norm_eps", 1e-6),
+              attn_head_dim=model_cfg.get("attn_head_dim", None),
+              flip_sin_to_cos=model_cfg.get("flip_sin_to_cos", False),
+              freq_shift=model_cfg.get("freq_shift", 1.0),
+              downsample_padding=model_cfg.get("downsample_padding", 0),
+              act=model_cfg.get("act", "swish"),
               dtype=jnp.dtype(model_cfg.get("dtype", "float32")))
 
 

@@ -1,0 +1,132 @@
+"""diffusers ``DDPMScheduler`` configs <-> our schedule and sampler settings.
+
+diffusers computes its tables in float32 PyTorch; ours come from float64
+NumPy (see :mod:`ddpm_jax.schedules`), so the two agree to float32 rounding,
+not bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import ml_collections
+import numpy as np
+
+from ddpm_jax import schedules
+from ddpm_jax.interop import ConversionError
+
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+
+# diffusers beta_schedule -> ours (see the table in ddpm_jax.schedules).
+_FROM_DIFFUSERS = {"linear": "linear", "scaled_linear": "quad",
+                   "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid_geodiff"}
+_TO_DIFFUSERS = {v: k for k, v in _FROM_DIFFUSERS.items()}
+_VARIANCES = {"fixed_small": "fixedsmall", "fixed_small_log": "fixedsmall",
+              "fixed_large": "fixedlarge", "fixed_large_log": "fixedlarge"}
+# Options that only matter for settings we refuse, or for reduced-step
+# sampling (the DDPMScheduler's set_timesteps), which this sampler does not
+# do: the full chain ignores them.
+_NO_EFFECT = {"timestep_spacing", "steps_offset", "dynamic_thresholding_ratio",
+              "sample_max_value", "variance_type", "clip_sample",
+              "clip_sample_range", "prediction_type", "thresholding",
+              "rescale_betas_zero_snr", "num_train_timesteps", "beta_start",
+              "beta_end", "beta_schedule", "trained_betas"}
+
+
+def _refuse(field: str, value: Any, why: str) -> ConversionError:
+  return ConversionError(f"DDPMScheduler option {field}={value!r} is not "
+                         f"supported: {why}")
+
+
+def settings_from_scheduler_config(cfg: Dict[str, Any]
+                                   ) -> ml_collections.ConfigDict:
+  """``{'diffusion': ..., 'sampling': ...}`` config fields from a
+  ``DDPMScheduler`` config dict; refuses what our sampler cannot honour."""
+  cls = cfg.get("_class_name", "DDPMScheduler")
+  if cls != "DDPMScheduler":
+    raise ConversionError(f"scheduler _class_name is {cls!r}; only "
+                          f"DDPMScheduler configs are read")
+  for key, value in cfg.items():
+    if not key.startswith("_") and key not in _NO_EFFECT and value is not None:
+      raise _refuse(key, value, "unknown to this converter")
+  if cfg.get("prediction_type", "epsilon") != "epsilon":
+    raise _refuse("prediction_type", cfg["prediction_type"],
+                  "only epsilon-prediction models are supported yet")
+  if cfg.get("thresholding", False):
+    raise _refuse("thresholding", True, "dynamic thresholding is not "
+                  "implemented; set it to false")
+  if cfg.get("rescale_betas_zero_snr", False):
+    raise _refuse("rescale_betas_zero_snr", True,
+                  "zero-terminal-SNR rescaling is not implemented")
+  variance = cfg.get("variance_type", "fixed_small")
+  if variance not in _VARIANCES:
+    raise _refuse("variance_type", variance,
+                  f"choose from {sorted(_VARIANCES)} (learned variances are "
+                  f"not supported yet)")
+  clip = bool(cfg.get("clip_sample", True))
+  clip_range = float(cfg.get("clip_sample_range", 1.0))
+  if clip and clip_range != 1.0:
+    raise _refuse("clip_sample_range", clip_range,
+                  "predicted x_0 is clipped to [-1, 1]")
+
+  num_t = int(cfg.get("num_train_timesteps", 1000))
+  d = ml_collections.ConfigDict()
+  d.num_timesteps = num_t
+  d.beta_start = float(cfg.get("beta_start", 1e-4))
+  d.beta_end = float(cfg.get("beta_end", 0.02))
+  betas = cfg.get("trained_betas")
+  if betas is not None:
+    d.schedule = "custom"
+    d.betas = [float(b) for b in betas]
+    if len(d.betas) != num_t:
+      raise _refuse("trained_betas", f"<{len(d.betas)} values>",
+                    f"num_train_timesteps is {num_t}")
+  else:
+    name = cfg.get("beta_schedule", "linear")
+    if name not in _FROM_DIFFUSERS:
+      raise _refuse("beta_schedule", name,
+                    f"choose from {sorted(_FROM_DIFFUSERS)} or trained_betas")
+    d.schedule = _FROM_DIFFUSERS[name]
+
+  s = ml_collections.ConfigDict()
+  s.variance = _VARIANCES[variance]
+  s.clip_denoised = clip
+  s.mean_from = "x0"  # DDPMScheduler.step's route
+  return ml_collections.ConfigDict({"diffusion": d, "sampling": s})
+
+
+def scheduler_config_from_settings(config: ml_collections.ConfigDict
+                                   ) -> Dict[str, Any]:
+  """A ``DDPMScheduler`` config dict for our ``config.diffusion`` and
+  ``config.sampling``. Schedules diffusers has no name for are written as
+  ``trained_betas`` (our float64 betas)."""
+  d, s = config.diffusion, config.sampling
+  out = {
+      "_class_name": "DDPMScheduler",
+      "num_train_timesteps": int(d.num_timesteps),
+      "beta_start": float(d.get("beta_start", 1e-4)),
+      "beta_end": float(d.get("beta_end", 0.02)),
+      "beta_schedule": "linear",
+      "trained_betas": None,
+      "variance_type": {"fixedsmall": "fixed_small",
+                        "fixedlarge": "fixed_large"}[s.variance],
+      # diffusers always takes the mean through the (clipped) x_0; our eq. 11
+      # route clips nothing, which is clip_sample=False there.
+      "clip_sample": bool(s.clip_denoised) and s.mean_from == "x0",
+      "clip_sample_range": 1.0,
+      "prediction_type": "epsilon",
+      "thresholding": False,
+  }
+  name = d.schedule
+  if name in _TO_DIFFUSERS and not d.get("betas", None):
+    out["beta_schedule"] = _TO_DIFFUSERS[name]
+  else:
+    if d.get("betas", None):
+      betas = np.asarray(d.betas, np.float64)
+    else:
+      betas = schedules.get_betas(name, int(d.num_timesteps),
+                                  **schedules.schedule_kwargs(
+                                      name, beta_start=d.get("beta_start"),
+                                      beta_end=d.get("beta_end")))
+    out["trained_betas"] = [float(b) for b in betas]
+  return out

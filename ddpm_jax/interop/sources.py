@@ -1,0 +1,92 @@
+"""One entry point for every model source sample.py accepts."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional, Tuple
+
+import ml_collections
+
+from ddpm_jax.interop import ConversionError
+from ddpm_jax.interop import diffusers_scheduler
+from ddpm_jax.interop import diffusers_unet
+from ddpm_jax.interop import tf_checkpoint
+
+
+def _base_config() -> ml_collections.ConfigDict:
+  from configs import default  # pylint: disable=g-import-not-at-top
+  return default.get_default_config()
+
+
+def _scheduler_file(path: str) -> Optional[str]:
+  for d in (path, os.path.join(path, "scheduler")):
+    f = os.path.join(d, diffusers_scheduler.SCHEDULER_CONFIG_NAME)
+    if os.path.isfile(f):
+      return f
+  return None
+
+
+def _with_model(config: ml_collections.ConfigDict,
+                model_cfg: ml_collections.ConfigDict, image_size: int,
+                channels: int) -> ml_collections.ConfigDict:
+  config.model = model_cfg
+  config.data.image_size = int(image_size)
+  config.data.channels = int(channels)
+  return config
+
+
+def load_diffusers(path: str) -> Tuple[ml_collections.ConfigDict, Any, str]:
+  """A diffusers model directory -> (full config, params, description).
+
+  The schedule and sampler settings come from its ``scheduler_config.json``
+  (or ``scheduler/scheduler_config.json``); without one, DDPMScheduler's
+  defaults (linear 1e-4 to 0.02, T=1000, fixed_small, clipping) apply.
+  """
+  model_cfg, size, channels, params = diffusers_unet.read_model_dir(path)
+  config = _with_model(_base_config(), model_cfg, size, channels)
+  sched_file = _scheduler_file(path)
+  sched = {}
+  if sched_file is not None:
+    try:
+      with open(sched_file) as f:
+        sched = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConversionError(f"{sched_file} is not valid JSON ({e.msg} at "
+                            f"line {e.lineno})") from None
+  settings = diffusers_scheduler.settings_from_scheduler_config(sched)
+  config.diffusion.update(settings.diffusion)
+  config.sampling.update(settings.sampling)
+  return config, params, f"diffusers model {path}"
+
+
+def load_tf(path: str, image_size: Optional[int], use_ema: bool = True
+            ) -> Tuple[ml_collections.ConfigDict, Any, str]:
+  """An original TF checkpoint -> (full config, params, description), with
+  the paper's schedule (linear 1e-4 to 0.02, T=1000)."""
+  if not image_size:
+    raise ConversionError("a TF checkpoint does not record its image size: "
+                          "pass --image_size (32 for CIFAR-10, 256 for "
+                          "CelebA-HQ and LSUN)")
+  model_cfg, channels, params, used_ema = tf_checkpoint.read_tf_checkpoint(
+      path, image_size, prefer_ema=use_ema)
+  config = _with_model(_base_config(), model_cfg, image_size, channels)
+  which = "EMA" if used_ema else "raw"
+  return config, params, f"TF checkpoint {path} ({which} weights)"
+
+
+def load_model(path: str, image_size: Optional[int] = None,
+               use_ema: bool = True
+               ) -> Tuple[ml_collections.ConfigDict, Any, str]:
+  """A diffusers model directory or an original TF checkpoint ->
+  (config with model, data, diffusion and sampling set; params; a
+  description for messages)."""
+  if diffusers_unet.find_model_dir(path) is not None:
+    return load_diffusers(path)
+  if tf_checkpoint.is_tf_checkpoint(path):
+    return load_tf(path, image_size, use_ema)
+  if not os.path.exists(path) and not os.path.exists(path + ".index"):
+    raise FileNotFoundError(f"--model {path} does not exist")
+  raise ConversionError(f"{path} is neither a diffusers model directory "
+                        f"(config.json + {diffusers_unet.WEIGHTS_NAME}) nor a "
+                        f"TF checkpoint (model.ckpt-NNNN.index)")
