@@ -63,6 +63,29 @@ def test_train_resume_and_sample(tmp_path):
           "--seed", "1", "--out", out + "b")
   np.testing.assert_array_equal(np.load(out + "b.npz")["images"], imgs)
 
+  # Exported to diffusers, then sampled from the exported directory with
+  # the exported scheduler config (T=20): same model, same samples.
+  exported = str(tmp_path / "exported")
+  p = run("-m", "ddpm_jax.interop.export", "--workdir", wd, "--out", exported)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert sorted(os.listdir(exported)) == [
+      "config.json", "diffusion_pytorch_model.safetensors",
+      "scheduler_config.json"]
+  with open(os.path.join(exported, "scheduler_config.json")) as f:
+    assert json.load(f)["num_train_timesteps"] == 20
+  p = run("sample.py", "--model", exported, "--num", "6", "--batch_size", "4",
+          "--seed", "1", "--out", out + "c")
+  assert p.returncode == 0, p.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(out + "c.npz")["images"], imgs)
+  # Exporting again onto the same directory is refused; nothing changes.
+  before = {f: os.path.getmtime(os.path.join(exported, f))
+            for f in os.listdir(exported)}
+  line = error_line(run("-m", "ddpm_jax.interop.export", "--workdir", wd,
+                        "--out", exported))
+  assert "already exists" in line
+  assert before == {f: os.path.getmtime(os.path.join(exported, f))
+                    for f in os.listdir(exported)}
+
 
 def test_bad_arguments_give_one_line_errors(tmp_path):
   wd = str(tmp_path / "w")
@@ -84,3 +107,19 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
     f.write("{}")
   line = error_line(run("sample.py", "--workdir", wd))
   assert "no checkpoint" in line
+
+  # sample.py --model: neither or both sources, a missing path, a model
+  # directory we cannot convert. Nothing is written.
+  line = error_line(run("sample.py"))
+  assert "--workdir" in line and "--model" in line
+  line = error_line(run("sample.py", "--model", str(tmp_path / "none")))
+  assert "does not exist" in line
+  bad = tmp_path / "bad_model"
+  bad.mkdir()
+  (bad / "config.json").write_text(json.dumps(
+      {"_class_name": "UNet2DModel", "sample_size": 8,
+       "down_block_types": ["CrossAttnDownBlock2D"] * 4}))
+  out = str(tmp_path / "never")
+  line = error_line(run("sample.py", "--model", str(bad), "--out", out))
+  assert "CrossAttnDownBlock2D" in line
+  assert not os.path.exists(out + ".png") and not os.path.exists(out + ".npz")
