@@ -58,6 +58,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.optim.beta2 = 0.999
   config.optim.eps = 1e-8
 
+  # Devices: the batch is split over all of them; fsdp also splits the
+  # parameters and optimizer state (for the 114M+ models).
+  config.parallel = ml_collections.ConfigDict()
+  config.parallel.fsdp = False
+
   config.training = ml_collections.ConfigDict()
   config.training.batch_size = 128
   config.training.num_steps = 800_000

@@ -12,7 +12,7 @@ import functools
 import math
 import os
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.struct
 import jax
@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from ddpm_jax import checkpoints, data, images
+from ddpm_jax import checkpoints, data, images, parallel
 from ddpm_jax.diffusion import MEAN_ROUTES, VARIANCES, loss_fn
-from ddpm_jax.models.unet import UNet, eps_fn, unet_from_config
+from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
 from ddpm_jax.sampling import sample
 from ddpm_jax.schedules import (DiffusionSchedule, beta_schedule_names,
                                 schedule_from_config)
@@ -57,8 +58,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       ("optim.warmup_steps", config.optim.warmup_steps >= 0, ">= 0"),
       ("diffusion.num_timesteps", config.diffusion.num_timesteps > 0,
        "a positive int"),
-      ("diffusion.schedule", config.diffusion.schedule in beta_schedule_names(),
-       f"one of {beta_schedule_names()}"),
+      ("diffusion.schedule", config.diffusion.schedule in beta_schedule_names()
+       or (config.diffusion.schedule == "custom" and
+           bool(config.diffusion.get("betas", None))),
+       f"one of {beta_schedule_names()}, or 'custom' with diffusion.betas"),
       ("sampling.variance", config.sampling.variance in VARIANCES,
        f"one of {VARIANCES}"),
       ("sampling.mean_from", config.sampling.mean_from in MEAN_ROUTES,
@@ -70,6 +73,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       ("model.ch", config.model.ch > 0 and
        config.model.ch % config.model.num_groups == 0,
        f"a positive multiple of model.num_groups={config.model.num_groups}"),
+      ("model.act", config.model.get("act", "swish") in ACTIVATIONS,
+       f"one of {sorted(ACTIVATIONS)}"),
+      ("model.downsample_padding",
+       config.model.get("downsample_padding", 0) in (0, 1), "0 or 1"),
   ]
   for field, ok, want in checks:
     if not ok:
@@ -78,6 +85,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         value = value[part]
       raise ConfigError(f"config field {field}={value!r} is invalid: "
                         f"set --config.{field} to {want}")
+  head_dim = config.model.get("attn_head_dim", None)
+  widths = [config.model.ch * m for m in config.model.ch_mult]
+  if head_dim is not None and (head_dim <= 0 or any(w % head_dim
+                                                    for w in widths)):
+    raise ConfigError(
+        f"config field model.attn_head_dim={head_dim} is invalid: set "
+        f"--config.model.attn_head_dim to a divisor of every block width "
+        f"{widths}, or leave it unset for one head")
   levels = len(config.model.ch_mult)
   if config.data.image_size % (2**(levels - 1)):
     raise ConfigError(
@@ -119,15 +134,27 @@ def make_optimizer(config: ml_collections.ConfigDict
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: UNet,
-                       tx: optax.GradientTransformation) -> TrainState:
-  """Fresh parameters from ``config.seed``; EMA starts equal to them."""
+                       tx: optax.GradientTransformation,
+                       mesh: Optional[Mesh] = None,
+                       fsdp: bool = False) -> TrainState:
+  """Fresh parameters from ``config.seed``; EMA starts equal to them.
+
+  With ``mesh`` the state is created directly in its sharding (replicated,
+  or split over the data axis with ``fsdp``), never whole on one device.
+  """
   size, ch = config.data.image_size, config.data.channels
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x1417)
-  params = jax.jit(model.init)(key, jnp.zeros((1, size, size, ch)),
-                               jnp.zeros((1,), jnp.int32))["params"]
-  return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                    opt_state=tx.init(params))
+
+  def init():
+    params = model.init(key, jnp.zeros((1, size, size, ch)),
+                        jnp.zeros((1,), jnp.int32))["params"]
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                      ema_params=params, opt_state=tx.init(params))
+
+  if mesh is None:
+    return jax.jit(init)()
+  shardings = parallel.state_sharding(jax.eval_shape(init), mesh, fsdp)
+  return jax.jit(init, out_shardings=shardings)()
 
 
 def train_step(state: TrainState, batch: jnp.ndarray,
@@ -153,6 +180,22 @@ def train_step(state: TrainState, batch: jnp.ndarray,
   return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
+def make_train_step(config: ml_collections.ConfigDict, model: UNet,
+                    tx: optax.GradientTransformation, mesh: Mesh,
+                    state_shardings: Any):
+  """:func:`train_step` jitted over ``mesh``: the batch split over the data
+  axis, the state in ``state_shardings`` and donated, metrics replicated.
+  Call it as ``step(state, batch, schedule)``."""
+  fn = functools.partial(train_step, apply_fn=eps_fn(model), tx=tx,
+                         ema_decay=float(config.training.ema_decay),
+                         seed=int(config.seed))
+  rep = parallel.replicated(mesh)
+  return jax.jit(fn,
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh),
+                               rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
+
 def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
              schedule: DiffusionSchedule, num: int, batch_size: int,
              seed: int) -> np.ndarray:
@@ -171,12 +214,15 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   return np.concatenate(out)[:num]
 
 
-def _write_grid(config, model, state, schedule, workdir, step) -> str:
+def _write_grid(config, model, state, schedule, workdir, step,
+                write: bool = True) -> str:
   n = config.sampling.num_samples
   x = generate(config, model, state.ema_params, schedule, n,
                min(n, config.sampling.batch_size), seed=config.seed)
   prefix = os.path.join(workdir, "samples", f"step_{step:08d}")
-  images.write_samples(prefix, x, images.display_scale(config.data.image_size))
+  if write:
+    images.write_samples(prefix, x,
+                         images.display_scale(config.data.image_size))
   return prefix + ".png"
 
 
@@ -189,27 +235,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   os.makedirs(workdir, exist_ok=True)
   model, tx, schedule = make_model(config), make_optimizer(config), \
       make_schedule(config)
+  mesh = parallel.make_mesh()
+  bs = int(config.training.batch_size)
+  if bs % mesh.size:
+    raise ConfigError(f"config field training.batch_size={bs} is invalid: "
+                      f"set --config.training.batch_size to a multiple of "
+                      f"the {mesh.size} devices")
+  fsdp = bool(config.get("parallel", {}).get("fsdp", False))
   manager = checkpoints.checkpoint_manager(workdir,
                                            config.training.max_to_keep)
-  state = create_train_state(config, model, tx)
+  state = create_train_state(config, model, tx, mesh, fsdp)
+  state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   restored = checkpoints.restore_latest(manager, state)
   if restored is not None:
     state = restored
     print(f"Resuming from {workdir} at step {int(state.step)}.")
-  checkpoints.write_config(workdir, config)
+  lead = jax.process_index() == 0
+  if lead:
+    checkpoints.write_config(workdir, config)
 
   start, total = int(state.step), int(config.training.num_steps)
-  step_fn = jax.jit(functools.partial(
-      train_step, apply_fn=eps_fn(model), tx=tx,
-      ema_decay=float(config.training.ema_decay), seed=int(config.seed)),
-                    donate_argnums=(0,))
+  step_fn = make_train_step(config, model, tx, mesh, state_shardings)
+  schedule = jax.device_put(schedule, parallel.replicated(mesh))
+  rows = parallel.process_slice(bs)
   batches = data.create_input_iter(config, start_step=start)
-  writer = _summary_writer(workdir)
-  bs, t0, last = config.training.batch_size, time.time(), start
+  writer = _summary_writer(workdir) if lead else None
+  t0, last = time.time(), start
   bar = tqdm(total=total, initial=start, desc="train", unit="step",
-             dynamic_ncols=True, mininterval=2.0)
+             dynamic_ncols=True, mininterval=2.0, disable=not lead)
   for step in range(start, total):
-    state, metrics = step_fn(state, jnp.asarray(next(batches)), schedule)
+    batch = parallel.global_batch(np.asarray(next(batches))[rows], mesh)
+    state, metrics = step_fn(state, batch, schedule)
     done = step + 1
     if done % config.training.log_every == 0 or done == total:
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -228,8 +284,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       checkpoints.save(manager, done, state)
     every = config.training.sample_every
     if (every and done % every == 0) or done == total:
-      path = _write_grid(config, model, state, schedule, workdir, done)
-      bar.write(f"step {done}: wrote {path}")
+      # Every process samples (the parameters may span processes); the
+      # first one writes.
+      path = _write_grid(config, model, state, schedule, workdir, done, lead)
+      if lead:
+        bar.write(f"step {done}: wrote {path}")
   bar.close()
   manager.wait_until_finished()
   manager.close()

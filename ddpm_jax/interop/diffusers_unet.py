@@ -67,10 +67,6 @@ def _refuse(field: str, value: Any, why: str) -> ConversionError:
                          f"supported: {why}")
 
 
-def _as_float(x) -> float:
-  return float(x)
-
-
 def model_config_from_diffusers(cfg: Dict[str, Any]
                                 ) -> Tuple[ml_collections.ConfigDict, int, int]:
   """Our ``config.model`` from a ``UNet2DModel`` config dict.
@@ -178,13 +174,13 @@ def model_config_from_diffusers(cfg: Dict[str, Any]
   model.ch_mult = tuple(c // ch for c in boc)
   model.num_res_blocks = int(cfg.get("layers_per_block", 2))
   model.attn_resolutions = tuple(size // 2**i for i in attn_levels)
-  model.dropout = _as_float(cfg.get("dropout", 0.0))
+  model.dropout = float(cfg.get("dropout", 0.0))
   model.resamp_with_conv = True
   model.num_groups = int(groups)
-  model.norm_eps = _as_float(cfg.get("norm_eps", 1e-5))
+  model.norm_eps = float(cfg.get("norm_eps", 1e-5))
   model.attn_head_dim = head_dim
   model.flip_sin_to_cos = bool(cfg.get("flip_sin_to_cos", True))
-  model.freq_shift = _as_float(cfg.get("freq_shift", 0))
+  model.freq_shift = float(cfg.get("freq_shift", 0))
   model.downsample_padding = pad
   model.act = act
   model.dtype = "float32"

@@ -1,0 +1,83 @@
+"""Devices: a ``Mesh`` over every device of every process, and the
+``NamedSharding``s of the train state and the batch.
+
+The batch is split over the mesh's ``data`` axis. Parameters, their EMA and
+the optimizer state are replicated, or with ``fsdp`` split over the same
+axis (each array along its largest dimension that the device count divides;
+small arrays stay replicated). XLA inserts the collectives, so the step's
+numerics do not depend on the device count.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+# Arrays smaller than this stay replicated under FSDP: splitting a bias or
+# a norm scale costs more in collectives than it saves in memory.
+FSDP_MIN_SIZE = 2**14
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A one-axis (``data``) mesh over ``devices`` (default: all devices of
+  all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The leading (batch) axis split over ``data``."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def fsdp_spec(shape: Sequence[int], num_shards: int,
+              min_size: int = FSDP_MIN_SIZE) -> P:
+  """The PartitionSpec splitting an array of ``shape`` over ``data`` along
+  its largest divisible dimension; replicated if none or if it is small."""
+  if num_shards <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % num_shards == 0:
+      spec = [None] * len(shape)
+      spec[dim] = DATA_AXIS
+      return P(*spec)
+  return P()
+
+
+def state_sharding(state: Any, mesh: Mesh, fsdp: bool = False) -> Any:
+  """A pytree of ``NamedSharding`` matching ``state`` (arrays or
+  ShapeDtypeStructs): replicated, or FSDP-split with ``fsdp``."""
+  size = mesh.shape[DATA_AXIS]
+
+  def one(x):
+    shape = getattr(x, "shape", ())
+    if not fsdp:
+      return replicated(mesh)
+    return NamedSharding(mesh, fsdp_spec(shape, size))
+
+  return jax.tree_util.tree_map(one, state)
+
+
+def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
+  """This process's rows of the global batch -> one global ``jax.Array``
+  split over ``data`` (``jax.make_array_from_process_local_data``)."""
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
+
+
+def process_slice(global_batch_size: int) -> slice:
+  """The rows of a global batch that this process loads."""
+  count, index = jax.process_count(), jax.process_index()
+  if global_batch_size % count:
+    raise ValueError(f"training.batch_size={global_batch_size} must be "
+                     f"divisible by the process count {count}")
+  per = global_batch_size // count
+  return slice(index * per, (index + 1) * per)

@@ -1,0 +1,84 @@
+"""Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8
+by tests/test_parallel.py: N train steps on 1 device, on 8 (batch split),
+and on 8 with FSDP, from the same state and batches, with SGD+momentum and
+with the config's Adam. Prints one JSON line: per parameter array, the
+largest difference to the 1-device run and the array's scale; the losses."""
+
+import json
+import sys
+
+import jax
+import numpy as np
+import optax
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+from configs import digits  # pylint: disable=g-import-not-at-top
+from ddpm_jax import parallel, training  # pylint: disable=g-import-not-at-top
+
+
+def tiny_config():
+  config = digits.get_config()
+  config.model.ch = 32
+  config.model.ch_mult = (1, 2)
+  config.model.num_res_blocks = 1
+  config.diffusion.num_timesteps = 50
+  config.training.batch_size = 16
+  config.optim.warmup_steps = 2
+  config.training.ema_decay = 0.9
+  return config
+
+
+def run(config, devices, fsdp, batches, optimizer):
+  mesh = parallel.make_mesh(devices)
+  model = training.make_model(config)
+  if optimizer == "adam":
+    tx = training.make_optimizer(config)
+  else:
+    tx = optax.sgd(config.optim.learning_rate, momentum=0.9)
+  state = training.create_train_state(config, model, tx, mesh, fsdp)
+  shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  split = sum(1 for s in jax.tree_util.tree_leaves(shardings)
+              if any(p is not None for p in s.spec))
+  step = training.make_train_step(config, model, tx, mesh, shardings)
+  schedule = jax.device_put(training.make_schedule(config),
+                            parallel.replicated(mesh))
+  losses = []
+  for b in batches:
+    state, metrics = step(state, parallel.global_batch(b, mesh), schedule)
+    losses.append(float(metrics["loss"]))
+  return jax.device_get(state), losses, split
+
+
+def leaf_errors(a, b):
+  """Per leaf: (largest |a - b|, largest |b|)."""
+  return [(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y)))),
+           float(np.max(np.abs(np.asarray(y, np.float64)))))
+          for x, y in zip(jax.tree_util.tree_leaves(a),
+                          jax.tree_util.tree_leaves(b))]
+
+
+def main():
+  num_steps = int(sys.argv[1])
+  assert jax.device_count() == 8, jax.devices()
+  config = tiny_config()
+  rng = np.random.default_rng(0)
+  batches = [rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32)
+             for _ in range(num_steps)]
+  result = {}
+  for optimizer in ("sgd", "adam"):
+    ref, ref_losses, _ = run(config, jax.devices()[:1], False, batches,
+                             optimizer)
+    for name, fsdp in [("dp8", False), ("fsdp8", True)]:
+      state, losses, split = run(config, jax.devices(), fsdp, batches,
+                                 optimizer)
+      result[f"{optimizer}_{name}"] = {
+          "params": leaf_errors(state.params, ref.params),
+          "ema": leaf_errors(state.ema_params, ref.ema_params),
+          "losses": losses, "ref_losses": ref_losses,
+          "split_arrays": split, "step": int(state.step)}
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
