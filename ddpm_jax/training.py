@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -114,10 +115,8 @@ def make_model(config: ml_collections.ConfigDict) -> UNet:
   return unet_from_config(config.model, config.data.channels)
 
 
-def make_optimizer(config: ml_collections.ConfigDict
-                   ) -> optax.GradientTransformation:
-  """Adam with linear warmup (lr * min(1, step / warmup), as the original)
-  after clipping the gradient's global norm."""
+def learning_rate_fn(config: ml_collections.ConfigDict):
+  """step -> learning rate: lr * min(1, step / warmup), as the original."""
   o = config.optim
   warmup = max(int(o.warmup_steps), 0)
 
@@ -126,6 +125,15 @@ def make_optimizer(config: ml_collections.ConfigDict
       return jnp.asarray(o.learning_rate, jnp.float32)
     return o.learning_rate * jnp.minimum(1.0, step / warmup)
 
+  return lr_schedule
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+  """Adam with linear warmup (:func:`learning_rate_fn`) after clipping the
+  gradient's global norm."""
+  o = config.optim
+  lr_schedule = learning_rate_fn(config)
   chain = []
   if o.grad_clip and o.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(o.grad_clip))
@@ -261,9 +269,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   batches = data.create_input_iter(config, start_step=start)
   writer = _summary_writer(workdir) if lead else None
   t0, last = time.time(), start
+  lr_fn = learning_rate_fn(config)
   bar = tqdm(total=total, initial=start, desc="train", unit="step",
              dynamic_ncols=True, mininterval=2.0, disable=not lead)
+  stop = _StopOnSignal()
   for step in range(start, total):
+    if stop.requested:
+      if manager.latest_step() != step:
+        checkpoints.save(manager, step, state)
+      manager.wait_until_finished()
+      if lead:
+        bar.write(f"{stop.requested}: saved the checkpoint of step {step} "
+                  f"and stopped; run the same command to continue")
+      break
     batch = parallel.global_batch(np.asarray(next(batches))[rows], mesh)
     state, metrics = step_fn(state, batch, schedule)
     done = step + 1
@@ -274,6 +292,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                  f"checkpoint was written for it")
       dt = time.time() - t0
       m["img_per_s"] = (done - last) * bs / max(dt, 1e-9)
+      m["steps_per_s"] = (done - last) / max(dt, 1e-9)
+      # The rate the update of step `done` used (optax counts from 0).
+      m["learning_rate"] = float(lr_fn(done - 1))
       t0, last = time.time(), done
       bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['img_per_s']:.0f}")
       if writer is not None:
@@ -290,11 +311,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if lead:
         bar.write(f"step {done}: wrote {path}")
   bar.close()
+  stop.restore()
   manager.wait_until_finished()
   manager.close()
   if writer is not None:
     writer.close()
   return state
+
+
+class _StopOnSignal:
+  """Turns SIGTERM (a TPU preemption notice, a scheduler's stop) and SIGINT
+  into a request that the training loop honours between steps by saving a
+  checkpoint of the current step and returning."""
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = signal.Signals(signum).name
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def _summary_writer(workdir: str):

@@ -3,8 +3,10 @@ resume, sample grids, and one-line errors for bad arguments."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -33,6 +35,18 @@ def error_line(proc):
   return lines[-1]
 
 
+def read_scalars(logdir):
+  """{tag: {step: value}} from the TensorBoard event files in ``logdir``."""
+  import tensorflow as tf
+  out = {}
+  for name in os.listdir(logdir):
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(logdir, name)):
+      for v in event.summary.value:
+        out.setdefault(v.tag, {})[event.step] = v.simple_value
+  return out
+
+
 @pytest.mark.slow
 def test_train_resume_and_sample(tmp_path):
   wd = str(tmp_path / "run")
@@ -43,6 +57,14 @@ def test_train_resume_and_sample(tmp_path):
   assert os.path.isfile(os.path.join(wd, "samples", "step_00000003.png"))
   with open(os.path.join(wd, "config.json")) as f:
     assert json.load(f)["diffusion"]["num_timesteps"] == 20
+  scalars = read_scalars(os.path.join(wd, "tensorboard"))
+  for tag in ("loss", "grad_norm", "learning_rate", "steps_per_s",
+              "img_per_s"):
+    assert sorted(scalars[f"train/{tag}"]) == [1, 2, 3], tag
+  # warmup_steps=2: step 1 updates with lr 0, step 2 with lr/2, then lr.
+  lr = scalars["train/learning_rate"]
+  assert lr[1] == 0.0 and lr[2] == pytest.approx(5e-4) and lr[3] == pytest.approx(1e-3)
+  assert all(np.isfinite(v) and v > 0 for v in scalars["train/loss"].values())
 
   # Started again with more steps: continues from step 3, not from 0.
   p = run("train.py", *TINY, "--workdir", wd, "--config.training.num_steps=5")
@@ -123,3 +145,31 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
   line = error_line(run("sample.py", "--model", str(bad), "--out", out))
   assert "CrossAttnDownBlock2D" in line
   assert not os.path.exists(out + ".png") and not os.path.exists(out + ".npz")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_stops(tmp_path):
+  wd = str(tmp_path / "run")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.Popen(
+      [sys.executable, "train.py", *TINY, "--workdir", wd,
+       "--config.training.num_steps=100000",
+       "--config.training.checkpoint_every=100000"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  try:
+    # config.json is written just before the first step; give it a few.
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(wd, "config.json")):
+      assert proc.poll() is None and time.time() < deadline
+      time.sleep(0.5)
+    time.sleep(8)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  steps = os.listdir(os.path.join(wd, "checkpoints"))
+  assert len(steps) == 1 and int(steps[0]) > 0, steps
+  assert f"SIGTERM: saved the checkpoint of step {steps[0]}" in out + err
