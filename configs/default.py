@@ -71,4 +71,6 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.training.checkpoint_every = 10_000
   config.training.sample_every = 50_000  # 0: only at the end
   config.training.max_to_keep = 3
+  # A non-finite loss or gradient stops the run (False) or skips the update.
+  config.training.skip_nonfinite = False
   return config

@@ -167,9 +167,15 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
 
 def train_step(state: TrainState, batch: jnp.ndarray,
                schedule: DiffusionSchedule, *, apply_fn, tx, ema_decay: float,
-               seed: int) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
+               seed: int, skip_nonfinite: bool = False
+               ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
   """One Adam step on L_simple and one EMA update. Pure; jit it with
-  ``apply_fn``, ``tx``, ``ema_decay`` and ``seed`` bound."""
+  ``apply_fn``, ``tx``, ``ema_decay`` and ``seed`` bound.
+
+  ``metrics['finite']`` says whether the loss and gradient were finite; with
+  ``skip_nonfinite`` a non-finite step leaves params, EMA and optimizer
+  state unchanged (the step counter still advances).
+  """
   key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
   key_loss, key_dropout = jax.random.split(key)
 
@@ -183,9 +189,15 @@ def train_step(state: TrainState, batch: jnp.ndarray,
   ema = jax.tree_util.tree_map(
       lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params,
       params)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = state.replace(step=state.step + 1, params=params,
                             ema_params=ema, opt_state=opt_state)
-  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  if skip_nonfinite:
+    new_state = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(finite, new, old), new_state,
+        state.replace(step=state.step + 1))
+  return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: UNet,
@@ -196,7 +208,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
   Call it as ``step(state, batch, schedule)``."""
   fn = functools.partial(train_step, apply_fn=eps_fn(model), tx=tx,
                          ema_decay=float(config.training.ema_decay),
-                         seed=int(config.seed))
+                         seed=int(config.seed),
+                         skip_nonfinite=bool(config.training.get(
+                             "skip_nonfinite", False)))
   rep = parallel.replicated(mesh)
   return jax.jit(fn,
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),
@@ -244,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model, tx, schedule = make_model(config), make_optimizer(config), \
       make_schedule(config)
   mesh = parallel.make_mesh()
+  lead = jax.process_index() == 0
   bs = int(config.training.batch_size)
   if bs % mesh.size:
     raise ConfigError(f"config field training.batch_size={bs} is invalid: "
@@ -254,11 +269,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                            config.training.max_to_keep)
   state = create_train_state(config, model, tx, mesh, fsdp)
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  restored = checkpoints.restore_latest(manager, state)
+  restored = checkpoints.restore_latest(manager, state, set_aside=lead)
   if restored is not None:
     state = restored
     print(f"Resuming from {workdir} at step {int(state.step)}.")
-  lead = jax.process_index() == 0
   if lead:
     checkpoints.write_config(workdir, config)
 
@@ -272,50 +286,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lr_fn = learning_rate_fn(config)
   bar = tqdm(total=total, initial=start, desc="train", unit="step",
              dynamic_ncols=True, mininterval=2.0, disable=not lead)
+  skip = bool(config.training.get("skip_nonfinite", False))
+  skipped = 0
+
+  def check_finite(done, metrics):
+    # A step whose loss or gradient is not finite: stop before anything is
+    # saved (or count it, when the config says to skip such updates).
+    nonlocal skipped
+    if bool(jax.device_get(metrics["finite"])):
+      return
+    if skip:
+      skipped += 1
+      return
+    raise FloatingPointError(
+        f"loss or gradient is not finite at step {done} (loss "
+        f"{float(jax.device_get(metrics['loss']))}); stopped without saving "
+        f"it, the last checkpoint is step {manager.latest_step()} (set "
+        f"--config.training.skip_nonfinite=True to skip such steps)")
+
   stop = _StopOnSignal()
-  for step in range(start, total):
-    if stop.requested:
-      if manager.latest_step() != step:
-        checkpoints.save(manager, step, state)
-      manager.wait_until_finished()
-      if lead:
-        bar.write(f"{stop.requested}: saved the checkpoint of step {step} "
-                  f"and stopped; run the same command to continue")
-      break
-    batch = parallel.global_batch(np.asarray(next(batches))[rows], mesh)
-    state, metrics = step_fn(state, batch, schedule)
-    done = step + 1
-    if done % config.training.log_every == 0 or done == total:
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(m["loss"]):
-        raise FloatingPointError(f"loss is {m['loss']} at step {done}; no "
-                                 f"checkpoint was written for it")
-      dt = time.time() - t0
-      m["img_per_s"] = (done - last) * bs / max(dt, 1e-9)
-      m["steps_per_s"] = (done - last) / max(dt, 1e-9)
-      # The rate the update of step `done` used (optax counts from 0).
-      m["learning_rate"] = float(lr_fn(done - 1))
-      t0, last = time.time(), done
-      bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['img_per_s']:.0f}")
-      if writer is not None:
-        for k, v in m.items():
-          writer.add_scalar(f"train/{k}", v, done)
-    bar.update(1)
-    if done % config.training.checkpoint_every == 0 or done == total:
-      checkpoints.save(manager, done, state)
-    every = config.training.sample_every
-    if (every and done % every == 0) or done == total:
-      # Every process samples (the parameters may span processes); the
-      # first one writes.
-      path = _write_grid(config, model, state, schedule, workdir, done, lead)
-      if lead:
-        bar.write(f"step {done}: wrote {path}")
-  bar.close()
-  stop.restore()
-  manager.wait_until_finished()
-  manager.close()
-  if writer is not None:
-    writer.close()
+  pending = None  # the previous step, checked once the next is dispatched
+  try:
+    for step in range(start, total):
+      if stop.requested:
+        if pending is not None:
+          check_finite(*pending)
+        if manager.latest_step() != step:
+          checkpoints.save(manager, step, state)
+        manager.wait_until_finished()
+        if lead:
+          bar.write(f"{stop.requested}: saved the checkpoint of step {step} "
+                    f"and stopped; run the same command to continue")
+        break
+      batch = parallel.global_batch(np.asarray(next(batches))[rows], mesh)
+      state, metrics = step_fn(state, batch, schedule)
+      done = step + 1
+      if pending is not None:
+        check_finite(*pending)
+      pending = (done, metrics)
+      if done % config.training.log_every == 0 or done == total:
+        check_finite(done, metrics)
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        dt = time.time() - t0
+        m["img_per_s"] = (done - last) * bs / max(dt, 1e-9)
+        m["steps_per_s"] = (done - last) / max(dt, 1e-9)
+        # The rate the update of step `done` used (optax counts from 0).
+        m["learning_rate"] = float(lr_fn(done - 1))
+        m["skipped_steps"] = float(skipped)
+        del m["finite"]
+        t0, last = time.time(), done
+        bar.set_postfix(loss=f"{m['loss']:.4f}",
+                        img_s=f"{m['img_per_s']:.0f}")
+        if writer is not None:
+          for k, v in m.items():
+            writer.add_scalar(f"train/{k}", v, done)
+      bar.update(1)
+      if done % config.training.checkpoint_every == 0 or done == total:
+        check_finite(done, metrics)
+        checkpoints.save(manager, done, state)
+      every = config.training.sample_every
+      if (every and done % every == 0) or done == total:
+        # Every process samples (the parameters may span processes); the
+        # first one writes.
+        path = _write_grid(config, model, state, schedule, workdir, done,
+                           lead)
+        if lead:
+          bar.write(f"step {done}: wrote {path}")
+  finally:
+    bar.close()
+    stop.restore()
+    manager.wait_until_finished()
+    manager.close()
+    if writer is not None:
+      writer.close()
   return state
 
 
