@@ -62,3 +62,25 @@ def test_fsdp_spec_picks_the_largest_divisible_axis():
   assert parallel.fsdp_spec((64,), 8) == parallel.P()  # small: replicated
   assert parallel.fsdp_spec((3, 3, 7, 9999), 8) == parallel.P()
   assert parallel.fsdp_spec((3, 3, 64, 128), 1) == parallel.P()
+
+
+def test_checkpoints_move_between_device_counts(tmp_path):
+  # Written by 8 devices with FSDP, resumed on 1, then on 8 again
+  # (replicated): the checkpoint restores onto whatever mesh runs.
+  from tests.test_train_cli import TINY, run
+  wd = str(tmp_path / "run")
+  eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  common = [*TINY, "--workdir", wd, "--config.training.sample_every=0",
+            "--config.sampling.num_samples=1", "--config.sampling.batch_size=1"]
+  p = run("train.py", *common, "--config.training.num_steps=2",
+          "--config.parallel.fsdp=True", env=eight)
+  assert p.returncode == 0, p.stderr[-3000:]
+  p = run("train.py", *common, "--config.training.num_steps=4",
+          env={"XLA_FLAGS": ""})
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "at step 2" in p.stdout
+  p = run("train.py", *common, "--config.training.num_steps=6", env=eight)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "at step 4" in p.stdout
+  assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints"))
+                ) == [2, 4, 6]

@@ -21,8 +21,8 @@ TINY = [
 ]
 
 
-def run(script, *args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def run(script, *args, env=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
   return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
