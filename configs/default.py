@@ -10,12 +10,13 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "cifar10"  # 'digits' or a tfds dataset name
+  config.data.name = "cifar10"  # 'digits', 'folder' or a tfds dataset name
   config.data.split = "train"
   config.data.image_size = 32
   config.data.channels = 3
   config.data.random_flip = True
   config.data.data_dir = ""  # tfds data_dir; '' = tfds default
+  config.data.folder = ""  # with name='folder': a directory of image files
 
   config.model = ml_collections.ConfigDict()
   config.model.ch = 128

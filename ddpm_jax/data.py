@@ -1,4 +1,5 @@
-"""Input pipelines: the offline ``digits`` dataset and tfds image datasets.
+"""Input pipelines: the offline ``digits`` dataset, a folder of images, and
+tfds image datasets.
 
 Both yield float32 NHWC batches scaled to [-1, 1] through one interface,
 :func:`create_input_iter`. The order is a pure function of (seed, step), so
@@ -11,6 +12,7 @@ deterministically, into 1,500 training and 297 test images.
 
 from __future__ import annotations
 
+import os
 from typing import Iterator, Optional
 
 import numpy as np
@@ -129,6 +131,65 @@ def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+
+
+def _center_crop_resize(img, size: int):
+  """The central square of a PIL image, resized to ``size`` (bicubic; box
+  filtering when shrinking by 2x or more first, to avoid aliasing)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  w, h = img.size
+  side = min(w, h)
+  left, top = (w - side) // 2, (h - side) // 2
+  img = img.crop((left, top, left + side, top + side))
+  if side >= 2 * size:
+    img = img.reduce(side // size)
+  return img.resize((size, size), Image.BICUBIC)
+
+
+def folder_images(path: str, image_size: int, channels: int) -> np.ndarray:
+  """Every image file under ``path`` (recursively, in sorted order), centre
+  cropped, resized to ``image_size`` and scaled to [-1, 1]: (N, S, S, C).
+
+  Images must have ``channels`` channels (1: grayscale 'L', 3: 'RGB');
+  others are refused rather than silently converted.
+  """
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(path):
+    raise DataError(f"data.folder {path!r} is not a directory: set "
+                    f"--config.data.folder to a folder of images")
+  files = sorted(
+      os.path.join(root, f) for root, _, names in os.walk(path)
+      for f in names if f.lower().endswith(IMAGE_SUFFIXES))
+  if not files:
+    raise DataError(f"data.folder {path!r} holds no image files "
+                    f"({', '.join(IMAGE_SUFFIXES)})")
+  modes = {1: ("L",), 3: ("RGB",)}
+  if channels not in modes:
+    raise DataError(f"data.channels={channels}: image folders support 1 "
+                    f"(grayscale) or 3 (RGB)")
+  out = np.empty((len(files), image_size, image_size, channels), np.uint8)
+  for i, f in enumerate(files):
+    try:
+      with Image.open(f) as img:
+        img.load()
+        mode = img.mode
+        if mode == "P":  # a palette: its colours, in the wanted layout
+          mode = "RGB" if channels == 3 else "L"
+        if mode not in modes[channels]:
+          raise DataError(
+              f"image {f} has mode {img.mode} ({len(img.getbands())} "
+              f"channels) but data.channels={channels}: convert the folder "
+              f"or set --config.data.channels")
+        img = img.convert(mode)
+        arr = np.asarray(_center_crop_resize(img, image_size), np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+      raise DataError(f"cannot read image {f}: "
+                      f"{str(e).splitlines()[0]}") from None
+    out[i] = arr.reshape(image_size, image_size, channels)
+  return out.astype(np.float32) / 127.5 - 1.0
+
+
 def create_input_iter(config, start_step: int = 0) -> Iterator[np.ndarray]:
   """Training batches for ``config.data`` from step ``start_step`` on."""
   d = config.data
@@ -137,6 +198,10 @@ def create_input_iter(config, start_step: int = 0) -> Iterator[np.ndarray]:
     if d.channels != 1:
       raise DataError("digits are grayscale: set data.channels=1")
     images = digits_images(d.get("split", "train"), d.image_size)
+    return array_batches(images, batch_size, config.seed, start_step,
+                         d.random_flip)
+  if d.name == "folder":
+    images = folder_images(d.get("folder", ""), d.image_size, d.channels)
     return array_batches(images, batch_size, config.seed, start_step,
                          d.random_flip)
   return tfds_batches(d.name, d.get("split", "train"), batch_size,

@@ -1,5 +1,7 @@
 """Input pipelines: digits (offline), tfds (mocked), determinism, errors."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,98 @@ def test_tfds_without_data_or_network_says_so(tmp_path):
   with pytest.raises(data.DataError, match="unknown tfds dataset"):
     next(data.tfds_batches("no_such_dataset_xyz", "train", 4, 8, 1, seed=0,
                            data_dir=str(tmp_path)))
+
+
+def write_images(folder, sizes, mode="RGB"):
+  from PIL import Image
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for i, (w, h) in enumerate(sizes):
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    arr = rng.integers(0, 256, (h, w, bands), dtype=np.uint8)
+    Image.fromarray(arr.squeeze(-1) if bands == 1 else arr, mode).save(
+        os.path.join(folder, f"img{i}.png"))
+
+
+def test_image_folder(tmp_path):
+  from PIL import Image
+  folder = str(tmp_path / "imgs")
+  write_images(folder, [(40, 30), (16, 16), (9, 33)])
+  os.makedirs(os.path.join(folder, "sub"))
+  # A known image: left half black, right half white, 40x20 -> centre crop
+  # 20x20 (columns 10..29: black 10..19, white 20..29) -> 5x5 boxes -> 4x4.
+  arr = np.zeros((20, 40, 3), np.uint8)
+  arr[:, 20:] = 255
+  Image.fromarray(arr).save(os.path.join(folder, "sub", "z.png"))
+  with open(os.path.join(folder, "notes.txt"), "w") as f:
+    f.write("not an image")
+  x = data.folder_images(folder, image_size=4, channels=3)
+  assert x.shape == (4, 4, 4, 3) and x.dtype == np.float32
+  assert -1.0 <= x.min() <= x.max() <= 1.0
+  known = x[3]  # sorted paths: img0, img1, img2, sub/z
+  assert np.all(known[:, :2] == -1.0) and np.all(known[:, 2:] == 1.0)
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(data.DataError, match="is not a directory"):
+    data.folder_images(str(tmp_path / "nope"), 8, 3)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "readme.txt").write_text("x")
+  with pytest.raises(data.DataError, match="holds no image files"):
+    data.folder_images(str(empty), 8, 3)
+  gray = str(tmp_path / "gray")
+  write_images(gray, [(8, 8)], mode="L")
+  with pytest.raises(data.DataError, match=r"mode L .* data.channels=3"):
+    data.folder_images(gray, 8, 3)
+  assert data.folder_images(gray, 8, 1).shape == (1, 8, 8, 1)
+  rgba = str(tmp_path / "rgba")
+  write_images(rgba, [(8, 8)], mode="RGBA")
+  with pytest.raises(data.DataError, match="mode RGBA"):
+    data.folder_images(rgba, 8, 3)
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "bad.png").write_bytes(b"\x89PNG not really")
+  with pytest.raises(data.DataError, match="cannot read image .*bad.png"):
+    data.folder_images(str(broken), 8, 3)
+
+
+def tiny_train_config(name, channels):
+  from configs import digits
+  config = digits.get_config()
+  config.data.name = name
+  config.data.channels = channels
+  config.model.ch = 32
+  config.model.num_res_blocks = 1
+  config.diffusion.num_timesteps = 10
+  config.training.batch_size = 4
+  config.training.num_steps = 2
+  config.training.checkpoint_every = 2
+  config.sampling.num_samples = 2
+  config.sampling.batch_size = 2
+  return config
+
+
+def test_train_path_on_tfds_mock_cifar10(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from ddpm_jax import training
+  config = tiny_train_config("cifar10", 3)
+  config.data.random_flip = True
+  wd = str(tmp_path / "run")
+  with tfds.testing.mock_data(num_examples=16):
+    state = training.train_and_evaluate(config, wd)
+  assert int(state.step) == 2
+  assert os.path.isfile(os.path.join(wd, "samples", "step_00000002.png"))
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["2"]
+
+
+def test_train_path_on_an_image_folder(tmp_path):
+  from ddpm_jax import training
+  folder = str(tmp_path / "imgs")
+  write_images(folder, [(12, 10)] * 6)
+  config = tiny_train_config("folder", 3)
+  config.data.folder = folder
+  wd = str(tmp_path / "run")
+  state = training.train_and_evaluate(config, wd)
+  assert int(state.step) == 2
+  assert os.path.isfile(os.path.join(wd, "samples", "step_00000002.png"))
