@@ -1,0 +1,12 @@
+"""The paper's 256x256 model on LSUN Bedroom (about 114M parameters)."""
+
+from configs import celebahq256
+
+
+def get_config():
+  """LSUN Bedroom 256 (Ho et al. 2020, Appendix B): the CelebA-HQ model and
+  optimiser settings, trained for 2,400,000 steps."""
+  config = celebahq256.get_config()
+  config.data.name = "lsun/bedroom"
+  config.training.num_steps = 2_400_000
+  return config
