@@ -1,4 +1,9 @@
-"""Orbax checkpoints of the train state, and the run's saved config."""
+"""Orbax checkpoints of the train state, and the run's saved config.
+
+A checkpoint holds the step, params, EMA params and optimizer state. The
+rest of a run's position is a function of the step: the per-step rng is
+``fold_in(PRNGKey(seed), step)`` and the input order depends only on
+(seed, step), so restoring the state at step s resumes exactly."""
 
 from __future__ import annotations
 
