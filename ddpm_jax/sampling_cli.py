@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ddpm_jax import checkpoints, images, training
+from ddpm_jax import images, training
 from ddpm_jax.interop import sources
 
 VARIANCES = ("fixedsmall", "fixedlarge")
@@ -42,23 +42,8 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
   """Writes ``num`` samples of ``workdir``'s latest checkpoint; returns the
   output prefix (``.png`` and ``.npz`` are appended)."""
   _check_counts(num, batch_size)
-  if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
-    raise FileNotFoundError(
-        f"{workdir!r} has no {checkpoints.CONFIG_FILE}: pass the --workdir of "
-        f"a train.py run")
-  config = checkpoints.read_config(workdir)
+  config, params, step = sources.load_workdir(workdir, use_ema)
   _apply_overrides(config, variance)
-  manager = checkpoints.checkpoint_manager(workdir, read_only=True)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(
-        f"{workdir!r} has no checkpoint yet: train first (train.py --workdir "
-        f"{workdir}) or pass another --workdir")
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  state = checkpoints.restore_latest(
-      manager, training.create_train_state(config, model, tx))
-  manager.close()
-  params = state.ema_params if use_ema else state.params
-  step = int(state.step)
   prefix = out or os.path.join(workdir, "samples",
                                f"sample_seed{seed}_step{step}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix)

@@ -138,18 +138,11 @@ def test_image_folder_errors(tmp_path):
 
 
 def tiny_train_config(name, channels):
-  from configs import digits
-  config = digits.get_config()
+  from tests.tiny_configs import tiny_digits_config
+  config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2,
+                              num_steps=2, checkpoint_every=2)
   config.data.name = name
   config.data.channels = channels
-  config.model.ch = 32
-  config.model.num_res_blocks = 1
-  config.diffusion.num_timesteps = 10
-  config.training.batch_size = 4
-  config.training.num_steps = 2
-  config.training.checkpoint_every = 2
-  config.sampling.num_samples = 2
-  config.sampling.batch_size = 2
   return config
 
 

@@ -6,21 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import digits
 from ddpm_jax import checkpoints, data, training
+from tests.tiny_configs import tiny_digits_config
 
 
 def tiny_config(num_steps):
-  config = digits.get_config()
-  config.model.ch = 32
-  config.model.num_res_blocks = 1
-  config.diffusion.num_timesteps = 20
-  config.training.batch_size = 8
-  config.training.num_steps = num_steps
-  config.training.checkpoint_every = 2
-  config.training.log_every = 100
-  config.sampling.num_samples = 4
-  config.sampling.batch_size = 4
+  config = tiny_digits_config(num_timesteps=20, batch_size=8,
+                              num_steps=num_steps, checkpoint_every=2,
+                              log_every=100)
   config.optim.warmup_steps = 2
   return config
 

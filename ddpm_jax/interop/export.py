@@ -26,26 +26,13 @@ def export_workdir(workdir: str, out: str, use_ema: bool = True) -> int:
   """Writes ``workdir``'s latest checkpoint as a diffusers directory;
   returns the checkpoint's step."""
   # pylint: disable=g-import-not-at-top
-  import os
-  from ddpm_jax import checkpoints, training
-  from ddpm_jax.interop import diffusers_scheduler, diffusers_unet
-  if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
-    raise FileNotFoundError(f"{workdir!r} has no {checkpoints.CONFIG_FILE}: "
-                            f"pass the --workdir of a train.py run")
-  config = checkpoints.read_config(workdir)
-  manager = checkpoints.checkpoint_manager(workdir, read_only=True)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"{workdir!r} has no checkpoint yet: train first")
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  state = checkpoints.restore_latest(
-      manager, training.create_train_state(config, model, tx))
-  manager.close()
-  params = state.ema_params if use_ema else state.params
+  from ddpm_jax.interop import diffusers_scheduler, diffusers_unet, sources
+  config, params, step = sources.load_workdir(workdir, use_ema)
   diffusers_unet.write_model_dir(
       out, params, config.model, config.data.image_size, config.data.channels,
       scheduler_config=diffusers_scheduler.scheduler_config_from_settings(
           config))
-  return int(state.step)
+  return step
 
 
 def main(argv):

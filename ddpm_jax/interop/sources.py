@@ -1,4 +1,5 @@
-"""One entry point for every model source sample.py accepts."""
+"""One entry point for every model source sample.py and export accept:
+a train.py workdir, a diffusers model directory, an original TF checkpoint."""
 
 from __future__ import annotations
 
@@ -17,6 +18,32 @@ from ddpm_jax.interop import tf_checkpoint
 def _base_config() -> ml_collections.ConfigDict:
   from configs import default  # pylint: disable=g-import-not-at-top
   return default.get_default_config()
+
+
+def load_workdir(workdir: str, use_ema: bool = True
+                 ) -> Tuple[ml_collections.ConfigDict, Any, int]:
+  """A train.py workdir -> (its config, the latest checkpoint's EMA (or raw)
+  params, that checkpoint's step)."""
+  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import checkpoints, training
+  if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
+    raise FileNotFoundError(
+        f"{workdir!r} has no {checkpoints.CONFIG_FILE}: pass the --workdir of "
+        f"a train.py run")
+  config = checkpoints.read_config(workdir)
+  manager = checkpoints.checkpoint_manager(workdir, read_only=True)
+  try:
+    if manager.latest_step() is None:
+      raise FileNotFoundError(
+          f"{workdir!r} has no checkpoint yet: train first (train.py "
+          f"--workdir {workdir}) or pass another --workdir")
+    model, tx = training.make_model(config), training.make_optimizer(config)
+    state = checkpoints.restore_latest(
+        manager, training.create_train_state(config, model, tx))
+  finally:
+    manager.close()
+  params = state.ema_params if use_ema else state.params
+  return config, params, int(state.step)
 
 
 def _scheduler_file(path: str) -> Optional[str]:

@@ -13,19 +13,13 @@ import optax
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from configs import digits  # pylint: disable=g-import-not-at-top
 from ddpm_jax import parallel, training  # pylint: disable=g-import-not-at-top
+from tests.tiny_configs import tiny_digits_config  # pylint: disable=g-import-not-at-top
 
 
 def tiny_config():
-  config = digits.get_config()
-  config.model.ch = 32
-  config.model.ch_mult = (1, 2)
-  config.model.num_res_blocks = 1
-  config.diffusion.num_timesteps = 50
-  config.training.batch_size = 16
+  config = tiny_digits_config(num_timesteps=50, batch_size=16, ema_decay=0.9)
   config.optim.warmup_steps = 2
-  config.training.ema_decay = 0.9
   return config
 
 
