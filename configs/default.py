@@ -16,6 +16,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.data.channels = 3
   config.data.random_flip = True
   config.data.data_dir = ""  # tfds data_dir; '' = tfds default
+  # tfds: download and prepare a dataset missing from data_dir (needs the
+  # network; on a multi-host job prepare it beforehand and set False).
+  config.data.download = True
+  config.data.shuffle_buffer = 10_000  # tfds: examples in the shuffle buffer
   config.data.folder = ""  # with name='folder': a directory of image files
 
   config.model = ml_collections.ConfigDict()

@@ -1,9 +1,10 @@
 """Orbax checkpoints of the train state, and the run's saved config.
 
-A checkpoint holds the step, params, EMA params and optimizer state. The
-rest of a run's position is a function of the step: the per-step rng is
-``fold_in(PRNGKey(seed), step)`` and the input order depends only on
-(seed, step), so restoring the state at step s resumes exactly."""
+A checkpoint has two items: ``state`` (the step, the base rng key, params,
+EMA params and optimizer state) and ``data`` (the input pipeline's
+position, JSON). The step's randomness is ``fold_in(rng, step)`` and the
+input stream is a function of (seed, position), so restoring both resumes
+a run exactly where it stopped."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import ml_collections
 import orbax.checkpoint as ocp
@@ -29,16 +30,32 @@ def checkpoint_manager(workdir: str, max_to_keep: int = 3,
       os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-  """Saves ``state`` (a pytree) as ``step`` (asynchronously)."""
-  manager.save(step, args=ocp.args.StandardSave(state))
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         data_position: Optional[dict] = None) -> None:
+  """Saves ``state`` (a pytree) and the input ``data_position`` (a JSON
+  dict) as ``step``, asynchronously."""
+  items = {STATE_ITEM: ocp.args.StandardSave(state)}
+  if data_position is not None:
+    items[DATA_ITEM] = ocp.args.JsonSave(data_position)
+  manager.save(step, args=ocp.args.Composite(**items))
+
+
+class Restored(NamedTuple):
+  """A restored checkpoint: the state, and the input position saved with it
+  (None for a checkpoint written without one)."""
+  state: Any
+  data_position: Optional[dict]
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: Any,
-                   set_aside: bool = False) -> Optional[Any]:
-  """The newest readable checkpoint restored onto ``template`` (whose
-  arrays' shardings it takes, whatever mesh wrote it), or None if there is
-  none.
+                   set_aside: bool = False) -> Optional[Restored]:
+  """The newest readable checkpoint, its state restored onto ``template``
+  (whose arrays' shardings it takes, whatever mesh wrote it), or None if
+  there is none.
 
   A newest checkpoint that fails to restore while an older one succeeds is
   taken to be damaged (a truncated write): a message names it, and with
@@ -52,7 +69,14 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
   failures = []
   for step in steps:
     try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(template))
+      items = {STATE_ITEM: ocp.args.StandardRestore(template)}
+      if os.path.isdir(os.path.join(str(manager.directory), str(step),
+                                    DATA_ITEM)):
+        items[DATA_ITEM] = ocp.args.JsonRestore()
+      out = manager.restore(step, args=ocp.args.Composite(**items))
+      position = out[DATA_ITEM] if DATA_ITEM in items else None
+      restored = Restored(out[STATE_ITEM],
+                          None if position is None else dict(position))
     except Exception as e:  # pylint: disable=broad-except
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
       failures.append((step, reason, e))

@@ -1,9 +1,11 @@
 """Input pipelines: the offline ``digits`` dataset, a folder of images, and
 tfds image datasets.
 
-Both yield float32 NHWC batches scaled to [-1, 1] through one interface,
-:func:`create_input_iter`. The order is a pure function of (seed, step), so
-a run resumed at step s sees the batches it would have seen.
+All yield float32 NHWC batches scaled to [-1, 1] through one interface,
+:func:`create_input_iter`, each with the :class:`Position` after it. The
+stream is a pure function of (seed, position) and the position is saved in
+every checkpoint, so a resumed run sees the batches it would have seen. On
+a multi-host job each process loads only its own share of each batch.
 
 ``digits`` is scikit-learn's 8x8 handwritten digits (1,797 images, shipped
 inside the scikit-learn wheel, so no network is needed). It is split once,
@@ -12,8 +14,10 @@ deterministically, into 1,500 training and 297 test images.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -53,82 +57,185 @@ def _bilinear_upsample(images: np.ndarray, factor: int) -> np.ndarray:
   ]).clip(0.0, 1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Position:
+  """Where an input stream stands: ``offset`` examples of ``epoch`` (counted
+  over all processes) have been consumed. Saved with each checkpoint, so a
+  resumed run reads on from exactly there, even with another batch size."""
+  epoch: int = 0
+  offset: int = 0
+
+  def to_json(self) -> Dict[str, int]:
+    return {"epoch": int(self.epoch), "offset": int(self.offset)}
+
+  @classmethod
+  def from_json(cls, d: Dict[str, Any]) -> "Position":
+    return cls(int(d["epoch"]), int(d["offset"]))
+
+
+# (local batch, position after it): what every input iterator yields.
+Batches = Iterator[Tuple[np.ndarray, Position]]
+
+
+def _process(process_index: Optional[int], process_count: Optional[int]
+             ) -> Tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.process_index(), jax.process_count()
+  return process_index, process_count
+
+
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise DataError(f"training.batch_size {batch_size} is not divisible by "
+                    f"the {process_count} processes: set a multiple")
+  return batch_size // process_count
+
+
 def array_batches(images: np.ndarray, batch_size: int, seed: int,
-                  start_step: int = 0, random_flip: bool = False
-                  ) -> Iterator[np.ndarray]:
-  """Endless batches of an in-memory array; epoch e is the permutation drawn
-  from (seed, e); the last partial batch of an epoch is dropped."""
+                  position: Position = Position(), random_flip: bool = False,
+                  process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Batches:
+  """Endless (batch, position) pairs from an in-memory array.
+
+  Epoch e visits the images in the permutation drawn from (seed, e); a
+  global batch is the next ``batch_size`` of it (a remainder too short for
+  a batch is dropped) and this process yields its own rows of it, so the
+  global batch does not depend on the process count. ``position`` says
+  where to start.
+  """
   n = len(images)
   if batch_size > n:
     raise DataError(f"training.batch_size {batch_size} exceeds the dataset "
                     f"size {n}: lower training.batch_size")
-  per_epoch = n // batch_size
-  step = start_step
+  index, count = _process(process_index, process_count)
+  local = _local_batch_size(batch_size, count)
+  rows = slice(index * local, (index + 1) * local)
+  epoch, offset = position.epoch, position.offset
   while True:
-    epoch, i = divmod(step, per_epoch)
-    rng = np.random.default_rng([seed, epoch])
-    idx = rng.permutation(n)[i * batch_size:(i + 1) * batch_size]
+    if offset + batch_size > n:
+      epoch, offset = epoch + 1, 0
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    idx = order[offset:offset + batch_size][rows]
     batch = images[idx]
     if random_flip:
-      flip = np.random.default_rng([seed, epoch, i, 1]).random(batch_size) < 0.5
+      flip = np.random.default_rng([seed, epoch, offset, 1]).random(
+          batch_size)[rows] < 0.5
       batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
-    yield batch
-    step += 1
+    offset += batch_size
+    yield batch, Position(epoch, offset)
 
 
-def _tfds_dataset(name: str, split: str, data_dir: Optional[str]):
+def _tfds_builder(name: str, data_dir: Optional[str], download: bool = True):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"unknown tfds dataset {name!r} (data.name): "
                     f"{str(e).splitlines()[0]}") from None
+  build = (f"prepare it on a machine with internet (`tfds build {name} "
+           f"--data_dir DIR`) and set data.data_dir=DIR, or use "
+           f"data.name='digits'")
+  if not download:
+    if not builder.is_prepared():
+      raise DataError(f"tfds dataset {name!r} is not in "
+                      f"{builder.data_dir!r} and data.download is False: "
+                      f"{build}")
+    return builder
   try:
     builder.download_and_prepare()
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(
         f"tfds dataset {name!r} is not in {builder.data_dir!r} and could not "
-        f"be downloaded (it needs the network on first use): prepare it on a "
-        f"machine with internet (`tfds build {name}`) and point data.data_dir "
-        f"at it, or use data.name='digits' ({type(e).__name__})") from None
-  return builder.as_dataset(split=split, shuffle_files=False)
+        f"be downloaded (it needs the network on first use): {build} "
+        f"({type(e).__name__})") from None
+  return builder
+
+
+def _seed32(*parts: int) -> int:
+  """A 31-bit seed for tf.data from integer parts."""
+  return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
 
 
 def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
-                 channels: int, seed: int, start_step: int = 0,
-                 random_flip: bool = True, data_dir: Optional[str] = None
-                 ) -> Iterator[np.ndarray]:
-  """Endless batches of a tfds image dataset: center crop to a square,
-  area resize to ``image_size``, optional flip, scale to [-1, 1]."""
+                 channels: int, seed: int, position: Position = Position(),
+                 random_flip: bool = True, data_dir: Optional[str] = None,
+                 process_index: Optional[int] = None,
+                 process_count: Optional[int] = None,
+                 shuffle_buffer: int = 10_000, download: bool = True
+                 ) -> Batches:
+  """Endless (batch, position) pairs from a tfds image dataset: centre crop
+  to a square, area resize to ``image_size``, optional flip, [-1, 1].
+
+  Each process reads only its own part of the split
+  (``tfds.split_for_jax_process``, equal parts) and yields
+  ``batch_size / process_count`` images per batch. Epoch e of process p
+  reads its files and shuffles them in an order drawn from (seed, e, p),
+  and flips from (seed, e, p, index), so the stream is a function of
+  (seed, position). A resume skips the epoch's consumed records before
+  they are decoded; nothing is cached in memory, so LSUN-sized datasets
+  stream. With ``download`` False a dataset not yet prepared in
+  ``data_dir`` is an immediate error rather than a download attempt.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
-  ds = _tfds_dataset(name, split, data_dir)
-  if "image" not in ds.element_spec:
-    raise DataError(f"tfds dataset {name!r} has no 'image' feature")
-  have = ds.element_spec["image"].shape[-1]
+  index, count = _process(process_index, process_count)
+  local = _local_batch_size(batch_size, count)
+  builder = _tfds_builder(name, data_dir, download)
+  if "image" not in builder.info.features:
+    raise DataError(f"tfds dataset {name!r} has no 'image' feature: choose "
+                    f"an image dataset for data.name")
+  have = builder.info.features["image"].shape[-1]
   if have != channels:
     raise DataError(f"tfds dataset {name!r} has {have}-channel images but "
                     f"data.channels is {channels}: set data.channels={have}")
+  part = tfds.split_for_jax_process(split, process_index=index,
+                                    process_count=count, drop_remainder=True)
 
-  def prep(example):
-    img = example["image"]
+  def read(epoch: int):
+    return builder.as_dataset(
+        split=part, shuffle_files=True,
+        read_config=tfds.ReadConfig(shuffle_seed=_seed32(seed, epoch, index)),
+        decoders={"image": tfds.decode.SkipDecoding()})
+
+  n_local = int(read(0).cardinality())
+  if n_local < 0:  # unknown: count once
+    n_local = sum(1 for _ in read(0))
+  if n_local < local:
+    raise DataError(f"tfds dataset {name!r} split {split!r} has {n_local} "
+                    f"examples per process, fewer than a batch of {local}: "
+                    f"lower training.batch_size")
+
+  def prep(i, example, epoch):
+    img = tf.io.decode_image(example["image"], channels=channels,
+                             expand_animations=False)
     h, w = tf.shape(img)[0], tf.shape(img)[1]
     s = tf.minimum(h, w)
     img = tf.image.crop_to_bounding_box(img, (h - s) // 2, (w - s) // 2, s, s)
     img = tf.image.resize(img, [image_size, image_size], method="area",
                           antialias=True)
-    return tf.cast(img, tf.float32) / 127.5 - 1.0
+    img = tf.cast(img, tf.float32) / 127.5 - 1.0
+    if random_flip:
+      img = tf.image.stateless_random_flip_left_right(
+          img, tf.stack([tf.cast(_seed32(seed, epoch, index), tf.int64), i]))
+    return img
 
-  def flip(i, img):
-    seeds = tf.stack([tf.cast(seed, tf.int64), i])
-    return tf.image.stateless_random_flip_left_right(img, seeds)
-
-  ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).cache()
-  ds = ds.repeat().shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-  if random_flip:
-    ds = ds.enumerate().map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=True).skip(start_step)
-  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  epoch, offset = position.epoch, position.offset
+  while True:
+    skip = offset // count
+    if skip + local > n_local:
+      epoch, offset, skip = epoch + 1, 0, 0
+    ds = read(epoch).shuffle(min(shuffle_buffer, n_local),
+                             seed=_seed32(seed, epoch, index, 1))
+    ds = ds.enumerate().skip(skip)
+    ds = ds.map(functools.partial(prep, epoch=epoch),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    for batch in ds.as_numpy_iterator():
+      offset += batch_size
+      yield batch, Position(epoch, offset)
+    epoch, offset = epoch + 1, 0
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
@@ -190,20 +297,26 @@ def folder_images(path: str, image_size: int, channels: int) -> np.ndarray:
   return out.astype(np.float32) / 127.5 - 1.0
 
 
-def create_input_iter(config, start_step: int = 0) -> Iterator[np.ndarray]:
-  """Training batches for ``config.data`` from step ``start_step`` on."""
+def create_input_iter(config, position: Position = Position(),
+                      process_index: Optional[int] = None,
+                      process_count: Optional[int] = None) -> Batches:
+  """(local batch, position) pairs for ``config.data`` from ``position`` on;
+  this process's share of each global batch of ``training.batch_size``."""
   d = config.data
   batch_size = config.training.batch_size
+  where = dict(process_index=process_index, process_count=process_count)
   if d.name == "digits":
     if d.channels != 1:
       raise DataError("digits are grayscale: set data.channels=1")
     images = digits_images(d.get("split", "train"), d.image_size)
-    return array_batches(images, batch_size, config.seed, start_step,
-                         d.random_flip)
+    return array_batches(images, batch_size, config.seed, position,
+                         d.random_flip, **where)
   if d.name == "folder":
     images = folder_images(d.get("folder", ""), d.image_size, d.channels)
-    return array_batches(images, batch_size, config.seed, start_step,
-                         d.random_flip)
+    return array_batches(images, batch_size, config.seed, position,
+                         d.random_flip, **where)
   return tfds_batches(d.name, d.get("split", "train"), batch_size,
-                      d.image_size, d.channels, config.seed, start_step,
-                      d.random_flip, d.get("data_dir") or None)
+                      d.image_size, d.channels, config.seed, position,
+                      d.random_flip, d.get("data_dir") or None,
+                      shuffle_buffer=d.get("shuffle_buffer", 10_000),
+                      download=d.get("download", True), **where)

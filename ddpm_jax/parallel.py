@@ -10,7 +10,8 @@ numerics do not depend on the device count.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import collections
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -73,11 +74,15 @@ def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
 
 
-def process_slice(global_batch_size: int) -> slice:
-  """The rows of a global batch that this process loads."""
-  count, index = jax.process_count(), jax.process_index()
-  if global_batch_size % count:
-    raise ValueError(f"training.batch_size={global_batch_size} must be "
-                     f"divisible by the process count {count}")
-  per = global_batch_size // count
-  return slice(index * per, (index + 1) * per)
+def prefetch_to_mesh(batches: Iterator[Tuple[np.ndarray, Any]], mesh: Mesh,
+                     size: int = 2) -> Iterator[Tuple[jax.Array, Any]]:
+  """(local batch, tag) pairs -> (global batch on ``mesh``, tag) pairs,
+  with ``size`` batches already on their way to the devices (the copies
+  are asynchronous, so the host's next batch overlaps the current step)."""
+  queue = collections.deque()
+  for local, tag in batches:
+    queue.append((global_batch(np.asarray(local), mesh), tag))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -2,8 +2,9 @@
 
 Structured as the flax examples: :func:`create_train_state`,
 :func:`train_step` (jitted, pure) and :func:`train_and_evaluate`. The step's
-randomness is ``fold_in(PRNGKey(seed), step)``, so every step is
-reproducible and a resumed run continues exactly.
+randomness is ``fold_in(state.rng, step)`` with ``state.rng`` drawn from the
+config's seed and checkpointed, so every step is reproducible, independent
+of the device count, and a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -36,8 +38,10 @@ class ConfigError(ValueError):
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """Step, parameters, their EMA and the optimizer state (all checkpointed)."""
+  """Step, base rng key, parameters, their EMA and the optimizer state (all
+  checkpointed)."""
   step: jnp.ndarray
+  rng: jnp.ndarray  # uint32[2]; step s uses fold_in(rng, s)
   params: Any
   ema_params: Any
   opt_state: Any
@@ -156,7 +160,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
   def init():
     params = model.init(key, jnp.zeros((1, size, size, ch)),
                         jnp.zeros((1,), jnp.int32))["params"]
-    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+    return TrainState(step=jnp.asarray(0, jnp.int32),
+                      rng=jax.random.PRNGKey(config.seed), params=params,
                       ema_params=params, opt_state=tx.init(params))
 
   if mesh is None:
@@ -167,16 +172,16 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
 
 def train_step(state: TrainState, batch: jnp.ndarray,
                schedule: DiffusionSchedule, *, apply_fn, tx, ema_decay: float,
-               seed: int, skip_nonfinite: bool = False
+               skip_nonfinite: bool = False
                ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
   """One Adam step on L_simple and one EMA update. Pure; jit it with
-  ``apply_fn``, ``tx``, ``ema_decay`` and ``seed`` bound.
+  ``apply_fn``, ``tx`` and ``ema_decay`` bound.
 
   ``metrics['finite']`` says whether the loss and gradient were finite; with
   ``skip_nonfinite`` a non-finite step leaves params, EMA and optimizer
   state unchanged (the step counter still advances).
   """
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+  key = jax.random.fold_in(state.rng, state.step)
   key_loss, key_dropout = jax.random.split(key)
 
   def objective(params):
@@ -208,7 +213,6 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
   Call it as ``step(state, batch, schedule)``."""
   fn = functools.partial(train_step, apply_fn=eps_fn(model), tx=tx,
                          ema_decay=float(config.training.ema_decay),
-                         seed=int(config.seed),
                          skip_nonfinite=bool(config.training.get(
                              "skip_nonfinite", False)))
   rep = parallel.replicated(mesh)
@@ -251,7 +255,11 @@ def _write_grid(config, model, state, schedule, workdir, step,
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainState:
   """Trains (resuming from ``workdir``'s latest checkpoint), checkpoints and
-  writes EMA sample grids to ``workdir/samples``."""
+  writes EMA sample grids to ``workdir/samples``.
+
+  On a multi-host job every process runs this; each loads its own share of
+  the batch, and process 0 alone writes logs, grids and the config.
+  """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
@@ -269,18 +277,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                            config.training.max_to_keep)
   state = create_train_state(config, model, tx, mesh, fsdp)
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  position = data.Position()
   restored = checkpoints.restore_latest(manager, state, set_aside=lead)
   if restored is not None:
-    state = restored
-    print(f"Resuming from {workdir} at step {int(state.step)}.")
+    state = restored.state
+    if restored.data_position is not None:
+      position = data.Position.from_json(restored.data_position)
+    else:  # written without one: the stream from the start
+      print(f"warning: checkpoint {int(state.step)} has no input position; "
+            f"the input stream restarts", file=sys.stderr)
+    if lead:
+      print(f"Resuming from {workdir} at step {int(state.step)}.")
   if lead:
     checkpoints.write_config(workdir, config)
 
   start, total = int(state.step), int(config.training.num_steps)
   step_fn = make_train_step(config, model, tx, mesh, state_shardings)
   schedule = jax.device_put(schedule, parallel.replicated(mesh))
-  rows = parallel.process_slice(bs)
-  batches = data.create_input_iter(config, start_step=start)
+  batches = parallel.prefetch_to_mesh(
+      data.create_input_iter(config, position), mesh)
   writer = _summary_writer(workdir) if lead else None
   t0, last = time.time(), start
   lr_fn = learning_rate_fn(config)
@@ -304,21 +319,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"it, the last checkpoint is step {manager.latest_step()} (set "
         f"--config.training.skip_nonfinite=True to skip such steps)")
 
-  stop = _StopOnSignal()
+  def save(step):
+    checkpoints.save(manager, step, state, position.to_json())
+
+  multihost = jax.process_count() > 1
+  # One process alone: SIGTERM/SIGINT set a flag checked between steps.
+  # Several: JAX's preemption service catches SIGTERM on any of them and
+  # all agree on the step to stop at (manager.reached_preemption).
+  stop = _StopOnSignal(sigterm=not multihost)
   pending = None  # the previous step, checked once the next is dispatched
   try:
     for step in range(start, total):
+      if multihost and manager.reached_preemption(step):
+        stop.requested = "preemption"
       if stop.requested:
         if pending is not None:
           check_finite(*pending)
         if manager.latest_step() != step:
-          checkpoints.save(manager, step, state)
+          save(step)
         manager.wait_until_finished()
         if lead:
           bar.write(f"{stop.requested}: saved the checkpoint of step {step} "
                     f"and stopped; run the same command to continue")
         break
-      batch = parallel.global_batch(np.asarray(next(batches))[rows], mesh)
+      batch, position = next(batches)
       state, metrics = step_fn(state, batch, schedule)
       done = step + 1
       if pending is not None:
@@ -343,7 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       bar.update(1)
       if done % config.training.checkpoint_every == 0 or done == total:
         check_finite(done, metrics)
-        checkpoints.save(manager, done, state)
+        save(done)
       every = config.training.sample_every
       if (every and done % every == 0) or done == total:
         # Every process samples (the parameters may span processes); the
@@ -367,10 +391,10 @@ class _StopOnSignal:
   into a request that the training loop honours between steps by saving a
   checkpoint of the current step and returning."""
 
-  def __init__(self):
+  def __init__(self, sigterm: bool = True):
     self.requested = None
     self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT)[0 if sigterm else 1:]:
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread: leave signals alone

@@ -25,25 +25,61 @@ def test_digits_real_data_scaled_and_split():
     data.digits_images("validation")
 
 
+def take(it, n):
+  """n (batch, position) pairs -> (batches, positions)."""
+  pairs = [next(it) for _ in range(n)]
+  return [b for b, _ in pairs], [p for _, p in pairs]
+
+
 def test_array_batches_resume_exactly_and_cover_each_epoch():
   images = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
-  it = data.array_batches(images, 3, seed=5)
-  first = [next(it) for _ in range(7)]
-  resumed = data.array_batches(images, 3, seed=5, start_step=4)
+  first, pos = take(data.array_batches(images, 3, seed=5), 7)
+  assert pos[2] == data.Position(0, 9) and pos[3] == data.Position(1, 3)
+  resumed = data.array_batches(images, 3, seed=5, position=pos[3])
   for i in range(4, 7):
-    np.testing.assert_array_equal(next(resumed), first[i])
+    batch, after = next(resumed)
+    np.testing.assert_array_equal(batch, first[i])
+    assert after == pos[i]
   epoch0 = np.concatenate(first[:3]).ravel()
   assert len(set(epoch0)) == 9  # 3 batches of a permutation, 1 dropped
-  other = data.array_batches(images, 3, seed=6)
-  assert not np.array_equal(next(other), first[0])
+  other, _ = next(data.array_batches(images, 3, seed=6))
+  assert not np.array_equal(other, first[0])
   with pytest.raises(data.DataError, match="training.batch_size"):
     next(data.array_batches(images, 11, seed=0))
+
+
+def test_array_batches_resume_with_another_batch_size():
+  # The position counts examples, so a run resumed with a new batch size
+  # reads on from the same example of the same epoch.
+  images = np.arange(24, dtype=np.float32).reshape(24, 1, 1, 1)
+  small, pos = take(data.array_batches(images, 2, seed=1), 6)
+  big, _ = take(data.array_batches(images, 4, seed=1, position=pos[1]), 2)
+  np.testing.assert_array_equal(np.concatenate(big),
+                                np.concatenate(small[2:6]))
+
+
+def test_array_batches_split_over_processes():
+  # Each process yields its rows of the same global batch (flips included).
+  images = np.random.default_rng(0).normal(size=(20, 2, 3, 1)).astype(
+      np.float32)
+  whole, pos = take(data.array_batches(images, 8, seed=2, random_flip=True,
+                                       process_index=0, process_count=1), 5)
+  parts = [take(data.array_batches(images, 8, seed=2, random_flip=True,
+                                   process_index=p, process_count=4), 5)
+           for p in range(4)]
+  for i in range(5):
+    np.testing.assert_array_equal(
+        np.concatenate([batches[i] for batches, _ in parts]), whole[i])
+    assert all(positions[i] == pos[i] for _, positions in parts)
+  with pytest.raises(data.DataError, match="divisible by the 3 processes"):
+    next(data.array_batches(images, 8, seed=2, process_index=0,
+                            process_count=3))
 
 
 def test_random_flip_mirrors_some_images():
   images = np.tile(np.arange(4, dtype=np.float32).reshape(1, 1, 4, 1),
                    (64, 2, 1, 1))
-  batch = next(data.array_batches(images, 64, seed=0, random_flip=True))
+  batch, _ = next(data.array_batches(images, 64, seed=0, random_flip=True))
   flipped = (batch[:, 0, 0, 0] == 3).sum()
   assert 10 < flipped < 54
   assert set(batch[:, 0, 0, 0]) == {0.0, 3.0}
@@ -52,8 +88,10 @@ def test_random_flip_mirrors_some_images():
 def test_create_input_iter_digits():
   config = digits_config.get_config()
   config.training.batch_size = 16
-  batch = next(data.create_input_iter(config))
+  batch, position = next(data.create_input_iter(config))
   assert batch.shape == (16, 8, 8, 1)
+  assert position == data.Position(0, 16)
+  assert data.Position.from_json(position.to_json()) == position
 
 
 def test_tfds_pipeline_on_mock_data():
@@ -61,25 +99,104 @@ def test_tfds_pipeline_on_mock_data():
   with tfds.testing.mock_data(num_examples=12):
     it = data.tfds_batches("mnist", "train", batch_size=4, image_size=8,
                            channels=1, seed=0, random_flip=True)
-    batch = next(it)
+    batch, position = next(it)
     assert batch.shape == (4, 8, 8, 1) and batch.dtype == np.float32
     assert -1.0 <= batch.min() <= batch.max() <= 1.0
+    assert position == data.Position(0, 4)
     with pytest.raises(data.DataError, match="data.channels=1"):
       next(data.tfds_batches("mnist", "train", 4, 8, channels=3, seed=0))
-    # Same seed, same order; resume skips the batches already seen.
+    # Same seed, same order; a resume reads on from the saved position,
+    # across the end of an epoch (3 batches of 4 per epoch).
     a = data.tfds_batches("mnist", "train", 4, 8, 1, seed=3)
-    seq = [next(a) for _ in range(3)]
-    b = data.tfds_batches("mnist", "train", 4, 8, 1, seed=3, start_step=2)
-    np.testing.assert_array_equal(next(b), seq[2])
+    seq, pos = take(a, 5)
+    assert pos[3] == data.Position(1, 4)
+    assert not np.array_equal(seq[0], seq[3])  # epoch 1 reshuffled
+    for k in (1, 2, 3):
+      b = data.tfds_batches("mnist", "train", 4, 8, 1, seed=3,
+                            position=pos[k])
+      got, after = next(b)
+      np.testing.assert_array_equal(got, seq[k + 1])
+      assert after == pos[k + 1]
 
 
-def test_tfds_without_data_or_network_says_so(tmp_path):
-  pytest.importorskip("tensorflow_datasets")
-  with pytest.raises(data.DataError, match="needs the network on first use"):
+@pytest.fixture(scope="module")
+def prepared_tfds(tmp_path_factory):
+  """A real tfds dataset prepared on disk (20 RGB 12x10 images, image i
+  filled with the value 10 i), so that splits, file reads and decoding are
+  tfds' own rather than mock_data's."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("importlib_resources")  # tfds' builders need it
+
+  class DdpmJaxTinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features
+                                   .FeaturesDict({"image": tfds.features.Image(
+                                       shape=(10, 12, 3))}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(20):
+        yield i, {"image": np.full((10, 12, 3), 10 * i, np.uint8)}
+
+  d = str(tmp_path_factory.mktemp("tfds"))
+  DdpmJaxTinyImages(data_dir=d).download_and_prepare()
+  return d
+
+
+def test_tfds_each_process_reads_its_own_part(prepared_tfds):
+  def stream(index, count, position=data.Position(), n=6):
+    return take(data.tfds_batches(
+        "ddpm_jax_tiny_images", "train", batch_size=4, image_size=8,
+        channels=3, seed=7, position=position, random_flip=False,
+        data_dir=prepared_tfds, process_index=index, process_count=count), n)
+
+  def ids(batch):  # image i is constant 10 i, scaled to [-1, 1]
+    return [int(round((img[0, 0, 0] + 1) * 127.5 / 10)) for img in batch]
+
+  # 2 processes x 10 images, 2 per batch: each epoch (5 batches) visits its
+  # own 10 images once, and the two processes' images are disjoint.
+  (a, pa), (b, pb) = stream(0, 2), stream(1, 2)
+  assert all(x.shape == (2, 8, 8, 3) for x in a + b)
+  assert pa == pb and pa[4] == data.Position(0, 20)
+  assert pa[5] == data.Position(1, 4)
+  seen_a = sorted(i for x in a[:5] for i in ids(x))
+  seen_b = sorted(i for x in b[:5] for i in ids(x))
+  assert len(set(seen_a)) == len(set(seen_b)) == 10
+  assert sorted(seen_a + seen_b) == list(range(20))
+  one, _ = stream(0, 1, n=5)
+  assert sorted(i for x in one for i in ids(x)) == list(range(20))
+  # The epochs are shuffled differently.
+  assert ids(a[5]) != ids(a[0])
+  # A resume mid-epoch and at the epoch's end reads what the stream read.
+  for k in (1, 4):
+    got, _ = stream(1, 2, position=pb[k], n=1)
+    np.testing.assert_array_equal(got[0], b[k + 1])
+
+
+def test_tfds_not_prepared_says_what_to_do(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(data.DataError, match="data.download is False"):
     next(data.tfds_batches("mnist", "train", 4, 8, 1, seed=0,
-                           data_dir=str(tmp_path)))
+                           data_dir=str(tmp_path), download=False))
   with pytest.raises(data.DataError, match="unknown tfds dataset"):
     next(data.tfds_batches("no_such_dataset_xyz", "train", 4, 8, 1, seed=0,
+                           data_dir=str(tmp_path)))
+
+  # No network: tfds' download fails (here at once; offline machines can
+  # take minutes of retries to get there) and the error says what to do.
+  def offline(self, *args, **kwargs):
+    raise ConnectionError("no route to host")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      offline)
+  with pytest.raises(data.DataError,
+                     match=r"needs the network on first use.*tfds build"):
+    next(data.tfds_batches("mnist", "train", 4, 8, 1, seed=0,
                            data_dir=str(tmp_path)))
 
 

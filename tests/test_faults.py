@@ -29,7 +29,8 @@ def restore(config, workdir, step):
   manager = checkpoints.checkpoint_manager(workdir, read_only=True)
   template = training.create_train_state(config, model, tx)
   import orbax.checkpoint as ocp
-  return manager.restore(step, args=ocp.args.StandardRestore(template))
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(template)))["state"]
 
 
 def all_finite(tree):
@@ -41,12 +42,12 @@ def all_finite(tree):
 def nan_at_step_3(monkeypatch):
   real = data.create_input_iter
 
-  def poisoned(config, start_step=0):
-    for i, batch in enumerate(real(config, start_step), start=start_step):
+  def poisoned(config, position=data.Position()):
+    for batch, after in real(config, position):
       batch = np.array(batch)
-      if i == 2:  # the batch of step 3
+      if after.offset == 3 * config.training.batch_size:  # step 3's batch
         batch[0, 0, 0, 0] = np.nan
-      yield batch
+      yield batch, after
 
   monkeypatch.setattr(data, "create_input_iter", poisoned)
 

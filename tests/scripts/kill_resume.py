@@ -55,7 +55,7 @@ def final_params(workdir):
   sys.path.insert(0, ROOT)
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "checkpoints", str(STEPS))
-  tree = ocp.StandardCheckpointer().restore(os.path.join(path, "default"))
+  tree = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
   return tree
 
 
