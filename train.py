@@ -5,7 +5,10 @@ Started again on the same workdir, it resumes from the latest checkpoint.
 On a multi-host system (a Cloud TPU pod slice, a SLURM or multi-node GPU
 job) run the same command on every host with --multihost: JAX's
 distributed runtime connects the processes (jax.distributed.initialize
-detects the cluster) and the batch is split over every device of every host.
+detects the cluster; elsewhere give --coordinator_address, --num_processes
+and --process_id) and the batch is split over every device of every host.
+SIGTERM on any host (a preemption notice) makes every host save the same
+step and exit; run the same commands again to continue.
 """
 
 import sys
@@ -23,15 +26,29 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file "
                                 "(configs/*.py).", lock_config=True)
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() "
                   "first: one process per host of a multi-host job.")
+flags.DEFINE_string("coordinator_address", None, "With --multihost: host:port "
+                    "of process 0, where the cluster is not auto-detected.")
+flags.DEFINE_integer("num_processes", None, "With --multihost: the number of "
+                     "processes, where not auto-detected.")
+flags.DEFINE_integer("process_id", None, "With --multihost: this process's "
+                     "index, where not auto-detected.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}: use --config and --workdir")
+  manual = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+  if any(v is not None for v in manual) and not FLAGS.multihost:
+    cli.fail("--coordinator_address, --num_processes and --process_id need "
+             "--multihost")
   if FLAGS.multihost:
     import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+    # CPU processes (tests, CPU clusters) exchange data through gloo; GPU
+    # and TPU backends use their own collectives and ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
   from ddpm_jax import training  # pylint: disable=g-import-not-at-top
   with cli.errors_as_one_line():
     training.train_and_evaluate(FLAGS.config, FLAGS.workdir)

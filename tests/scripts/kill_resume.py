@@ -50,13 +50,22 @@ def latest_step(workdir):
   return max([int(n) for n in os.listdir(d) if n.isdigit()] or [0])
 
 
-def final_params(workdir):
-  """The last checkpoint's params and EMA, read with Orbax."""
-  sys.path.insert(0, ROOT)
+def read_state(path):
+  """A checkpoint's state item as host arrays, whatever mesh wrote it."""
+  import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "checkpoints", str(STEPS))
-  tree = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
-  return tree
+  checkpointer = ocp.StandardCheckpointer()
+  meta = checkpointer.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), meta)
+  return jax.device_get(checkpointer.restore(path, target))
+
+
+def final_params(workdir):
+  """The last checkpoint's state (params, EMA, ...), read with Orbax."""
+  return read_state(os.path.join(workdir, "checkpoints", str(STEPS), "state"))
 
 
 def flat(tree, prefix=""):
