@@ -33,6 +33,10 @@ from ddpm_jax.schedules import (DiffusionSchedule, beta_schedule_names,
                                 schedule_from_config)
 
 
+# model.dtype: the compute dtype of convolutions, dense layers and attention.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 class ConfigError(ValueError):
   """A config value is invalid; the message names the field and the fix."""
 
@@ -82,6 +86,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        f"one of {sorted(ACTIVATIONS)}"),
       ("model.downsample_padding",
        config.model.get("downsample_padding", 0) in (0, 1), "0 or 1"),
+      ("model.dtype", config.model.get("dtype", "float32") in COMPUTE_DTYPES,
+       f"one of {COMPUTE_DTYPES} (the compute dtype; params stay float32)"),
   ]
   for field, ok, want in checks:
     if not ok:
