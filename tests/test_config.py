@@ -2,13 +2,39 @@
 
 import pytest
 
-from configs import cifar10, digits
+from configs import (celebahq256, cifar10, digits, lsun_bedroom256,
+                     lsun_cat256, lsun_church256)
 from ddpm_jax.training import ConfigError, validate_config
 
 
 def test_shipped_configs_are_valid():
-  validate_config(digits.get_config())
-  validate_config(cifar10.get_config())
+  for module in (digits, cifar10, celebahq256, lsun_church256,
+                 lsun_bedroom256, lsun_cat256):
+    validate_config(module.get_config())
+
+
+# Appendix B of Ho et al. 2020: (dataset, size, batch, lr, dropout, steps,
+# random flips).
+PAPER_RUNS = {
+    cifar10: ("cifar10", 32, 128, 2e-4, 0.1, 800_000, True),
+    celebahq256: ("celeb_a_hq/256", 256, 64, 2e-5, 0.0, 500_000, True),
+    lsun_church256: ("lsun/church_outdoor", 256, 64, 2e-5, 0.0, 1_200_000,
+                     True),
+    lsun_bedroom256: ("lsun/bedroom", 256, 64, 2e-5, 0.0, 2_400_000, False),
+    lsun_cat256: ("lsun/cat", 256, 64, 2e-5, 0.0, 1_800_000, True),
+}
+
+
+@pytest.mark.parametrize("module", list(PAPER_RUNS),
+                         ids=lambda m: m.__name__.split(".")[-1])
+def test_configs_are_the_papers_runs(module):
+  c = module.get_config()
+  got = (c.data.name, c.data.image_size, c.training.batch_size,
+         c.optim.learning_rate, c.model.dropout, c.training.num_steps,
+         c.data.random_flip)
+  assert got == PAPER_RUNS[module]
+  assert c.training.ema_decay == 0.9999 and c.optim.warmup_steps == 5000
+  assert c.diffusion.num_timesteps == 1000
 
 
 def test_custom_betas_are_a_valid_schedule():
