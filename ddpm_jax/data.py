@@ -147,8 +147,9 @@ def _tfds_builder(name: str, data_dir: Optional[str], download: bool = True):
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(
         f"tfds dataset {name!r} is not in {builder.data_dir!r} and could not "
-        f"be downloaded (it needs the network on first use): {build} "
-        f"({type(e).__name__})") from None
+        f"be downloaded (it needs the network on first use, and some "
+        f"datasets a manual download): {build} ({type(e).__name__}: "
+        f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
   return builder
 
 

@@ -370,6 +370,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if writer is not None:
           for k, v in m.items():
             writer.add_scalar(f"train/{k}", v, done)
+        if lead:  # one line per log_every steps on stdout, beside the bar
+          bar.write(f"step {done}: loss {m['loss']:.5f} grad_norm "
+                    f"{m['grad_norm']:.4f} lr {m['learning_rate']:.3g} "
+                    f"steps/s {m['steps_per_s']:.2f} img/s "
+                    f"{m['img_per_s']:.1f}")
       bar.update(1)
       if done % config.training.checkpoint_every == 0 or done == total:
         check_finite(done, metrics)

@@ -65,6 +65,11 @@ def test_train_resume_and_sample(tmp_path):
   lr = scalars["train/learning_rate"]
   assert lr[1] == 0.0 and lr[2] == pytest.approx(5e-4) and lr[3] == pytest.approx(1e-3)
   assert all(np.isfinite(v) and v > 0 for v in scalars["train/loss"].values())
+  # The same metrics go to stdout, one line per log_every steps.
+  lines = [l for l in p.stdout.splitlines() if l.startswith("step ")
+           and "loss" in l]
+  assert [l.split(":")[0] for l in lines] == ["step 1", "step 2", "step 3"]
+  assert f"loss {scalars['train/loss'][3]:.5f}" in lines[-1], lines[-1]
 
   # Started again with more steps: continues from step 3, not from 0.
   p = run("train.py", *TINY, "--workdir", wd, "--config.training.num_steps=5")
