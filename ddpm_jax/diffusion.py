@@ -22,7 +22,16 @@ from ddpm_jax.schedules import DiffusionSchedule
 Array = jnp.ndarray
 ApplyFn = Callable[[Any, Array, Array, Optional[Array]], Array]
 
-VARIANCES = ("fixedsmall", "fixedlarge")
+# What the network predicts: the noise eps (the paper's choice), x_0, the
+# posterior mean of x_{t-1} (the original code's 'xprev', Table 2's mu~
+# prediction) or v = sqrt(abar) eps - sqrt(1 - abar) x_0.
+PREDICTIONS = ("eps", "x0", "xprev", "v")
+# The reverse variance: fixed to beta~_t or beta_t (Sec. 3.2), the
+# network's log-variance ('learned', the original code) or its
+# interpolation between log beta~_t and log beta_t ('learned_range',
+# improved DDPM). Learned ones need a U-Net with 2C output channels.
+VARIANCES = ("fixedsmall", "fixedlarge", "learned", "learned_range")
+FIXED_VARIANCES = ("fixedsmall", "fixedlarge")
 MEAN_ROUTES = ("x0", "eps")
 
 
@@ -74,6 +83,66 @@ def predict_x0_from_eps(schedule: DiffusionSchedule, x_t: Array, t: Array,
           extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
 
 
+def predict_eps_from_x0(schedule: DiffusionSchedule, x_t: Array, t: Array,
+                        x0: Array) -> Array:
+  """eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1): eq. 4 solved
+  for eps."""
+  return ((extract(schedule.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t -
+           x0) / extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+
+
+def predict_x0_from_xprev(schedule: DiffusionSchedule, x_t: Array, t: Array,
+                          xprev: Array) -> Array:
+  """x_0 from the posterior mean mu~_t (eq. 7 solved for x_0):
+  (mu~ - coef2_t x_t) / coef1_t."""
+  return ((xprev - extract(schedule.posterior_mean_coef2, t, x_t.shape) * x_t)
+          / extract(schedule.posterior_mean_coef1, t, x_t.shape))
+
+
+def v_target(schedule: DiffusionSchedule, x0: Array, t: Array,
+             noise: Array) -> Array:
+  """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022)."""
+  return (extract(schedule.sqrt_alphas_cumprod, t, x0.shape) * noise -
+          extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0)
+
+
+def predict_x0_from_v(schedule: DiffusionSchedule, x_t: Array, t: Array,
+                      v: Array) -> Array:
+  """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (the v definition solved
+  for x_0, using x_t of eq. 4)."""
+  return (extract(schedule.sqrt_alphas_cumprod, t, x_t.shape) * x_t -
+          extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v)
+
+
+def training_target(prediction: str, schedule: DiffusionSchedule, x0: Array,
+                    x_t: Array, t: Array, noise: Array) -> Array:
+  """What a network of kind ``prediction`` (:data:`PREDICTIONS`) is trained
+  to output for x_t = q_sample(x0, t, noise)."""
+  if prediction == "eps":
+    return noise
+  if prediction == "x0":
+    return x0
+  if prediction == "xprev":
+    return q_posterior_mean_variance(schedule, x0, x_t, t)[0]
+  if prediction == "v":
+    return v_target(schedule, x0, t, noise)
+  raise ValueError(f"unknown prediction {prediction!r}; choose one of "
+                   f"{PREDICTIONS}")
+
+
+def split_model_output(output: Array, variance: str
+                       ) -> Tuple[Array, Optional[Array]]:
+  """(mean part, variance part or None): a learned variance takes the last
+  C of the network's 2C output channels."""
+  if variance in FIXED_VARIANCES:
+    return output, None
+  if variance not in VARIANCES:
+    raise ValueError(f"unknown variance {variance!r}; choose one of "
+                     f"{VARIANCES}")
+  mean_out, var_out = jnp.split(output, 2, axis=-1)
+  return mean_out, var_out
+
+
 def p_mean_from_eps(schedule: DiffusionSchedule, x_t: Array, t: Array,
                     eps: Array) -> Array:
   """mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)
@@ -83,18 +152,73 @@ def p_mean_from_eps(schedule: DiffusionSchedule, x_t: Array, t: Array,
 
 
 def p_log_variance(schedule: DiffusionSchedule, t: Array, shape,
-                   variance: str = "fixedsmall") -> Array:
-  """log sigma_t^2 of p(x_{t-1} | x_t) for a fixed variance (Sec. 3.2).
+                   variance: str = "fixedsmall",
+                   var_output: Optional[Array] = None) -> Array:
+  """log sigma_t^2 of p(x_{t-1} | x_t) (Sec. 3.2).
 
   ``fixedsmall``: the posterior variance beta~_t (log clipped at t = 0 as
   in the original code); ``fixedlarge``: beta_t, with beta~_1 at t = 0 as in
-  the original code.
+  the original code; ``learned``: ``var_output`` is the log-variance;
+  ``learned_range``: ``var_output`` v in [-1, 1] interpolates,
+  log sigma^2 = (v+1)/2 log beta_t + (1-(v+1)/2) log beta~_t (improved DDPM,
+  eq. 15 there).
   """
   if variance == "fixedsmall":
     return extract(schedule.posterior_log_variance_clipped, t, shape)
   if variance == "fixedlarge":
     return extract(schedule.fixedlarge_log_variance, t, shape)
-  raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
+  if variance not in VARIANCES:
+    raise ValueError(f"unknown variance {variance!r}; choose one of "
+                     f"{VARIANCES}")
+  if var_output is None:
+    raise ValueError(f"variance {variance!r} needs the network's variance "
+                     f"output")
+  if variance == "learned":
+    return var_output
+  frac = (var_output + 1.0) / 2.0
+  return (frac * extract(schedule.log_betas, t, shape) +
+          (1.0 - frac) * extract(schedule.posterior_log_variance_clipped, t,
+                                 shape))
+
+
+def p_mean_variance(schedule: DiffusionSchedule, model_output: Array,
+                    x_t: Array, t: Array, *, prediction: str = "eps",
+                    variance: str = "fixedsmall", clip_denoised: bool = True,
+                    mean_from: str = "x0") -> Tuple[Array, Array, Array]:
+  """Mean and log-variance of p_theta(x_{t-1} | x_t) from the network's
+  output, and the x_0 it implies: (mean, log_var, x0).
+
+  For ``eps``, ``x0`` and ``v`` the x_0 estimate (clipped to [-1, 1] with
+  ``clip_denoised``) goes through the posterior mean (eq. 7), as the
+  original code does; ``mean_from='eps'`` takes eq. 11 instead (``eps``
+  only). For ``xprev`` the output is the mean itself.
+  """
+  out, var_out = split_model_output(model_output, variance)
+  log_var = p_log_variance(schedule, t, x_t.shape, variance, var_out)
+  if mean_from not in MEAN_ROUTES:
+    raise ValueError(f"unknown mean_from {mean_from!r}; choose one of "
+                     f"{MEAN_ROUTES}")
+  if mean_from == "eps" and prediction != "eps":
+    raise ValueError("mean_from='eps' (eq. 11) needs prediction='eps'")
+  if prediction == "xprev":
+    x0 = predict_x0_from_xprev(schedule, x_t, t, out)
+    return out, log_var, jnp.clip(x0, -1.0, 1.0) if clip_denoised else x0
+  if prediction == "eps":
+    x0 = predict_x0_from_eps(schedule, x_t, t, out)
+  elif prediction == "x0":
+    x0 = out
+  elif prediction == "v":
+    x0 = predict_x0_from_v(schedule, x_t, t, out)
+  else:
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of "
+                     f"{PREDICTIONS}")
+  if clip_denoised:
+    x0 = jnp.clip(x0, -1.0, 1.0)
+  if mean_from == "eps":
+    mean = p_mean_from_eps(schedule, x_t, t, out)
+  else:
+    mean, _, _ = q_posterior_mean_variance(schedule, x0, x_t, t)
+  return mean, log_var, x0
 
 
 def loss_fn(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
@@ -121,6 +245,24 @@ def loss_fn(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   return jnp.mean(jnp.square(noise - eps.astype(jnp.float32)))
 
 
+def p_step_from_output(schedule: DiffusionSchedule, x_t: Array, t: Array,
+                       model_output: Array, noise: Array, *,
+                       prediction: str = "eps", clip_denoised: bool = True,
+                       variance: str = "fixedsmall",
+                       mean_from: str = "x0") -> Tuple[Array, Array]:
+  """x_{t-1} = mean + sigma_t z from the network's output: line 4 of
+  Algorithm 2 for any :data:`PREDICTIONS` and :data:`VARIANCES` (see
+  :func:`p_mean_variance`). No noise is added at t = 0. Returns
+  (x_{t-1}, predicted x_0)."""
+  mean, log_var, x0 = p_mean_variance(
+      schedule, model_output, x_t, t, prediction=prediction,
+      variance=variance, clip_denoised=clip_denoised, mean_from=mean_from)
+  t = jnp.asarray(t)
+  nonzero = (t > 0).astype(x_t.dtype).reshape(
+      t.shape + (1,) * (x_t.ndim - t.ndim))
+  return mean + nonzero * jnp.exp(0.5 * log_var) * noise, x0
+
+
 def p_step_from_eps(schedule: DiffusionSchedule, x_t: Array, t: Array,
                     eps: Array, noise: Array, *, clip_denoised: bool = True,
                     variance: str = "fixedsmall",
@@ -132,21 +274,9 @@ def p_step_from_eps(schedule: DiffusionSchedule, x_t: Array, t: Array,
   eq. 11 directly (``clip_denoised`` then only affects the returned x_0).
   No noise is added at t = 0. Returns (x_{t-1}, predicted x_0).
   """
-  x0 = predict_x0_from_eps(schedule, x_t, t, eps)
-  if clip_denoised:
-    x0 = jnp.clip(x0, -1.0, 1.0)
-  if mean_from == "x0":
-    mean, _, _ = q_posterior_mean_variance(schedule, x0, x_t, t)
-  elif mean_from == "eps":
-    mean = p_mean_from_eps(schedule, x_t, t, eps)
-  else:
-    raise ValueError(f"unknown mean_from {mean_from!r}; choose one of "
-                     f"{MEAN_ROUTES}")
-  log_var = p_log_variance(schedule, t, x_t.shape, variance)
-  t = jnp.asarray(t)
-  nonzero = (t > 0).astype(x_t.dtype).reshape(
-      t.shape + (1,) * (x_t.ndim - t.ndim))
-  return mean + nonzero * jnp.exp(0.5 * log_var) * noise, x0
+  return p_step_from_output(schedule, x_t, t, eps, noise, prediction="eps",
+                            clip_denoised=clip_denoised, variance=variance,
+                            mean_from=mean_from)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "clip_denoised",

@@ -185,6 +185,10 @@ class DiffusionSchedule:
   eps_coef: jnp.ndarray
   # sigma_t^2 = beta_t ('fixedlarge'), with the original's t = 0 entry.
   fixedlarge_log_variance: jnp.ndarray
+  # log beta_t: the upper end of improved DDPM's learned_range variance.
+  log_betas: jnp.ndarray
+  # SNR_t = abar_t / (1 - abar_t), for loss weightings (min-SNR, P2).
+  snr: jnp.ndarray
 
   @property
   def num_timesteps(self) -> int:
@@ -225,6 +229,8 @@ def schedule_tables(betas: np.ndarray) -> Dict[str, np.ndarray]:
       sqrt_recip_alphas=1.0 / np.sqrt(alphas),
       eps_coef=betas / np.sqrt(1.0 - abar),
       fixedlarge_log_variance=large_log_var,
+      log_betas=np.log(betas),
+      snr=abar / (1.0 - abar),
   )
 
 

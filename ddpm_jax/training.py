@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from ddpm_jax import checkpoints, data, images, parallel
-from ddpm_jax.diffusion import MEAN_ROUTES, VARIANCES, loss_fn
+from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, loss_fn
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
 from ddpm_jax.sampling import sample
 from ddpm_jax.schedules import (DiffusionSchedule, beta_schedule_names,
@@ -71,8 +71,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        or (config.diffusion.schedule == "custom" and
            bool(config.diffusion.get("betas", None))),
        f"one of {beta_schedule_names()}, or 'custom' with diffusion.betas"),
-      ("sampling.variance", config.sampling.variance in VARIANCES,
-       f"one of {VARIANCES}"),
+      ("sampling.variance", config.sampling.variance in FIXED_VARIANCES,
+       f"one of {FIXED_VARIANCES}"),
       ("sampling.mean_from", config.sampling.mean_from in MEAN_ROUTES,
        f"one of {MEAN_ROUTES}"),
       ("sampling.num_samples", config.sampling.num_samples > 0,

@@ -3,7 +3,9 @@ weights: the parity tests push the same x_t and t through both so that the
 diffusion formulas are compared on identical model outputs.
 
 eps(x, t) = tanh(x * w_c + b_c * t / 1000 + x_mean * u_c), per channel c,
-where x_mean is the per-example mean of x (so pixels interact).
+where x_mean is the per-example mean of x (so pixels interact). With
+weights for k*C channels the input is tiled k times along channels, so a
+model with 2C outputs (a learned variance) is the same formula.
 """
 
 import jax.numpy as jnp
@@ -21,7 +23,8 @@ def toy_apply_jax(params, x_t, t, dropout_rng=None):
   del dropout_rng
   t = jnp.asarray(t, jnp.float32).reshape(-1, 1, 1, 1)
   mean = jnp.mean(x_t, axis=(1, 2, 3), keepdims=True)
-  return jnp.tanh(x_t * params["w"] + params["b"] * t / 1000.0 +
+  x = jnp.tile(x_t, (1, 1, 1, params["w"].shape[0] // x_t.shape[-1]))
+  return jnp.tanh(x * params["w"] + params["b"] * t / 1000.0 +
                   mean * params["u"])
 
 
@@ -34,7 +37,7 @@ def make_torch_model(torch, params, channels: int):
     def __init__(self):
       super().__init__()
       self.channels = channels
-      self.out_dim = channels
+      self.out_dim = len(params["w"])
       self.self_condition = False
       for k, v in params.items():
         self.register_buffer(k, torch.from_numpy(np.asarray(v)).view(
@@ -44,6 +47,7 @@ def make_torch_model(torch, params, channels: int):
       del x_self_cond
       t = t.to(torch.float32).view(-1, 1, 1, 1)
       mean = x.mean(dim=(1, 2, 3), keepdim=True)
+      x = x.repeat(1, self.out_dim // self.channels, 1, 1)
       return torch.tanh(x * self.w + self.b * t / 1000.0 + mean * self.u)
 
   return ToyTorchModel()

@@ -1,0 +1,216 @@
+"""Mean parameterisations, loss weightings, learned variances and the
+bound's terms against lucidrains' GaussianDiffusion and
+LearnedGaussianDiffusion, on the same model outputs, t and noise."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import diffusion, likelihood, losses, schedules
+from tests.reference_models import (assert_close, assert_close_to_terms,
+                                    make_torch_model, nchw, nhwc,
+                                    toy_apply_jax, toy_weights)
+
+T = 1000
+C = 3
+TIMES = [0, 1, 2, 50, 300, 700, 998, 999]
+
+
+@pytest.fixture(scope="module")
+def sched():
+  return schedules.make_schedule(schedules.get_betas("linear", T))
+
+
+def batch(torch, seed=0):
+  g = torch.Generator().manual_seed(seed)
+  x0 = torch.rand((len(TIMES), C, 6, 6), generator=g) * 2 - 1
+  noise = torch.randn(x0.shape, generator=g)
+  return x0, torch.tensor(TIMES), noise
+
+
+def lucidrains(torch, kind, channels_out, **kwargs):
+  ddp = pytest.importorskip("denoising_diffusion_pytorch")
+  weights = toy_weights(channels_out)
+  model = make_torch_model(torch, weights, C)
+  cls = getattr(ddp, kind)
+  ref = cls(model, image_size=6, timesteps=T, beta_schedule="linear",
+            auto_normalize=False, **kwargs)
+  return ref, {k: jnp.asarray(v) for k, v in weights.items()}
+
+
+def test_parameterisations_invert_each_other(sched):
+  k = jax.random.split(jax.random.PRNGKey(0), 2)
+  x0 = jax.random.uniform(k[0], (len(TIMES), 6, 6, C), minval=-1, maxval=1)
+  noise = jax.random.normal(k[1], x0.shape)
+  t = jnp.asarray(TIMES)
+  x_t = diffusion.q_sample(sched, x0, t, noise)
+  tab = schedules.schedule_tables(schedules.get_betas("linear", T))
+  # Each route solves eq. 4 (or eq. 7) back for x_0 or eps; at large t the
+  # terms are ~100x the result, so the bound is relative to the terms.
+  scale = (tab["sqrt_recip_alphas_cumprod"][TIMES][:, None, None, None] *
+           np.abs(np.asarray(x_t)) + 1.0)
+  assert_close_to_terms(
+      diffusion.predict_x0_from_eps(sched, x_t, t, noise), x0, scale,
+      err_msg="x0 from eps")
+  assert_close(diffusion.predict_x0_from_v(
+      sched, x_t, t, diffusion.v_target(sched, x0, t, noise)), x0, atol=1e-5)
+  mu = diffusion.training_target("xprev", sched, x0, x_t, t, noise)
+  back = diffusion.predict_x0_from_xprev(sched, x_t, t, mu)
+  coef = np.abs(tab["posterior_mean_coef2"][TIMES] /
+                tab["posterior_mean_coef1"][TIMES])[:, None, None, None]
+  assert_close_to_terms(back, x0, coef * np.abs(np.asarray(x_t)) + 1.0,
+                        err_msg="x0 from xprev")
+  eps_scale = (np.abs(np.asarray(x_t)) + np.abs(np.asarray(x0))) / (
+      tab["sqrt_recipm1_alphas_cumprod"][TIMES][:, None, None, None] *
+      np.sqrt(tab["alphas_cumprod"][TIMES])[:, None, None, None])
+  assert_close_to_terms(diffusion.predict_eps_from_x0(sched, x_t, t, x0),
+                        noise, eps_scale, err_msg="eps from x0")
+
+
+@pytest.mark.parametrize("objective,prediction", [
+    ("pred_noise", "eps"), ("pred_x0", "x0"), ("pred_v", "v")])
+@pytest.mark.parametrize("min_snr", [False, True])
+def test_losses_match_lucidrains(torch, sched, objective, prediction,
+                                 min_snr):
+  ref, params = lucidrains(torch, "GaussianDiffusion", C,
+                           objective=objective, min_snr_loss_weight=min_snr,
+                           min_snr_gamma=5)
+  x0, t, noise = batch(torch)
+  want = ref.p_losses(x0, t, noise=noise, loss_reduction="none").numpy()
+  # Without min-SNR lucidrains still weights x0 by SNR and v by
+  # SNR / (SNR + 1): the eps-equivalent weighting.
+  got = losses.loss_per_example(
+      params, toy_apply_jax, sched, jnp.asarray(nhwc(x0)),
+      jnp.asarray(t.numpy()), jnp.asarray(nhwc(noise)),
+      prediction=prediction,
+      weighting="min_snr" if min_snr else "eps_equivalent", min_snr_gamma=5.0)
+  assert_close(got, want, rtol=1e-5, atol=0)
+
+
+def test_unweighted_mse_is_the_plain_mean_square(sched):
+  t = jnp.asarray(TIMES)
+  x0 = jnp.zeros((len(TIMES), 2, 2, 1))
+  out = jnp.ones_like(x0)
+  got = losses.losses_from_output(sched, out, x0, t, jnp.zeros_like(x0),
+                                  prediction="x0")
+  assert_close(got, np.ones(len(TIMES)))
+  # P2 (k=1, gamma=1) on eps: 1 / (1 + SNR).
+  w = losses.loss_weight("p2", "eps", sched, t)
+  tab = schedules.schedule_tables(schedules.get_betas("linear", T))
+  snr = tab["alphas_cumprod"] / (1 - tab["alphas_cumprod"])
+  assert_close(w, 1.0 / (1.0 + snr[TIMES]), rtol=1e-6)
+  with pytest.raises(ValueError, match="xprev"):
+    losses.loss_weight("min_snr", "xprev", sched, t)
+
+
+def test_normal_kl_and_decoder_match_lucidrains(torch):
+  lgd = pytest.importorskip("denoising_diffusion_pytorch.learned_gaussian_diffusion")
+  g = torch.Generator().manual_seed(1)
+  m1, m2 = torch.randn((4, 3, 5, 5), generator=g), torch.randn(
+      (4, 3, 5, 5), generator=g)
+  lv1, lv2 = torch.randn(m1.shape, generator=g), torch.randn(
+      m1.shape, generator=g) - 3
+  assert_close(likelihood.normal_kl(*(jnp.asarray(v.numpy())
+                                      for v in (m1, lv1, m2, lv2))),
+               lgd.normal_kl(m1, lv1, m2, lv2).numpy(), rtol=1e-5, atol=1e-6)
+  # Pixels on the 256-level grid, including both open edge bins.
+  x = (torch.randint(0, 256, m1.shape, generator=g) / 127.5 - 1.0)
+  x[0, 0, 0, :] = -1.0
+  x[0, 0, 1, :] = 1.0
+  means, log_scales = m1 * 0.1, lv2 * 0.5
+  # Half the batch well inside its bins: the bulk of the distribution.
+  means[2:] = x[2:] + 0.002 * m1[2:]
+  log_scales[2:] = np.log(0.004) + 0.1 * lv1[2:]
+  # lucidrains floors probabilities at 1e-15 where the original floors at
+  # 1e-12; with its floor the same function gives its numbers. In float64
+  # every bin down to probability 1e-10 is compared; further out the two
+  # CDFs cancel to ~1e-16 even in float64, and the floor is compared.
+  want = lgd.discretized_gaussian_log_likelihood(
+      x.double(), means=means.double(), log_scales=log_scales.double()).numpy()
+  with jax.enable_x64(True):
+    got = likelihood.discretized_gaussian_log_likelihood(
+        *(jnp.asarray(v.double().numpy()) for v in (x, means, log_scales)),
+        log_floor=1e-15)
+    assert got.dtype == jnp.float64
+  got = np.asarray(got)
+  conditioned = want > np.log(1e-10)
+  assert_close(got[conditioned], want[conditioned], rtol=1e-5, atol=0)
+  floored = want == np.log(1e-15)
+  assert floored.any() and (got[floored] == want[floored]).all()
+  assert (want > -1).any() and (~conditioned & ~floored).any()
+  # In float32 a bin far in a tail is the difference of two CDFs that both
+  # round to ~1, so its last digits are rounding (torch's and XLA's tanh
+  # also differ in the last ulp there); bins of probability >= 1e-2 are
+  # well conditioned and compared at 1e-5.
+  want32 = lgd.discretized_gaussian_log_likelihood(
+      x, means=means, log_scales=log_scales).numpy()
+  got32 = np.asarray(likelihood.discretized_gaussian_log_likelihood(
+      *(jnp.asarray(v.numpy()) for v in (x, means, log_scales)),
+      log_floor=1e-15))
+  ok = want > np.log(1e-2)
+  assert ok.sum() > 50
+  assert_close(got32[ok], want32[ok], rtol=1e-5, atol=1e-6)
+
+
+def test_learned_range_and_hybrid_loss_match_lucidrains(torch, sched):
+  ref, params = lucidrains(torch, "LearnedGaussianDiffusion", 2 * C,
+                           objective="pred_noise", vb_loss_weight=0.001)
+  # lucidrains clamps the posterior variance at 1e-20 before its log, so
+  # at t = 0 (where it is 0) its log beta~ is log(1e-20); the original, and
+  # ddpm-jax, use beta~ of t = 1 there. The formulas are compared with its
+  # table mirrored; the table difference is exactly that one entry.
+  theirs = ref.posterior_log_variance_clipped.numpy()
+  tab = schedules.schedule_tables(schedules.get_betas("linear", T))
+  assert theirs[0] == pytest.approx(np.log(1e-20), rel=1e-6)
+  assert_close(theirs[1:], tab["posterior_log_variance_clipped"][1:],
+               rtol=1e-6)
+  mirrored = sched.replace(posterior_log_variance_clipped=jnp.asarray(theirs))
+  x0, t, noise = batch(torch, seed=2)
+  # Put x0 on the pixel grid, as the decoder term assumes.
+  x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1
+  x_t = ref.q_sample(x_start=x0, t=t, noise=noise)
+  out = ref.model(x_t, t)
+  mean, _, log_var, x_start = ref.p_mean_variance(
+      x=x_t, t=t, clip_denoised=False, model_output=out)
+  j_out = jnp.asarray(nhwc(out.detach().numpy()))
+  j_xt = jnp.asarray(nhwc(x_t.numpy()))
+  jt = jnp.asarray(t.numpy())
+  g_mean, g_log_var, g_x0 = diffusion.p_mean_variance(
+      mirrored, j_out, j_xt, jt, prediction="eps", variance="learned_range",
+      clip_denoised=False)
+  assert_close(g_log_var, nhwc(log_var.detach().numpy()), rtol=1e-5)
+  scale = tab["sqrt_recip_alphas_cumprod"][TIMES][:, None, None, None] * (
+      np.abs(np.asarray(j_xt)) + 1.0)
+  assert_close_to_terms(g_x0, nhwc(x_start.detach().numpy()), scale,
+                        err_msg="x0")
+  assert_close_to_terms(g_mean, nhwc(mean.detach().numpy()),
+                        tab["posterior_mean_coef1"][TIMES][:, None, None,
+                                                           None] * scale +
+                        np.abs(np.asarray(j_xt)), err_msg="mean")
+  # The hybrid loss (mse + 0.001 * bound term), per example.
+  want = ref.p_losses(x0, t, noise=noise, loss_reduction="none")
+  got = losses.loss_per_example(
+      params, toy_apply_jax, mirrored, jnp.asarray(nhwc(x0)), jt,
+      jnp.asarray(nhwc(noise)), prediction="eps", variance="learned_range",
+      loss_type="hybrid", hybrid_lambda=0.001, log_floor=1e-15)
+  assert_close(got, want.detach().numpy(), rtol=1e-5, atol=0)
+
+
+def test_hybrid_stops_the_mean_gradient_in_the_bound(sched):
+  x0 = jnp.zeros((2, 2, 2, 1))
+  t = jnp.asarray([0, 500])
+  noise = jnp.ones_like(x0)
+
+  def vb_only(out):
+    return jnp.sum(losses.losses_from_output(
+        sched, out, x0, t, noise, variance="learned_range",
+        loss_type="hybrid", hybrid_lambda=1.0) - losses.losses_from_output(
+            sched, out, x0, t, noise, variance="learned_range",
+            loss_type="mse"))
+
+  grad = jax.grad(vb_only)(jnp.full((2, 2, 2, 2), 0.3))
+  assert np.all(np.asarray(grad[..., 0]) == 0)  # mean part: stopped
+  assert np.any(np.asarray(grad[..., 1]) != 0)  # variance part: trained
+  with pytest.raises(ValueError, match="learned variance"):
+    losses.losses_from_output(sched, x0, x0, t, noise, loss_type="hybrid")
