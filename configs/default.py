@@ -47,6 +47,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.diffusion.num_timesteps = 1000
   config.diffusion.beta_start = 1e-4
   config.diffusion.beta_end = 0.02
+  # What the U-Net predicts: 'eps' (the paper), 'x0', 'xprev' (the
+  # posterior mean, Table 2's mu~) or 'v'.
+  config.diffusion.prediction = "eps"
+  # '' : the reverse variance is fixed (sampling.variance); 'learned': the
+  # U-Net outputs the log-variance too (2C channels, the original code);
+  # 'learned_range': improved DDPM's interpolation. Learned ones need
+  # training.loss 'kl' or 'hybrid'.
+  config.diffusion.learned_variance = ""
 
   config.sampling = ml_collections.ConfigDict()
   config.sampling.variance = "fixedlarge"  # or 'fixedsmall'
@@ -78,4 +86,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.training.max_to_keep = 3
   # A non-finite loss or gradient stops the run (False) or skips the update.
   config.training.skip_nonfinite = False
+  # The objective: 'mse' (L_simple for eps), 'kl' (the bound's terms, in
+  # bits) or 'hybrid' (mse + hybrid_lambda * the bound, the mean's gradient
+  # stopped in it; improved DDPM). loss_weighting of the mse: 'none',
+  # 'eps_equivalent', 'min_snr' (min_snr_gamma) or 'p2' (p2_gamma, p2_k).
+  config.training.loss = "mse"
+  config.training.loss_weighting = "none"
+  config.training.hybrid_lambda = 1e-3
+  config.training.min_snr_gamma = 5.0
+  config.training.p2_gamma = 1.0
+  config.training.p2_k = 1.0
   return config

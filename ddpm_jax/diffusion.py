@@ -280,23 +280,28 @@ def p_step_from_eps(schedule: DiffusionSchedule, x_t: Array, t: Array,
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "clip_denoised",
-                                             "variance", "mean_from"))
+                                             "variance", "mean_from",
+                                             "prediction"))
 def p_sample_step(params: Any, apply_fn: ApplyFn,
                   schedule: DiffusionSchedule, x_t: Array, t: Array,
                   key: Optional[Array] = None, noise: Optional[Array] = None,
                   *, clip_denoised: bool = True, variance: str = "fixedsmall",
-                  mean_from: str = "x0") -> Tuple[Array, Array]:
+                  mean_from: str = "x0",
+                  prediction: str = "eps") -> Tuple[Array, Array]:
   """One step of Algorithm 2: x_{t-1} ~ p_theta(x_{t-1} | x_t).
 
   ``t`` is a scalar or a (B,) vector; the noise is drawn from ``key`` unless
-  given. Returns (x_{t-1}, predicted x_0).
+  given. The network outputs ``prediction`` (and, for a learned
+  ``variance``, its variance in the last C of 2C channels). Returns
+  (x_{t-1}, predicted x_0).
   """
   t_vec = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x_t.shape[0],))
-  eps = apply_fn(params, x_t, t_vec, None).astype(x_t.dtype)
+  out = apply_fn(params, x_t, t_vec, None).astype(x_t.dtype)
   if noise is None:
     if key is None:
       raise ValueError("p_sample_step needs a key or injected noise")
     noise = jax.random.normal(key, x_t.shape, x_t.dtype)
-  return p_step_from_eps(schedule, x_t, t, eps, noise,
-                         clip_denoised=clip_denoised, variance=variance,
-                         mean_from=mean_from)
+  return p_step_from_output(schedule, x_t, t, out, noise,
+                            prediction=prediction,
+                            clip_denoised=clip_denoised, variance=variance,
+                            mean_from=mean_from)

@@ -12,17 +12,18 @@ from typing import Any, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.diffusion import ApplyFn, p_step_from_eps
+from ddpm_jax.diffusion import ApplyFn, p_step_from_output
 from ddpm_jax.schedules import DiffusionSchedule
 
 
 @functools.partial(jax.jit, static_argnames=(
     "apply_fn", "shape", "clip_denoised", "variance", "mean_from",
-    "return_every"))
+    "return_every", "prediction"))
 def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
            key: jax.Array, shape: Tuple[int, ...], *,
            clip_denoised: bool = True, variance: str = "fixedsmall",
-           mean_from: str = "x0", return_every: int = 0
+           mean_from: str = "x0", return_every: int = 0,
+           prediction: str = "eps"
            ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Draws ``shape`` (B, H, W, C) samples: x_T ~ N(0, I), then T steps.
 
@@ -30,6 +31,9 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   ``{'x_t': [T/k, ...], 'x0': [T/k, ...], 't': [T/k]}``: after the steps
   at indices t = T-k, T-2k, ..., 0, the state that step produced and the x_0
   it predicted.
+  ``prediction`` and ``variance`` say what the network outputs (see
+  :data:`ddpm_jax.diffusion.PREDICTIONS` and ``VARIANCES``; a learned
+  variance reads the last C of 2C output channels).
   Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
   """
   key_init, key_loop = jax.random.split(key)
@@ -37,16 +41,17 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   noise_at = lambda t: jax.random.normal(jax.random.fold_in(key_loop, t),
                                          shape, jnp.float32)
   return _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
-                        clip_denoised, variance, mean_from, return_every)
+                        clip_denoised, variance, mean_from, return_every,
+                        prediction)
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "apply_fn", "clip_denoised", "variance", "mean_from"))
+    "apply_fn", "clip_denoised", "variance", "mean_from", "prediction"))
 def sample_with_noise(params: Any, apply_fn: ApplyFn,
                       schedule: DiffusionSchedule, x_T: jnp.ndarray,
                       noise: jnp.ndarray, *, clip_denoised: bool = True,
-                      variance: str = "fixedsmall", mean_from: str = "x0"
-                      ) -> jnp.ndarray:
+                      variance: str = "fixedsmall", mean_from: str = "x0",
+                      prediction: str = "eps") -> jnp.ndarray:
   """The reverse chain from a given x_T with given per-step noise:
   ``noise[t]`` (shape of x_T) is the z of the step at index t (unused at
   t = 0). For parity tests against other implementations; returns x_0."""
@@ -56,22 +61,24 @@ def sample_with_noise(params: Any, apply_fn: ApplyFn,
                      f"{noise.shape}")
   x, _ = _reverse_chain(params, apply_fn, schedule,
                         jnp.asarray(x_T, jnp.float32), lambda t: noise[t],
-                        clip_denoised, variance, mean_from, 0)
+                        clip_denoised, variance, mean_from, 0, prediction)
   return x
 
 
 def _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
-                   clip_denoised, variance, mean_from, return_every):
+                   clip_denoised, variance, mean_from, return_every,
+                   prediction="eps"):
   """Algorithm 2 from ``x_init`` over t = T-1 .. 0 in one lax.scan."""
   num_t = schedule.num_timesteps
   batch = x_init.shape[0]
 
   def step(x, t):
     t_vec = jnp.full((batch,), t, jnp.int32)
-    eps = apply_fn(params, x, t_vec, None).astype(jnp.float32)
-    x_prev, x0 = p_step_from_eps(schedule, x, t, eps, noise_at(t),
-                                 clip_denoised=clip_denoised,
-                                 variance=variance, mean_from=mean_from)
+    out = apply_fn(params, x, t_vec, None).astype(jnp.float32)
+    x_prev, x0 = p_step_from_output(schedule, x, t, out, noise_at(t),
+                                    prediction=prediction,
+                                    clip_denoised=clip_denoised,
+                                    variance=variance, mean_from=mean_from)
     return x_prev, x0
 
   timesteps = jnp.arange(num_t - 1, -1, -1, dtype=jnp.int32)

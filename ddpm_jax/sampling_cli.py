@@ -23,6 +23,10 @@ def _apply_overrides(config, variance: Optional[str]) -> None:
     if variance not in VARIANCES:
       raise ValueError(f"--variance must be one of {VARIANCES}, got "
                        f"{variance!r}")
+    learned = config.diffusion.get("learned_variance", "")
+    if learned:
+      raise ValueError(f"--variance {variance} would replace this model's "
+                       f"learned variance ({learned}): drop --variance")
     config.sampling.variance = variance
 
 

@@ -26,7 +26,8 @@ import optax
 from jax.sharding import Mesh
 
 from ddpm_jax import checkpoints, data, images, parallel
-from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, loss_fn
+from ddpm_jax import losses
+from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
 from ddpm_jax.sampling import sample
 from ddpm_jax.schedules import (DiffusionSchedule, beta_schedule_names,
@@ -104,11 +105,55 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"config field model.attn_head_dim={head_dim} is invalid: set "
         f"--config.model.attn_head_dim to a divisor of every block width "
         f"{widths}, or leave it unset for one head")
+  _validate_objective(config)
   levels = len(config.model.ch_mult)
   if config.data.image_size % (2**(levels - 1)):
     raise ConfigError(
         f"config field data.image_size={config.data.image_size} must be "
         f"divisible by 2**(len(model.ch_mult) - 1) = {2**(levels - 1)}")
+
+
+LEARNED_VARIANCES = ("", "learned", "learned_range")
+
+
+def _validate_objective(config: ml_collections.ConfigDict) -> None:
+  """The prediction / variance / loss / weighting combination is one that
+  trains: raises :class:`ConfigError` naming the field otherwise."""
+  o = objective_options(config)
+  learned = config.diffusion.get("learned_variance", "")
+  fields = [
+      ("diffusion.prediction", o["prediction"], PREDICTIONS),
+      ("diffusion.learned_variance", learned, LEARNED_VARIANCES),
+      ("training.loss", o["loss_type"], losses.LOSS_TYPES),
+      ("training.loss_weighting", o["weighting"], losses.WEIGHTINGS),
+  ]
+  for field, value, allowed in fields:
+    if value not in allowed:
+      raise ConfigError(f"config field {field}={value!r} is invalid: set "
+                        f"--config.{field} to one of {allowed}")
+  problems = [
+      (o["loss_type"] == "hybrid" and not learned, "training.loss",
+       "'hybrid' trains a learned variance: set diffusion.learned_variance "
+       "to 'learned' or 'learned_range', or training.loss='mse'"),
+      (o["loss_type"] == "mse" and bool(learned), "training.loss",
+       "'mse' leaves the learned variance untrained: set training.loss to "
+       "'hybrid' or 'kl', or diffusion.learned_variance=''"),
+      (o["weighting"] != "none" and o["loss_type"] == "kl",
+       "training.loss_weighting", "weights the mse and has no effect with "
+       "training.loss='kl': set it to 'none'"),
+      (o["weighting"] != "none" and o["prediction"] == "xprev",
+       "training.loss_weighting", "is defined for the eps, x0 and v "
+       "predictions: set it to 'none' with diffusion.prediction='xprev'"),
+      (config.sampling.mean_from == "eps" and o["prediction"] != "eps",
+       "sampling.mean_from", "'eps' (eq. 11) needs diffusion.prediction="
+       "'eps': set it to 'x0'"),
+  ]
+  for bad, field, why in problems:
+    if bad:
+      value = config
+      for part in field.split("."):
+        value = value[part]
+      raise ConfigError(f"config field {field}={value!r} {why}")
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> DiffusionSchedule:
@@ -120,9 +165,33 @@ def make_schedule(config: ml_collections.ConfigDict) -> DiffusionSchedule:
                               beta_end=d.get("beta_end", None))
 
 
+def model_variance(config: ml_collections.ConfigDict) -> str:
+  """The variance of p_theta: the learned kind
+  (``diffusion.learned_variance``) or else the fixed ``sampling.variance``."""
+  return config.diffusion.get("learned_variance", "") or \
+      config.sampling.variance
+
+
+def objective_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The keyword options of :func:`ddpm_jax.losses.losses_from_output` that
+  ``config`` selects."""
+  d, tr = config.diffusion, config.training
+  return dict(prediction=d.get("prediction", "eps"),
+              variance=model_variance(config),
+              loss_type=tr.get("loss", "mse"),
+              weighting=tr.get("loss_weighting", "none"),
+              hybrid_lambda=float(tr.get("hybrid_lambda", 1e-3)),
+              min_snr_gamma=float(tr.get("min_snr_gamma", 5.0)),
+              p2_gamma=float(tr.get("p2_gamma", 1.0)),
+              p2_k=float(tr.get("p2_k", 1.0)))
+
+
 def make_model(config: ml_collections.ConfigDict) -> UNet:
-  """The U-Net of ``config.model`` for ``config.data``'s channel count."""
-  return unet_from_config(config.model, config.data.channels)
+  """The U-Net of ``config.model`` for ``config.data``'s channel count (2x
+  the channels out when the variance is learned)."""
+  c = config.data.channels
+  learned = bool(config.diffusion.get("learned_variance", ""))
+  return unet_from_config(config.model, c, 2 * c if learned else c)
 
 
 def learning_rate_fn(config: ml_collections.ConfigDict):
@@ -178,10 +247,16 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
 
 def train_step(state: TrainState, batch: jnp.ndarray,
                schedule: DiffusionSchedule, *, apply_fn, tx, ema_decay: float,
-               skip_nonfinite: bool = False
+               skip_nonfinite: bool = False,
+               loss_options: Optional[Dict[str, Any]] = None
                ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
-  """One Adam step on L_simple and one EMA update. Pure; jit it with
-  ``apply_fn``, ``tx`` and ``ema_decay`` bound.
+  """One Adam step on the objective and one EMA update. Pure; jit it with
+  ``apply_fn``, ``tx``, ``ema_decay`` and ``loss_options`` bound.
+
+  t is uniform over [0, T) and the noise standard normal, both drawn from
+  the step's key. ``loss_options`` (see :func:`objective_options`) choose
+  the prediction, variance, loss and weighting; the default is L_simple
+  (eq. 14).
 
   ``metrics['finite']`` says whether the loss and gradient were finite; with
   ``skip_nonfinite`` a non-finite step leaves params, EMA and optimizer
@@ -190,9 +265,14 @@ def train_step(state: TrainState, batch: jnp.ndarray,
   key = jax.random.fold_in(state.rng, state.step)
   key_loss, key_dropout = jax.random.split(key)
 
+  key_t, key_n = jax.random.split(key_loss)
+  t = jax.random.randint(key_t, (batch.shape[0],), 0, schedule.num_timesteps)
+  noise = jax.random.normal(key_n, batch.shape, jnp.float32)
+
   def objective(params):
-    return loss_fn(params, apply_fn, schedule, batch, key_loss,
-                   dropout_rng=key_dropout)
+    return jnp.mean(losses.loss_per_example(
+        params, apply_fn, schedule, batch, t, noise, key_dropout,
+        **(loss_options or {})))
 
   loss, grads = jax.value_and_grad(objective)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -220,7 +300,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
   fn = functools.partial(train_step, apply_fn=eps_fn(model), tx=tx,
                          ema_decay=float(config.training.ema_decay),
                          skip_nonfinite=bool(config.training.get(
-                             "skip_nonfinite", False)))
+                             "skip_nonfinite", False)),
+                         loss_options=objective_options(config))
   rep = parallel.replicated(mesh)
   return jax.jit(fn,
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),
@@ -240,8 +321,9 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
     x, _ = sample(params, eps_fn(model), schedule,
                   jax.random.fold_in(jax.random.PRNGKey(seed), i),
                   (batch_size, size, size, ch),
-                  clip_denoised=bool(s.clip_denoised), variance=s.variance,
-                  mean_from=s.mean_from)
+                  clip_denoised=bool(s.clip_denoised),
+                  variance=model_variance(config), mean_from=s.mean_from,
+                  prediction=config.diffusion.get("prediction", "eps"))
     out.append(np.asarray(x))
   return np.concatenate(out)[:num]
 

@@ -214,3 +214,91 @@ def test_hybrid_stops_the_mean_gradient_in_the_bound(sched):
   assert np.any(np.asarray(grad[..., 1]) != 0)  # variance part: trained
   with pytest.raises(ValueError, match="learned variance"):
     losses.losses_from_output(sched, x0, x0, t, noise, loss_type="hybrid")
+
+
+# --- the objective through config, train_step and the sampler -------------
+
+COMBOS = [
+    # (prediction, learned_variance, loss, weighting)
+    ("x0", "", "mse", "min_snr"),
+    ("v", "", "mse", "eps_equivalent"),
+    ("eps", "learned_range", "hybrid", "p2"),
+    ("xprev", "learned", "kl", "none"),
+    ("eps", "", "kl", "none"),
+]
+
+
+def objective_config(prediction, learned, loss, weighting):
+  from tests.tiny_configs import tiny_digits_config
+  config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2)
+  config.diffusion.prediction = prediction
+  config.diffusion.learned_variance = learned
+  config.training.loss = loss
+  config.training.loss_weighting = weighting
+  return config
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=["-".join(filter(None, c))
+                                               for c in COMBOS])
+def test_every_objective_trains_and_samples(combo):
+  import functools
+  from ddpm_jax import data, training
+  from ddpm_jax.models.unet import eps_fn
+  config = objective_config(*combo)
+  training.validate_config(config)
+  model, tx = training.make_model(config), training.make_optimizer(config)
+  schedule = training.make_schedule(config)
+  state = training.create_train_state(config, model, tx)
+  out_ch = model.apply({"params": state.params}, jnp.zeros((1, 8, 8, 1)),
+                       jnp.zeros((1,), jnp.int32)).shape[-1]
+  assert out_ch == (2 if combo[1] else 1)
+  step = jax.jit(functools.partial(
+      training.train_step, apply_fn=eps_fn(model), tx=tx, ema_decay=0.5,
+      loss_options=training.objective_options(config)))
+  batches = data.create_input_iter(config)
+  before = state.params
+  for _ in range(2):
+    state, metrics = step(state, jnp.asarray(next(batches)[0]), schedule)
+    assert bool(metrics["finite"]), metrics
+  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                 before, state.params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 0
+  x = training.generate(config, model, state.ema_params, schedule, 2, 2,
+                        seed=0)
+  assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
+
+
+def test_default_objective_is_the_papers_loss():
+  # The default config's train_step loss is L_simple (eq. 14) exactly.
+  import functools
+  from ddpm_jax import data, training
+  from ddpm_jax.models.unet import eps_fn
+  config = objective_config("eps", "", "mse", "none")
+  model, tx = training.make_model(config), training.make_optimizer(config)
+  schedule = training.make_schedule(config)
+  state = training.create_train_state(config, model, tx)
+  x0 = jnp.asarray(next(data.create_input_iter(config))[0])
+  _, metrics = training.train_step(state, x0, schedule,
+                                   apply_fn=eps_fn(model), tx=tx,
+                                   ema_decay=0.5)
+  key_loss, key_dropout = jax.random.split(jax.random.fold_in(state.rng, 0))
+  want = diffusion.loss_fn(state.params, eps_fn(model), schedule, x0,
+                           key_loss, dropout_rng=key_dropout)
+  assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-6)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(loss="hybrid"), "trains a learned variance"),
+    (dict(learned="learned_range"), "leaves the learned variance untrained"),
+    (dict(loss="kl", weighting="min_snr"), "no effect"),
+    (dict(prediction="xprev", weighting="p2"), "xprev"),
+    (dict(prediction="y"), "diffusion.prediction"),
+    (dict(weighting="snr"), "training.loss_weighting"),
+])
+def test_objective_config_errors(change, match):
+  from ddpm_jax import training
+  args = dict(prediction="eps", learned="", loss="mse", weighting="none")
+  args.update(change)
+  config = objective_config(**args)
+  with pytest.raises(training.ConfigError, match=match):
+    training.validate_config(config)

@@ -250,9 +250,11 @@ class UNet(nn.Module):
     return h.astype(jnp.float32)
 
 
-def unet_from_config(model_cfg, image_channels: int) -> UNet:
-  """A :class:`UNet` from a ``config.model`` ConfigDict."""
-  return UNet(ch=model_cfg.ch, out_ch=image_channels,
+def unet_from_config(model_cfg, image_channels: int,
+                     out_channels: Optional[int] = None) -> UNet:
+  """A :class:`UNet` from a ``config.model`` ConfigDict; ``out_channels``
+  defaults to ``image_channels`` (2x for a learned variance)."""
+  return UNet(ch=model_cfg.ch, out_ch=out_channels or image_channels,
               ch_mult=tuple(model_cfg.ch_mult),
               num_res_blocks=model_cfg.num_res_blocks,
               attn_resolutions=tuple(model_cfg.attn_resolutions),
