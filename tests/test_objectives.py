@@ -302,3 +302,39 @@ def test_objective_config_errors(change, match):
   config = objective_config(**args)
   with pytest.raises(training.ConfigError, match=match):
     training.validate_config(config)
+
+
+@pytest.mark.parametrize("prediction_type,variance_type,prediction,variance", [
+    ("sample", "fixed_small", "x0", "fixedsmall"),
+    ("v_prediction", "fixed_large", "v", "fixedlarge"),
+    ("epsilon", "learned_range", "eps", "learned_range"),
+    ("v_prediction", "learned_range", "v", "learned_range"),
+])
+def test_step_matches_diffusers(torch, sched, prediction_type, variance_type,
+                                prediction, variance):
+  """DDPMScheduler.step with x0 / v predictions and a learned_range
+  variance, in float64 on our float64 tables (see diffusers_float64), with
+  the same injected noise. (diffusers' 'fixed_large_log' returns NaN,
+  diffusers issue 14569, and is not a reference here.)"""
+  diffusers = pytest.importorskip("diffusers")
+  from tests.test_diffusion_parity import diffusers_float64, torch_normal
+  tables = schedules.schedule_tables(schedules.get_betas("linear", T))
+  ref = diffusers_float64(diffusers, torch, tables, variance_type, True)
+  ref.config.prediction_type = prediction_type
+  out_channels = 2 * C if variance == "learned_range" else C
+  model = make_torch_model(torch, toy_weights(out_channels, seed=4),
+                           C).double()
+  for t in [0, 1, 2, 9, 50, 500, 998, 999]:
+    x_t = torch_normal(torch, 100 + t, (4, C, 6, 6), torch.float64)
+    out = model(x_t, torch.full((4,), t))
+    noise = torch_normal(torch, 7 + t, x_t.shape, torch.float64)
+    want = ref.step(out, t, x_t,
+                    generator=torch.Generator().manual_seed(7 + t))
+    x_prev, x0 = diffusion.p_step_from_output(
+        sched, jnp.asarray(nhwc(x_t), jnp.float32), t,
+        jnp.asarray(nhwc(out.detach()), jnp.float32),
+        jnp.asarray(nhwc(noise), jnp.float32), prediction=prediction,
+        variance=variance, clip_denoised=True)
+    assert_close(x0, nhwc(want.pred_original_sample), atol=2e-6,
+                 err_msg=f"x0, t={t}")
+    assert_close(x_prev, nhwc(want.prev_sample), err_msg=f"x_prev, t={t}")
