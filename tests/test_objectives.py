@@ -338,3 +338,43 @@ def test_step_matches_diffusers(torch, sched, prediction_type, variance_type,
     assert_close(x0, nhwc(want.pred_original_sample), atol=2e-6,
                  err_msg=f"x0, t={t}")
     assert_close(x_prev, nhwc(want.prev_sample), err_msg=f"x_prev, t={t}")
+
+
+# --- closed forms ----------------------------------------------------------
+
+
+def test_prior_term_matches_its_formula(sched):
+  tab = schedules.schedule_tables(schedules.get_betas("linear", T))
+  x0 = np.random.default_rng(0).uniform(-1, 1, (3, 4, 4, 2))
+  abar = tab["alphas_cumprod"][-1]
+  # KL(N(sqrt(abar) x0, 1 - abar) || N(0, 1)) per dimension, in bits.
+  kl = 0.5 * (-1.0 - np.log(1.0 - abar) + (1.0 - abar) + abar * x0**2)
+  want = kl.mean(axis=(1, 2, 3)) / np.log(2.0)
+  got = losses.prior_bpd(sched, jnp.asarray(x0, jnp.float32))
+  assert_close(got, want, rtol=1e-5, atol=1e-9)
+  assert float(jnp.max(got)) < 1e-4  # the linear schedule's L_T is ~0
+
+
+def test_oracle_model_reaches_the_bounds_minimum(sched):
+  """A model that knows the one training image x* predicts the exact noise,
+  so every KL term (t > 0) is 0 with the posterior's own variance, and the
+  t = 0 term is the decoder's mass of x*'s bins under N(x*, beta~_1)."""
+  rng = np.random.default_rng(1)
+  x_star = (rng.integers(0, 256, (1, 4, 4, 1)) / 127.5 - 1).astype(np.float32)
+  x_star[0, 0, 0, 0], x_star[0, 0, 1, 0] = -1.0, 1.0  # both edge bins
+  x0 = jnp.asarray(np.repeat(x_star, len(TIMES), axis=0))
+  t = jnp.asarray(TIMES)
+  noise = jax.random.normal(jax.random.PRNGKey(0), x0.shape)
+  x_t = diffusion.q_sample(sched, x0, t, noise)
+  oracle_eps = diffusion.predict_eps_from_x0(sched, x_t, t, x0)
+  terms = np.asarray(losses.vlb_terms(sched, oracle_eps, x0, x_t, t,
+                                      variance="fixedsmall"))
+  assert np.all(np.abs(terms[1:]) < 1e-5), terms
+  tab = schedules.schedule_tables(schedules.get_betas("linear", T))
+  sigma = np.sqrt(tab["posterior_variance"][1])  # t = 0 uses beta~_1
+  phi = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) *
+                                     (z + 0.044715 * z**3)))
+  half = (1 / 255) / sigma
+  p = np.where(np.abs(x_star) > 0.999, phi(half), phi(half) - phi(-half))
+  want = -np.mean(np.log(p)) / np.log(2)
+  assert terms[0] == pytest.approx(want, rel=1e-5)
