@@ -21,6 +21,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.data.download = True
   config.data.shuffle_buffer = 10_000  # tfds: examples in the shuffle buffer
   config.data.folder = ""  # with name='folder': a directory of image files
+  config.data.eval_split = "test"  # held out, for bits/dim evaluation
 
   config.model = ml_collections.ConfigDict()
   config.model.ch = 128
@@ -90,6 +91,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   # bits) or 'hybrid' (mse + hybrid_lambda * the bound, the mean's gradient
   # stopped in it; improved DDPM). loss_weighting of the mse: 'none',
   # 'eps_equivalent', 'min_snr' (min_snr_gamma) or 'p2' (p2_gamma, p2_k).
+  # Bits/dim of the EMA model on data.eval_split every eval_every steps (0:
+  # never), over eval_examples images (0: the whole split).
+  config.training.eval_every = 0
+  config.training.eval_examples = 0
+  config.training.eval_batch_size = 64
   config.training.loss = "mse"
   config.training.loss_weighting = "none"
   config.training.hybrid_lambda = 1e-3

@@ -153,6 +153,17 @@ def _tfds_builder(name: str, data_dir: Optional[str], download: bool = True):
   return builder
 
 
+def _square_resize(img, size: int):
+  """A uint8 HWC image tensor -> its central square, area-resized to
+  ``size``, as float32 in [-1, 1]."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  h, w = tf.shape(img)[0], tf.shape(img)[1]
+  s = tf.minimum(h, w)
+  img = tf.image.crop_to_bounding_box(img, (h - s) // 2, (w - s) // 2, s, s)
+  img = tf.image.resize(img, [size, size], method="area", antialias=True)
+  return tf.cast(img, tf.float32) / 127.5 - 1.0
+
+
 def _seed32(*parts: int) -> int:
   """A 31-bit seed for tf.data from integer parts."""
   return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
@@ -209,14 +220,9 @@ def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
                     f"lower training.batch_size")
 
   def prep(i, example, epoch):
-    img = tf.io.decode_image(example["image"], channels=channels,
-                             expand_animations=False)
-    h, w = tf.shape(img)[0], tf.shape(img)[1]
-    s = tf.minimum(h, w)
-    img = tf.image.crop_to_bounding_box(img, (h - s) // 2, (w - s) // 2, s, s)
-    img = tf.image.resize(img, [image_size, image_size], method="area",
-                          antialias=True)
-    img = tf.cast(img, tf.float32) / 127.5 - 1.0
+    img = _square_resize(tf.io.decode_image(
+        example["image"], channels=channels, expand_animations=False),
+                         image_size)
     if random_flip:
       img = tf.image.stateless_random_flip_left_right(
           img, tf.stack([tf.cast(_seed32(seed, epoch, index), tf.int64), i]))
@@ -321,3 +327,32 @@ def create_input_iter(config, position: Position = Position(),
                       d.random_flip, d.get("data_dir") or None,
                       shuffle_buffer=d.get("shuffle_buffer", 10_000),
                       download=d.get("download", True), **where)
+
+
+def eval_batches(config, split: str, batch_size: int,
+                 limit: Optional[int] = None) -> Iterator[np.ndarray]:
+  """The images of ``split`` of ``config.data`` in a fixed order, without
+  flips, in batches of ``batch_size`` (the last may be smaller); at most
+  ``limit`` images. For evaluation."""
+  d = config.data
+  if d.name in ("digits", "folder"):
+    if d.name == "digits":
+      images = digits_images(split, d.image_size)
+    else:
+      images = folder_images(d.get("folder", ""), d.image_size, d.channels)
+    images = images[:limit] if limit else images
+    for i in range(0, len(images), batch_size):
+      yield images[i:i + batch_size]
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  builder = _tfds_builder(d.name, d.get("data_dir") or None,
+                          d.get("download", True))
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  if limit:
+    ds = ds.take(limit)
+
+  ds = ds.map(lambda ex: _square_resize(ex["image"], d.image_size),
+              num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+  yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+

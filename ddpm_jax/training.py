@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ddpm_jax import checkpoints, data, images, parallel
-from ddpm_jax import losses
+from ddpm_jax import (checkpoints, data, evaluation, images, losses,
+                      parallel)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
 from ddpm_jax.sampling import sample
@@ -328,6 +328,21 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   return np.concatenate(out)[:num]
 
 
+def evaluate(config: ml_collections.ConfigDict, model: UNet, params: Any,
+             schedule: DiffusionSchedule) -> Dict[str, float]:
+  """Bits/dim of ``params`` on ``data.eval_split`` (at most
+  ``training.eval_examples`` images; all if 0), the noise from the seed."""
+  tr = config.training
+  batches = data.eval_batches(config, config.data.get("eval_split", "test"),
+                              int(tr.get("eval_batch_size", 64)),
+                              int(tr.get("eval_examples", 0)) or None)
+  return evaluation.evaluate_bpd(
+      params, eps_fn(model), schedule, batches,
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1),
+      prediction=config.diffusion.get("prediction", "eps"),
+      variance=model_variance(config))
+
+
 def _write_grid(config, model, state, schedule, workdir, step,
                 write: bool = True) -> str:
   n = config.sampling.num_samples
@@ -461,6 +476,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if done % config.training.checkpoint_every == 0 or done == total:
         check_finite(done, metrics)
         save(done)
+      every = config.training.get("eval_every", 0)
+      if every and (done % every == 0 or done == total):
+        result = evaluate(config, model, state.ema_params, schedule)
+        if writer is not None:
+          for k, v in result.items():
+            writer.add_scalar(f"eval/bpd_{k}" if k in evaluation.PARTS else
+                              f"eval/{k}", v, done)
+        if lead:
+          bar.write(f"step {done}: eval bits/dim {result['total']:.4f} on "
+                    f"{result['num_examples']} images of "
+                    f"{config.data.get('eval_split', 'test')}")
       every = config.training.sample_every
       if (every and done % every == 0) or done == total:
         # Every process samples (the parameters may span processes); the
