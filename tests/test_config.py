@@ -57,3 +57,15 @@ def test_bad_model_fields(field, value, match):
   config.model[field] = value
   with pytest.raises(ConfigError, match=match):
     validate_config(config)
+
+
+def test_table2_rows_are_valid_configs():
+  from configs import cifar10_table2
+  for row, (prediction, learned, loss) in cifar10_table2.ROWS.items():
+    c = cifar10_table2.get_config(row)
+    validate_config(c)
+    assert (c.diffusion.prediction, c.diffusion.learned_variance,
+            c.training.loss) == (prediction, learned, loss)
+  assert cifar10_table2.get_config().training.loss == "mse"
+  with pytest.raises(ValueError, match="Table 2 row"):
+    cifar10_table2.get_config("eps_hybrid")
