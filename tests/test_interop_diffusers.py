@@ -399,3 +399,23 @@ def test_export_refuses_a_non_empty_directory(tmp_path):
     dunet.write_model_dir(str(out), params, model_cfg, size, ch)
   assert os.listdir(out) == ["keep.txt"]
   assert [p for p in os.listdir(tmp_path) if p.startswith(".ddpm")] == []
+
+
+def test_scheduler_export_names_the_prediction_and_learned_variance():
+  from configs import digits
+  config = digits.get_config()
+  for ours, theirs in (("eps", "epsilon"), ("x0", "sample"),
+                       ("v", "v_prediction")):
+    config.diffusion.prediction = ours
+    assert dsched.scheduler_config_from_settings(config)[
+        "prediction_type"] == theirs
+  config.diffusion.learned_variance = "learned_range"
+  assert dsched.scheduler_config_from_settings(config)[
+      "variance_type"] == "learned_range"
+  config.diffusion.learned_variance = "learned"
+  with pytest.raises(ConversionError, match="log-variance"):
+    dsched.scheduler_config_from_settings(config)
+  config.diffusion.learned_variance = ""
+  config.diffusion.prediction = "xprev"
+  with pytest.raises(ConversionError, match="prediction_type"):
+    dsched.scheduler_config_from_settings(config)

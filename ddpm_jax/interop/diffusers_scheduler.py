@@ -95,12 +95,27 @@ def settings_from_scheduler_config(cfg: Dict[str, Any]
   return ml_collections.ConfigDict({"diffusion": d, "sampling": s})
 
 
+# Our diffusion.prediction -> DDPMScheduler's prediction_type.
+_PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+
 def scheduler_config_from_settings(config: ml_collections.ConfigDict
                                    ) -> Dict[str, Any]:
   """A ``DDPMScheduler`` config dict for our ``config.diffusion`` and
   ``config.sampling``. Schedules diffusers has no name for are written as
   ``trained_betas`` (our float64 betas)."""
   d, s = config.diffusion, config.sampling
+  prediction = d.get("prediction", "eps")
+  if prediction not in _PREDICTION_TYPES:
+    raise ConversionError(
+        f"diffusion.prediction={prediction!r} has no DDPMScheduler "
+        f"prediction_type (it has epsilon, sample and v_prediction)")
+  learned = d.get("learned_variance", "")
+  if learned and learned != "learned_range":
+    raise ConversionError(
+        f"diffusion.learned_variance={learned!r} has no DDPMScheduler "
+        f"variance_type (diffusers' 'learned' reads a variance, not the "
+        f"original's log-variance)")
   out = {
       "_class_name": "DDPMScheduler",
       "num_train_timesteps": int(d.num_timesteps),
@@ -108,13 +123,13 @@ def scheduler_config_from_settings(config: ml_collections.ConfigDict
       "beta_end": float(d.get("beta_end", 0.02)),
       "beta_schedule": "linear",
       "trained_betas": None,
-      "variance_type": {"fixedsmall": "fixed_small",
-                        "fixedlarge": "fixed_large"}[s.variance],
+      "variance_type": learned or {"fixedsmall": "fixed_small",
+                                   "fixedlarge": "fixed_large"}[s.variance],
       # diffusers always takes the mean through the (clipped) x_0; our eq. 11
       # route clips nothing, which is clip_sample=False there.
       "clip_sample": bool(s.clip_denoised) and s.mean_from == "x0",
       "clip_sample_range": 1.0,
-      "prediction_type": "epsilon",
+      "prediction_type": _PREDICTION_TYPES[prediction],
       "thresholding": False,
   }
   name = d.schedule
