@@ -51,7 +51,7 @@ def bpd_terms(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
     mse = losses.losses_from_output(
         schedule, out, x0, t_vec, noise, prediction=prediction,
         variance=variance, weighting="none" if prediction == "xprev" else
-        "eps_equivalent")
+        "eps_equivalent", x_t=x_t)
     return None, (term, mse)
 
   _, (terms, mses) = jax.lax.scan(

@@ -95,11 +95,14 @@ def losses_from_output(schedule: DiffusionSchedule, model_output: Array,
                        hybrid_lambda: float = 1e-3,
                        min_snr_gamma: float = 5.0, p2_gamma: float = 1.0,
                        p2_k: float = 1.0,
-                       log_floor: float = likelihood.LOG_FLOOR) -> Array:
+                       log_floor: float = likelihood.LOG_FLOOR,
+                       x_t: Optional[Array] = None) -> Array:
   """The [B] training losses given the network's output at x_t =
   q_sample(x0, t, noise). ``log_floor`` is the decoder's probability floor
-  (see :func:`likelihood.discretized_gaussian_log_likelihood`)."""
-  x_t = q_sample(schedule, x0, t, noise)
+  (see :func:`likelihood.discretized_gaussian_log_likelihood`); ``x_t``
+  may be passed when the caller already has it."""
+  if x_t is None:
+    x_t = q_sample(schedule, x0, t, noise)
   model_output = model_output.astype(jnp.float32)
   if loss_type == "kl":
     return vlb_terms(schedule, model_output, x0, x_t, t,
@@ -134,5 +137,5 @@ def loss_per_example(params: Any, apply_fn: ApplyFn,
   """:func:`losses_from_output` with the network applied to x_t."""
   x_t = q_sample(schedule, x0, t, noise)
   return losses_from_output(schedule, apply_fn(params, x_t, t, dropout_rng),
-                            x0, t, noise, **options)
+                            x0, t, noise, x_t=x_t, **options)
 

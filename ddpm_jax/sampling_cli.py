@@ -6,10 +6,8 @@ import os
 from typing import Optional
 
 from ddpm_jax import images, training
+from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import sources
-
-VARIANCES = ("fixedsmall", "fixedlarge")
-
 
 def _check_counts(num: int, batch_size: int) -> None:
   if num <= 0:

@@ -52,6 +52,13 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """``config`` at a dotted path such as ``training.loss``."""
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises :class:`ConfigError` naming the first invalid field."""
   checks = [
@@ -92,9 +99,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   ]
   for field, ok, want in checks:
     if not ok:
-      value = config
-      for part in field.split("."):
-        value = value[part]
+      value = _field(config, field)
       raise ConfigError(f"config field {field}={value!r} is invalid: "
                         f"set --config.{field} to {want}")
   head_dim = config.model.get("attn_head_dim", None)
@@ -150,10 +155,8 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
   ]
   for bad, field, why in problems:
     if bad:
-      value = config
-      for part in field.split("."):
-        value = value[part]
-      raise ConfigError(f"config field {field}={value!r} {why}")
+      raise ConfigError(f"config field {field}={_field(config, field)!r} "
+                        f"{why}")
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> DiffusionSchedule:
