@@ -42,6 +42,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.model.downsample_padding = 0
   config.model.act = "swish"
   config.model.dtype = "float32"
+  # Self-conditioning: the U-Net also sees its own x_0 estimate (2C input
+  # channels); see ddpm_jax/self_conditioning.py.
+  config.model.self_condition = False
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "linear"  # see ddpm_jax.schedules

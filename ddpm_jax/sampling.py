@@ -14,16 +14,17 @@ import jax.numpy as jnp
 
 from ddpm_jax.diffusion import ApplyFn, p_step_from_output
 from ddpm_jax.schedules import DiffusionSchedule
+from ddpm_jax.self_conditioning import conditioned_input
 
 
 @functools.partial(jax.jit, static_argnames=(
     "apply_fn", "shape", "clip_denoised", "variance", "mean_from",
-    "return_every", "prediction"))
+    "return_every", "prediction", "self_condition"))
 def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
            key: jax.Array, shape: Tuple[int, ...], *,
            clip_denoised: bool = True, variance: str = "fixedsmall",
            mean_from: str = "x0", return_every: int = 0,
-           prediction: str = "eps"
+           prediction: str = "eps", self_condition: bool = False
            ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Draws ``shape`` (B, H, W, C) samples: x_T ~ N(0, I), then T steps.
 
@@ -33,7 +34,9 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   it predicted.
   ``prediction`` and ``variance`` say what the network outputs (see
   :data:`ddpm_jax.diffusion.PREDICTIONS` and ``VARIANCES``; a learned
-  variance reads the last C of 2C output channels).
+  variance reads the last C of 2C output channels). With
+  ``self_condition`` each step also feeds the network the x_0 its previous
+  step predicted (:mod:`ddpm_jax.self_conditioning`).
   Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
   """
   key_init, key_loop = jax.random.split(key)
@@ -42,16 +45,18 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
                                          shape, jnp.float32)
   return _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
                         clip_denoised, variance, mean_from, return_every,
-                        prediction)
+                        prediction, self_condition)
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "apply_fn", "clip_denoised", "variance", "mean_from", "prediction"))
+    "apply_fn", "clip_denoised", "variance", "mean_from", "prediction",
+    "self_condition"))
 def sample_with_noise(params: Any, apply_fn: ApplyFn,
                       schedule: DiffusionSchedule, x_T: jnp.ndarray,
                       noise: jnp.ndarray, *, clip_denoised: bool = True,
                       variance: str = "fixedsmall", mean_from: str = "x0",
-                      prediction: str = "eps") -> jnp.ndarray:
+                      prediction: str = "eps",
+                      self_condition: bool = False) -> jnp.ndarray:
   """The reverse chain from a given x_T with given per-step noise:
   ``noise[t]`` (shape of x_T) is the z of the step at index t (unused at
   t = 0). For parity tests against other implementations; returns x_0."""
@@ -61,38 +66,43 @@ def sample_with_noise(params: Any, apply_fn: ApplyFn,
                      f"{noise.shape}")
   x, _ = _reverse_chain(params, apply_fn, schedule,
                         jnp.asarray(x_T, jnp.float32), lambda t: noise[t],
-                        clip_denoised, variance, mean_from, 0, prediction)
+                        clip_denoised, variance, mean_from, 0, prediction,
+                        self_condition)
   return x
 
 
 def _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
                    clip_denoised, variance, mean_from, return_every,
-                   prediction="eps"):
+                   prediction="eps", self_condition=False):
   """Algorithm 2 from ``x_init`` over t = T-1 .. 0 in one lax.scan."""
   num_t = schedule.num_timesteps
   batch = x_init.shape[0]
 
-  def step(x, t):
+  def step(carry, t):
+    x, x0_prev = carry
     t_vec = jnp.full((batch,), t, jnp.int32)
-    out = apply_fn(params, x, t_vec, None).astype(jnp.float32)
+    x_in = conditioned_input(x, x0_prev) if self_condition else x
+    out = apply_fn(params, x_in, t_vec, None).astype(jnp.float32)
     x_prev, x0 = p_step_from_output(schedule, x, t, out, noise_at(t),
                                     prediction=prediction,
                                     clip_denoised=clip_denoised,
                                     variance=variance, mean_from=mean_from)
-    return x_prev, x0
+    return (x_prev, x0), x0
 
   timesteps = jnp.arange(num_t - 1, -1, -1, dtype=jnp.int32)
+  init = (x_init, jnp.zeros_like(x_init))
   if not return_every:
-    x, _ = jax.lax.scan(lambda x, t: (step(x, t)[0], None), x_init, timesteps)
+    (x, _), _ = jax.lax.scan(lambda c, t: (step(c, t)[0], None), init,
+                             timesteps)
     return x, {}
 
   if num_t % return_every:
     raise ValueError(f"return_every={return_every} must divide T={num_t}")
 
-  def chunk(x, ts):
-    x, x0s = jax.lax.scan(step, x, ts)
-    return x, (x, x0s[-1], ts[-1])
+  def chunk(carry, ts):
+    carry, x0s = jax.lax.scan(step, carry, ts)
+    return carry, (carry[0], x0s[-1], ts[-1])
 
-  x, (xs, x0s, ts) = jax.lax.scan(
-      chunk, x_init, timesteps.reshape(num_t // return_every, return_every))
+  (x, _), (xs, x0s, ts) = jax.lax.scan(
+      chunk, init, timesteps.reshape(num_t // return_every, return_every))
   return x, {"x_t": xs, "x0": x0s, "t": ts}

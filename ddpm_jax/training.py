@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from ddpm_jax import (checkpoints, data, evaluation, images, losses,
-                      parallel)
+                      parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
 from ddpm_jax.sampling import sample
@@ -175,6 +175,11 @@ def model_variance(config: ml_collections.ConfigDict) -> str:
       config.sampling.variance
 
 
+def self_conditioned(config: ml_collections.ConfigDict) -> bool:
+  """Whether the U-Net takes an x_0 estimate as extra input channels."""
+  return bool(config.model.get("self_condition", False))
+
+
 def objective_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The keyword options of :func:`ddpm_jax.losses.losses_from_output` that
   ``config`` selects."""
@@ -235,8 +240,10 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
   size, ch = config.data.image_size, config.data.channels
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x1417)
 
+  in_ch = 2 * ch if self_conditioned(config) else ch
+
   def init():
-    params = model.init(key, jnp.zeros((1, size, size, ch)),
+    params = model.init(key, jnp.zeros((1, size, size, in_ch)),
                         jnp.zeros((1,), jnp.int32))["params"]
     return TrainState(step=jnp.asarray(0, jnp.int32),
                       rng=jax.random.PRNGKey(config.seed), params=params,
@@ -251,7 +258,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
 def train_step(state: TrainState, batch: jnp.ndarray,
                schedule: DiffusionSchedule, *, apply_fn, tx, ema_decay: float,
                skip_nonfinite: bool = False,
-               loss_options: Optional[Dict[str, Any]] = None
+               loss_options: Optional[Dict[str, Any]] = None,
+               self_condition: bool = False
                ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
   """One Adam step on the objective and one EMA update. Pure; jit it with
   ``apply_fn``, ``tx``, ``ema_decay`` and ``loss_options`` bound.
@@ -259,7 +267,7 @@ def train_step(state: TrainState, batch: jnp.ndarray,
   t is uniform over [0, T) and the noise standard normal, both drawn from
   the step's key. ``loss_options`` (see :func:`objective_options`) choose
   the prediction, variance, loss and weighting; the default is L_simple
-  (eq. 14).
+  (eq. 14). ``self_condition``: see :mod:`ddpm_jax.self_conditioning`.
 
   ``metrics['finite']`` says whether the loss and gradient were finite; with
   ``skip_nonfinite`` a non-finite step leaves params, EMA and optimizer
@@ -273,6 +281,10 @@ def train_step(state: TrainState, batch: jnp.ndarray,
   noise = jax.random.normal(key_n, batch.shape, jnp.float32)
 
   def objective(params):
+    if self_condition:
+      return jnp.mean(self_conditioning.loss_per_example(
+          params, apply_fn, schedule, batch, t, noise, key_dropout,
+          jax.random.fold_in(key, 2), **(loss_options or {})))
     return jnp.mean(losses.loss_per_example(
         params, apply_fn, schedule, batch, t, noise, key_dropout,
         **(loss_options or {})))
@@ -304,7 +316,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                          ema_decay=float(config.training.ema_decay),
                          skip_nonfinite=bool(config.training.get(
                              "skip_nonfinite", False)),
-                         loss_options=objective_options(config))
+                         loss_options=objective_options(config),
+                         self_condition=self_conditioned(config))
   rep = parallel.replicated(mesh)
   return jax.jit(fn,
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),
@@ -326,7 +339,8 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
                   (batch_size, size, size, ch),
                   clip_denoised=bool(s.clip_denoised),
                   variance=model_variance(config), mean_from=s.mean_from,
-                  prediction=config.diffusion.get("prediction", "eps"))
+                  prediction=config.diffusion.get("prediction", "eps"),
+                  self_condition=self_conditioned(config))
     out.append(np.asarray(x))
   return np.concatenate(out)[:num]
 
@@ -336,6 +350,9 @@ def evaluate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   """Bits/dim of ``params`` on ``data.eval_split`` (at most
   ``training.eval_examples`` images; all if 0), the noise from the seed."""
   tr = config.training
+  if self_conditioned(config):
+    raise ConfigError("bits/dim of a self-conditioned model is not "
+                      "implemented yet: set training.eval_every=0")
   batches = data.eval_batches(config, config.data.get("eval_split", "test"),
                               int(tr.get("eval_batch_size", 64)),
                               int(tr.get("eval_examples", 0)) or None)

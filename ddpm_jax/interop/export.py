@@ -26,8 +26,12 @@ def export_workdir(workdir: str, out: str, use_ema: bool = True) -> int:
   """Writes ``workdir``'s latest checkpoint as a diffusers directory;
   returns the checkpoint's step."""
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax.interop import diffusers_scheduler, diffusers_unet, sources
+  from ddpm_jax.interop import (ConversionError, diffusers_scheduler,
+                                diffusers_unet, sources)
   config, params, step = sources.load_workdir(workdir, use_ema)
+  if config.model.get("self_condition", False):
+    raise ConversionError("a self-conditioned model (model.self_condition) "
+                          "has no UNet2DModel / DDPMPipeline equivalent")
   diffusers_unet.write_model_dir(
       out, params, config.model, config.data.image_size, config.data.channels,
       scheduler_config=diffusers_scheduler.scheduler_config_from_settings(
