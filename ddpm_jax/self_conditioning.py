@@ -41,25 +41,37 @@ def x0_estimate(schedule: DiffusionSchedule, model_output: Array,
   return jax.lax.stop_gradient(x0)
 
 
-def loss_per_example(params: Any, apply_fn: ApplyFn,
-                     schedule: DiffusionSchedule, x0: Array, t: Array,
-                     noise: Array, dropout_rng: Optional[Array],
-                     coin_key: Array, **options) -> Array:
-  """The [B] losses of a self-conditioned network: with probability 1/2
-  (drawn from ``coin_key``, one draw per batch) the x_0 estimate of a first
-  pass is fed back, else zeros. ``options`` as for
-  :func:`ddpm_jax.losses.losses_from_output`."""
+def losses_with_estimate(params: Any, apply_fn: ApplyFn,
+                         schedule: DiffusionSchedule, x0: Array, t: Array,
+                         noise: Array, dropout_rng: Optional[Array],
+                         use_estimate: Array, **options) -> Array:
+  """The [B] losses when ``use_estimate`` (a boolean scalar) says whether
+  the x_0 estimate of a first pass (zero estimate, its own dropout mask,
+  gradient stopped) is fed back; else the estimate is zeros. ``options``
+  as for :func:`ddpm_jax.losses.losses_from_output`."""
   x_t = q_sample(schedule, x0, t, noise)
   prediction = options.get("prediction", "eps")
   variance = options.get("variance", "fixedsmall")
 
   def estimate(_):
-    out = apply_fn(params, conditioned_input(x_t, None), t, dropout_rng)
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, 1)
+    out = apply_fn(params, conditioned_input(x_t, None), t, rng)
     return x0_estimate(schedule, out.astype(jnp.float32), x_t, t,
                        prediction=prediction, variance=variance)
 
-  use = jax.random.bernoulli(coin_key, 0.5)
-  sc = jax.lax.cond(use, estimate, lambda _: jnp.zeros_like(x_t), None)
+  sc = jax.lax.cond(use_estimate, estimate, lambda _: jnp.zeros_like(x_t),
+                    None)
   out = apply_fn(params, conditioned_input(x_t, sc), t, dropout_rng)
-  return losses_from_output(schedule, out, x0, t, noise, **options)
+  return losses_from_output(schedule, out, x0, t, noise, x_t=x_t, **options)
 
+
+def loss_per_example(params: Any, apply_fn: ApplyFn,
+                     schedule: DiffusionSchedule, x0: Array, t: Array,
+                     noise: Array, dropout_rng: Optional[Array],
+                     coin_key: Array, **options) -> Array:
+  """The [B] losses of a self-conditioned network: with probability 1/2
+  (one draw from ``coin_key`` per batch, as lucidrains draws one per
+  batch) the estimate is fed back; see :func:`losses_with_estimate`."""
+  use = jax.random.bernoulli(coin_key, 0.5)
+  return losses_with_estimate(params, apply_fn, schedule, x0, t, noise,
+                              dropout_rng, use, **options)

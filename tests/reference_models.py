@@ -6,26 +6,38 @@ eps(x, t) = tanh(x * w_c + b_c * t / 1000 + x_mean * u_c), per channel c,
 where x_mean is the per-example mean of x (so pixels interact). With
 weights for k*C channels the input is tiled k times along channels, so a
 model with 2C outputs (a learned variance) is the same formula.
+
+Self-conditioned variant (weights from ``toy_weights(C, self_condition=
+True)``): the input is ``concat([x0_estimate, x_t])`` (2C channels, the
+estimate zeros when absent, lucidrains' order) and the argument of tanh
+gains ``+ x0_estimate * s_c``.
 """
 
 import jax.numpy as jnp
 import numpy as np
 
 
-def toy_weights(channels: int, seed: int = 0):
+def toy_weights(channels: int, seed: int = 0, self_condition: bool = False):
   rng = np.random.default_rng(seed)
-  return {k: rng.normal(size=channels).astype(np.float32)
-          for k in ("w", "b", "u")}
+  keys = ("w", "b", "u", "s") if self_condition else ("w", "b", "u")
+  return {k: rng.normal(size=channels).astype(np.float32) for k in keys}
 
 
 def toy_apply_jax(params, x_t, t, dropout_rng=None):
   """NHWC JAX version; matches :class:`ToyTorchModel`."""
   del dropout_rng
+  est = None
+  if "s" in params:  # self-conditioned: the input is [estimate, x_t]
+    c = x_t.shape[-1] // 2
+    est, x_t = x_t[..., :c], x_t[..., c:]
   t = jnp.asarray(t, jnp.float32).reshape(-1, 1, 1, 1)
   mean = jnp.mean(x_t, axis=(1, 2, 3), keepdims=True)
-  x = jnp.tile(x_t, (1, 1, 1, params["w"].shape[0] // x_t.shape[-1]))
-  return jnp.tanh(x * params["w"] + params["b"] * t / 1000.0 +
-                  mean * params["u"])
+  k = params["w"].shape[0] // x_t.shape[-1]
+  x = jnp.tile(x_t, (1, 1, 1, k))
+  arg = x * params["w"] + params["b"] * t / 1000.0 + mean * params["u"]
+  if est is not None:
+    arg = arg + jnp.tile(est, (1, 1, 1, k)) * params["s"]
+  return jnp.tanh(arg)
 
 
 def make_torch_model(torch, params, channels: int):
@@ -38,17 +50,22 @@ def make_torch_model(torch, params, channels: int):
       super().__init__()
       self.channels = channels
       self.out_dim = len(params["w"])
-      self.self_condition = False
+      self.self_condition = "s" in params
       for k, v in params.items():
         self.register_buffer(k, torch.from_numpy(np.asarray(v)).view(
             1, -1, 1, 1))
 
     def forward(self, x, t, x_self_cond=None):
-      del x_self_cond
       t = t.to(torch.float32).view(-1, 1, 1, 1)
       mean = x.mean(dim=(1, 2, 3), keepdim=True)
-      x = x.repeat(1, self.out_dim // self.channels, 1, 1)
-      return torch.tanh(x * self.w + self.b * t / 1000.0 + mean * self.u)
+      k = self.out_dim // self.channels
+      arg = x.repeat(1, k, 1, 1) * self.w + self.b * t / 1000.0 + \
+          mean * self.u
+      if self.self_condition:
+        if x_self_cond is None:
+          x_self_cond = torch.zeros_like(x)
+        arg = arg + x_self_cond.repeat(1, k, 1, 1) * self.s
+      return torch.tanh(arg)
 
   return ToyTorchModel()
 

@@ -6,10 +6,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ddpm_jax import diffusion, losses, schedules, self_conditioning
 from ddpm_jax.sampling import sample_with_noise
-from tests.reference_models import assert_close
+from tests.reference_models import (assert_close, make_torch_model, nchw,
+                                    nhwc, toy_apply_jax, toy_weights)
 
 
 def toy_apply(params, x_in, t, rng=None):
@@ -92,3 +94,82 @@ def test_self_conditioned_unet_trains_and_samples():
     assert bool(metrics["finite"])
   x = training.generate(config, model, state.ema_params, schedule, 2, 2, 0)
   assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
+
+
+# lucidrains' GaussianDiffusion with a self-conditioned toy model (the same
+# weights in JAX and PyTorch; tests/reference_models.py).
+T = 1000
+C = 3
+TIMES = [0, 1, 2, 50, 300, 700, 998, 999]
+
+
+@pytest.fixture(scope="module")
+def sched1000():
+  return schedules.make_schedule(schedules.get_betas("linear", T))
+
+
+def lucidrains_self_cond(torch, objective):
+  ddp = pytest.importorskip("denoising_diffusion_pytorch")
+  weights = toy_weights(C, seed=3, self_condition=True)
+  model = make_torch_model(torch, weights, C)
+  assert model.self_condition
+  ref = ddp.GaussianDiffusion(model, image_size=6, timesteps=T,
+                              beta_schedule="linear", auto_normalize=False,
+                              objective=objective)
+  return ref, {k: jnp.asarray(v) for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("objective,prediction", [
+    ("pred_noise", "eps"), ("pred_x0", "x0"), ("pred_v", "v")])
+@pytest.mark.parametrize("coin", [0.0, 0.9])
+def test_loss_matches_lucidrains(torch, sched1000, monkeypatch, objective,
+                                 prediction, coin):
+  """lucidrains feeds the estimate back when random() < 0.5: the coin is
+  pinned on the PyTorch side and given as ``use_estimate`` on ours."""
+  import denoising_diffusion_pytorch.denoising_diffusion_pytorch as mod
+  monkeypatch.setattr(mod, "random", lambda: coin)
+  ref, params = lucidrains_self_cond(torch, objective)
+  g = torch.Generator().manual_seed(0)
+  x0 = torch.rand((len(TIMES), C, 6, 6), generator=g) * 2 - 1
+  noise = torch.randn(x0.shape, generator=g)
+  t = torch.tensor(TIMES)
+  want = ref.p_losses(x0, t, noise=noise, loss_reduction="none").numpy()
+  got = self_conditioning.losses_with_estimate(
+      params, toy_apply_jax, sched1000, jnp.asarray(nhwc(x0)),
+      jnp.asarray(t.numpy()), jnp.asarray(nhwc(noise)), None,
+      jnp.asarray(coin < 0.5), prediction=prediction,
+      weighting="eps_equivalent")
+  assert_close(got, want, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("objective,prediction", [
+    ("pred_noise", "eps"), ("pred_v", "v")])
+def test_sampler_step_matches_lucidrains(torch, sched1000, monkeypatch,
+                                         objective, prediction):
+  """Per step, teacher-forced on lucidrains' chain with injected noise:
+  x_{t-1} and the (clipped) x_0 handed to the next step."""
+  ref, params = lucidrains_self_cond(torch, objective)
+  g = torch.Generator().manual_seed(1)
+  x = torch.randn((2, C, 6, 6), generator=g)
+  x_start = None
+  step = jax.jit(lambda x, est, t, z: diffusion.p_step_from_output(
+      sched1000, x, t, toy_apply_jax(
+          params, self_conditioning.conditioned_input(x, est),
+          jnp.full((x.shape[0],), t)), z, prediction=prediction,
+      variance="fixedsmall", clip_denoised=True))
+  checked = 0
+  for t in range(T - 1, -1, -1):
+    z = torch.randn(x.shape, generator=g)
+    monkeypatch.setattr(torch, "randn_like", lambda _, z=z: z.clone())
+    est = None if x_start is None else jnp.asarray(nhwc(x_start))
+    if t % 37 == 0 or t < 3 or t > T - 3:
+      got_x, got_x0 = step(jnp.asarray(nhwc(x)), est, t,
+                           jnp.asarray(nhwc(z)))
+    x, x_start = ref.p_sample(x, t, x_start)
+    if t % 37 == 0 or t < 3 or t > T - 3:
+      assert_close(got_x, nhwc(x), rtol=1e-5, atol=1e-5,
+                   err_msg=f"x_{t - 1}")
+      assert_close(got_x0, nhwc(x_start), rtol=1e-5, atol=1e-5,
+                   err_msg=f"x0 at t={t}")
+      checked += 1
+  assert checked > 30
