@@ -15,51 +15,65 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import losses, parallel
+from ddpm_jax import losses, parallel, self_conditioning
 from ddpm_jax.diffusion import ApplyFn, q_sample
 from ddpm_jax.schedules import DiffusionSchedule
 
 Array = jnp.ndarray
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "prediction",
-                                             "variance", "clip_denoised"))
+STATIC = ("apply_fn", "prediction", "variance", "clip_denoised",
+          "self_condition")
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
 def bpd_terms(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
               x0: Array, key: Array, *, prediction: str = "eps",
-              variance: str = "fixedsmall",
-              clip_denoised: bool = True) -> Dict[str, Array]:
+              variance: str = "fixedsmall", clip_denoised: bool = True,
+              self_condition: bool = False) -> Dict[str, Array]:
   """The bound's terms for each example of ``x0`` (pixels on the 256-level
   grid in [-1, 1]), in bits per dimension, each t with its own noise from
   ``fold_in(key, t)``.
 
+  A ``self_condition`` model is evaluated as it trains on its estimate
+  half: at each t a first pass (zero estimate) gives the x_0 estimate that
+  the second pass sees (:mod:`ddpm_jax.self_conditioning`). The sampler
+  instead passes the previous step's x_0, so this is the bound of the
+  one-step-estimate model, not of the sampling chain.
+
   Returns [B] arrays: ``total`` (the bound: prior + decoder + kl),
   ``prior`` (L_T), ``decoder`` (L_0, eq. 13), ``kl`` (sum of L_{t-1} for
-  t > 1), plus ``terms`` [T, B] (the term of each t, index 0 the decoder)
-  and ``mse`` [T, B] (the eps-space squared error at each t).
+  t > 1), plus ``terms`` [T, B] (the term of each t, index 0 the decoder).
   """
   batch = x0.shape[0]
+
+  def model_output(x_t, t_vec):
+    if not self_condition:
+      return apply_fn(params, x_t, t_vec, None).astype(jnp.float32)
+    first = apply_fn(params, self_conditioning.conditioned_input(x_t, None),
+                     t_vec, None).astype(jnp.float32)
+    est = self_conditioning.x0_estimate(schedule, first, x_t, t_vec,
+                                        prediction=prediction,
+                                        variance=variance)
+    return apply_fn(params, self_conditioning.conditioned_input(x_t, est),
+                    t_vec, None).astype(jnp.float32)
 
   def one_t(_, t):
     noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape,
                               jnp.float32)
     t_vec = jnp.full((batch,), t, jnp.int32)
     x_t = q_sample(schedule, x0, t_vec, noise)
-    out = apply_fn(params, x_t, t_vec, None).astype(jnp.float32)
-    term = losses.vlb_terms(schedule, out, x0, x_t, t_vec,
-                            prediction=prediction, variance=variance,
+    term = losses.vlb_terms(schedule, model_output(x_t, t_vec), x0, x_t,
+                            t_vec, prediction=prediction, variance=variance,
                             clip_denoised=clip_denoised)
-    mse = losses.losses_from_output(
-        schedule, out, x0, t_vec, noise, prediction=prediction,
-        variance=variance, weighting="none" if prediction == "xprev" else
-        "eps_equivalent", x_t=x_t)
-    return None, (term, mse)
+    return None, term
 
-  _, (terms, mses) = jax.lax.scan(
+  _, terms = jax.lax.scan(
       one_t, None, jnp.arange(schedule.num_timesteps, dtype=jnp.int32))
   prior = losses.prior_bpd(schedule, x0)
   decoder, kl = terms[0], jnp.sum(terms[1:], axis=0)
   return {"total": prior + decoder + kl, "prior": prior, "decoder": decoder,
-          "kl": kl, "terms": terms, "mse": mses}
+          "kl": kl, "terms": terms}
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
@@ -72,12 +86,12 @@ def quantize(x: np.ndarray) -> np.ndarray:
 PARTS = ("total", "prior", "decoder", "kl")
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "prediction",
-                                             "variance", "clip_denoised"))
+@functools.partial(jax.jit, static_argnames=STATIC)
 def _batch_sums(params, apply_fn, schedule, x0, key, n, *, prediction,
-                variance, clip_denoised):
+                variance, clip_denoised, self_condition):
   out = bpd_terms(params, apply_fn, schedule, x0, key, prediction=prediction,
-                  variance=variance, clip_denoised=clip_denoised)
+                  variance=variance, clip_denoised=clip_denoised,
+                  self_condition=self_condition)
   counted = jnp.arange(x0.shape[0]) < n
   return {k: jnp.sum(jnp.where(counted, out[k], 0.0)) for k in PARTS}
 
@@ -85,12 +99,14 @@ def _batch_sums(params, apply_fn, schedule, x0, key, n, *, prediction,
 def evaluate_bpd(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
                  batches: Iterable[np.ndarray], key: Array, *,
                  prediction: str = "eps", variance: str = "fixedsmall",
-                 clip_denoised: bool = True, mesh=None) -> Dict[str, float]:
+                 clip_denoised: bool = True, self_condition: bool = False,
+                 mesh=None) -> Dict[str, float]:
   """Mean bits/dim over ``batches`` (host arrays in [-1, 1], quantized to
   8 bits first), each batch split over ``mesh`` (default: every device of
   every process; every process passes the same batches): the bound
   (``total``) and its parts. A batch that the device count does not
-  divide is padded with copies of its last image, which are not counted."""
+  divide is padded with copies of its last image, which are not counted.
+  ``self_condition``: see :func:`bpd_terms`."""
   mesh = mesh or parallel.make_mesh()
   sharding = parallel.batch_sharding(mesh)
   sums = dict.fromkeys(PARTS, 0.0)
@@ -105,7 +121,8 @@ def evaluate_bpd(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
                                       lambda idx, b=batch: b[idx])
     out = _batch_sums(params, apply_fn, schedule, x0,
                       jax.random.fold_in(key, i), n, prediction=prediction,
-                      variance=variance, clip_denoised=clip_denoised)
+                      variance=variance, clip_denoised=clip_denoised,
+                      self_condition=self_condition)
     for k in PARTS:
       sums[k] += float(out[k])
     count += n

@@ -350,9 +350,6 @@ def evaluate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   """Bits/dim of ``params`` on ``data.eval_split`` (at most
   ``training.eval_examples`` images; all if 0), the noise from the seed."""
   tr = config.training
-  if self_conditioned(config):
-    raise ConfigError("bits/dim of a self-conditioned model is not "
-                      "implemented yet: set training.eval_every=0")
   batches = data.eval_batches(config, config.data.get("eval_split", "test"),
                               int(tr.get("eval_batch_size", 64)),
                               int(tr.get("eval_examples", 0)) or None)
@@ -360,7 +357,8 @@ def evaluate(config: ml_collections.ConfigDict, model: UNet, params: Any,
       params, eps_fn(model), schedule, batches,
       jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1),
       prediction=config.diffusion.get("prediction", "eps"),
-      variance=model_variance(config))
+      variance=model_variance(config),
+      self_condition=self_conditioned(config))
 
 
 def _write_grid(config, model, state, schedule, workdir, step,

@@ -148,8 +148,9 @@ def test_old_attention_names_import(torch, tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, old_params, params)
 
 
-def random_params(model_cfg, size, ch, seed):
-  shapes = dunet.params_shape(unet_from_config(model_cfg, ch), size, ch)
+def random_params(model_cfg, size, ch, seed, out_ch=None):
+  shapes = dunet.params_shape(unet_from_config(model_cfg, ch, out_ch), size,
+                              ch)
   leaves, tree = jax.tree_util.tree_flatten(shapes)
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_unflatten(tree, [
@@ -172,6 +173,37 @@ def test_export_loads_in_diffusers_with_same_outputs(torch, tmp_path):
                              rtol=0, atol=1e-5)
 
 
+def test_learned_variance_model_round_trip(torch, tmp_path):
+  """A 2C-output (learned_range) model: exported, diffusers loads it with
+  the same outputs; read back, its config says learned_range and v."""
+  from ddpm_jax.interop import sources
+  model_cfg, size, ch = dunet.model_config_from_diffusers(MULTIHEAD_CONFIG)
+  params = random_params(model_cfg, size, ch, seed=8, out_ch=2 * ch)
+  sched = {"_class_name": "DDPMScheduler", "variance_type": "learned_range",
+           "prediction_type": "v_prediction"}
+  out = tmp_path / "learned"
+  dunet.write_model_dir(str(out), params, model_cfg, size, ch,
+                        scheduler_config=sched)
+  unet = diffusers.UNet2DModel.from_pretrained(str(out)).eval()
+  assert unet.config.out_channels == 2 * ch
+  x = np.random.default_rng(9).normal(size=(2, size, size, ch)).astype(
+      np.float32)
+  t = [3, 700]
+  ours = np.asarray(eps_fn(unet_from_config(model_cfg, ch, 2 * ch))(
+      params, jnp.asarray(x), jnp.asarray(t)))
+  np.testing.assert_allclose(ours, torch_forward(torch, unet, x, t),
+                             rtol=0, atol=1e-5)
+  config, back, _ = sources.load_diffusers(str(out))
+  assert config.diffusion.learned_variance == "learned_range"
+  assert config.diffusion.prediction == "v"
+  assert back["conv_out"]["kernel"].shape[-1] == 2 * ch
+  # The same weights with a fixed-variance scheduler config: refused.
+  (out / "scheduler_config.json").write_text(json.dumps(
+      {"_class_name": "DDPMScheduler", "variance_type": "fixed_small"}))
+  with pytest.raises(ConversionError, match="out_channels=2"):
+    sources.load_diffusers(str(out))
+
+
 def test_diffusers_to_ours_to_diffusers_is_bit_identical(torch, tmp_path):
   from safetensors.numpy import load_file
   unet = make_torch_unet(torch, CIFAR10_CONFIG, seed=6)
@@ -191,15 +223,22 @@ def test_diffusers_to_ours_to_diffusers_is_bit_identical(torch, tmp_path):
       assert written[k] == v, k
 
 
-def test_ddpm_pipeline_end_to_end_with_injected_noise(torch, tmp_path,
-                                                      monkeypatch):
+@pytest.mark.parametrize("prediction_type,variance_type", [
+    ("epsilon", "fixed_small"), ("sample", "fixed_large"),
+    ("v_prediction", "learned_range")])
+def test_ddpm_pipeline_end_to_end_with_injected_noise(
+    torch, tmp_path, monkeypatch, prediction_type, variance_type):
   import diffusers.pipelines.ddpm.pipeline_ddpm as pipeline_mod
   import diffusers.schedulers.scheduling_ddpm as scheduler_mod
   num_t = 20
-  unet = make_torch_unet(torch, dict(MULTIHEAD_CONFIG, dropout=0.0), seed=7)
+  learned = variance_type == "learned_range"
+  unet = make_torch_unet(torch, dict(MULTIHEAD_CONFIG, dropout=0.0,
+                                     out_channels=2 if learned else 1),
+                         seed=7)
   sched = diffusers.DDPMScheduler(num_train_timesteps=num_t, beta_start=1e-3,
                                   beta_end=0.2, beta_schedule="linear",
-                                  variance_type="fixed_small",
+                                  variance_type=variance_type,
+                                  prediction_type=prediction_type,
                                   clip_sample=True)
   drawn = []
   real_randn = scheduler_mod.randn_tensor
@@ -223,15 +262,19 @@ def test_ddpm_pipeline_end_to_end_with_injected_noise(torch, tmp_path,
     noise[num_t - 1 - i] = nhwc(z.numpy())
 
   model_cfg, size, ch, params = import_unet(unet, tmp_path)
+  out_ch = params["conv_out"]["kernel"].shape[-1]
+  assert out_ch == (2 if learned else 1)
   config = dsched.settings_from_scheduler_config(dict(sched.config))
   schedule = schedules.schedule_from_config(
       config.diffusion.schedule, config.diffusion.num_timesteps,
       beta_start=config.diffusion.beta_start,
       beta_end=config.diffusion.beta_end)
-  x0 = sample_with_noise(params, eps_fn(unet_from_config(model_cfg, ch)),
-                         schedule, jnp.asarray(x_T), jnp.asarray(noise),
-                         clip_denoised=config.sampling.clip_denoised,
-                         variance=config.sampling.variance)
+  x0 = sample_with_noise(
+      params, eps_fn(unet_from_config(model_cfg, ch, out_ch)), schedule,
+      jnp.asarray(x_T), jnp.asarray(noise),
+      clip_denoised=config.sampling.clip_denoised,
+      variance=config.diffusion.learned_variance or config.sampling.variance,
+      prediction=config.diffusion.prediction)
   ours = np.clip(np.asarray(x0) / 2 + 0.5, 0, 1)
   assert ref.std() > 0.05
   np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
@@ -263,8 +306,8 @@ def test_scheduler_config_import():
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("prediction_type", "v_prediction", "prediction_type='v_prediction'"),
-    ("variance_type", "learned_range", "variance_type='learned_range'"),
+    ("prediction_type", "x_prev", "prediction_type='x_prev'"),
+    ("variance_type", "learned", "variance_type='learned'"),
     ("thresholding", True, "thresholding=True"),
     ("beta_schedule", "exponential", "beta_schedule='exponential'"),
     ("clip_sample_range", 2.0, "clip_sample_range=2.0"),
@@ -315,7 +358,7 @@ def test_scheduler_config_export_matches_diffusers_tables(name, variance):
      "down_block_types='CrossAttnDownBlock2D'"),
     ("time_embedding_type", "fourier", "time_embedding_type='fourier'"),
     ("resnet_time_scale_shift", "scale_shift", "resnet_time_scale_shift"),
-    ("out_channels", 6, "out_channels=6"),
+    ("out_channels", 5, "out_channels=5"),
     ("act_fn", "tanh", "act_fn='tanh'"),
     ("num_class_embeds", 10, "num_class_embeds=10"),
     ("block_out_channels", [128, 192, 256, 256], "block_out_channels"),

@@ -94,6 +94,30 @@ def test_self_conditioned_unet_trains_and_samples():
     assert bool(metrics["finite"])
   x = training.generate(config, model, state.ema_params, schedule, 2, 2, 0)
   assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
+  config.training.eval_examples = 4
+  config.training.eval_batch_size = 4
+  bpd = training.evaluate(config, model, state.ema_params, schedule)
+  assert bpd["num_examples"] == 4 and np.isfinite(bpd["total"])
+
+
+def test_bound_of_a_self_conditioned_model_uses_a_first_pass_estimate():
+  from ddpm_jax import evaluation
+  x0 = evaluation.quantize(np.random.default_rng(2).uniform(
+      -1, 1, (3, 4, 4, 1)).astype(np.float32))
+  key = jax.random.PRNGKey(5)
+  got = evaluation.bpd_terms(PARAMS, toy_apply, SCHED, jnp.asarray(x0), key,
+                             variance="fixedlarge", self_condition=True)
+  for t in range(SCHED.num_timesteps):
+    noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
+    t_vec = jnp.full((3,), t)
+    x_t = diffusion.q_sample(SCHED, x0, t_vec, noise)
+    first = toy_apply(PARAMS, jnp.concatenate([jnp.zeros_like(x_t), x_t],
+                                              -1), t_vec)
+    est = diffusion.predict_x0_from_eps(SCHED, x_t, t_vec, first)
+    out = toy_apply(PARAMS, jnp.concatenate([est, x_t], -1), t_vec)
+    want = losses.vlb_terms(SCHED, out, x0, x_t, t_vec, variance="fixedlarge",
+                            clip_denoised=True)
+    assert_close(got["terms"][t], want, rtol=1e-5, err_msg=f"t={t}")
 
 
 # lucidrains' GaussianDiffusion with a self-conditioned toy model (the same

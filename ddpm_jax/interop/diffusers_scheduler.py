@@ -23,6 +23,9 @@ _FROM_DIFFUSERS = {"linear": "linear", "scaled_linear": "quad",
 _TO_DIFFUSERS = {v: k for k, v in _FROM_DIFFUSERS.items()}
 _VARIANCES = {"fixed_small": "fixedsmall", "fixed_small_log": "fixedsmall",
               "fixed_large": "fixedlarge", "fixed_large_log": "fixedlarge"}
+# Our diffusion.prediction <-> DDPMScheduler's prediction_type.
+_PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+_FROM_PREDICTION_TYPES = {v: k for k, v in _PREDICTION_TYPES.items()}
 # Options that only matter for settings we refuse, or for reduced-step
 # sampling (the DDPMScheduler's set_timesteps), which this sampler does not
 # do: the full chain ignores them.
@@ -49,9 +52,10 @@ def settings_from_scheduler_config(cfg: Dict[str, Any]
   for key, value in cfg.items():
     if not key.startswith("_") and key not in _NO_EFFECT and value is not None:
       raise _refuse(key, value, "unknown to this converter")
-  if cfg.get("prediction_type", "epsilon") != "epsilon":
-    raise _refuse("prediction_type", cfg["prediction_type"],
-                  "only epsilon-prediction models are supported yet")
+  prediction_type = cfg.get("prediction_type", "epsilon")
+  if prediction_type not in _FROM_PREDICTION_TYPES:
+    raise _refuse("prediction_type", prediction_type,
+                  f"choose from {sorted(_FROM_PREDICTION_TYPES)}")
   if cfg.get("thresholding", False):
     raise _refuse("thresholding", True, "dynamic thresholding is not "
                   "implemented; set it to false")
@@ -59,10 +63,11 @@ def settings_from_scheduler_config(cfg: Dict[str, Any]
     raise _refuse("rescale_betas_zero_snr", True,
                   "zero-terminal-SNR rescaling is not implemented")
   variance = cfg.get("variance_type", "fixed_small")
-  if variance not in _VARIANCES:
+  if variance not in _VARIANCES and variance != "learned_range":
     raise _refuse("variance_type", variance,
-                  f"choose from {sorted(_VARIANCES)} (learned variances are "
-                  f"not supported yet)")
+                  f"choose from {sorted(_VARIANCES) + ['learned_range']} "
+                  f"(diffusers' 'learned' reads a variance, ours a "
+                  f"log-variance)")
   clip = bool(cfg.get("clip_sample", True))
   clip_range = float(cfg.get("clip_sample_range", 1.0))
   if clip and clip_range != 1.0:
@@ -72,6 +77,8 @@ def settings_from_scheduler_config(cfg: Dict[str, Any]
   num_t = int(cfg.get("num_train_timesteps", 1000))
   d = ml_collections.ConfigDict()
   d.num_timesteps = num_t
+  d.prediction = _FROM_PREDICTION_TYPES[prediction_type]
+  d.learned_variance = "learned_range" if variance == "learned_range" else ""
   d.beta_start = float(cfg.get("beta_start", 1e-4))
   d.beta_end = float(cfg.get("beta_end", 0.02))
   betas = cfg.get("trained_betas")
@@ -89,14 +96,13 @@ def settings_from_scheduler_config(cfg: Dict[str, Any]
     d.schedule = _FROM_DIFFUSERS[name]
 
   s = ml_collections.ConfigDict()
-  s.variance = _VARIANCES[variance]
+  # Used only when the variance is fixed.
+  s.variance = _VARIANCES.get(variance, "fixedsmall")
   s.clip_denoised = clip
   s.mean_from = "x0"  # DDPMScheduler.step's route
   return ml_collections.ConfigDict({"diffusion": d, "sampling": s})
 
 
-# Our diffusion.prediction -> DDPMScheduler's prediction_type.
-_PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
 
 def scheduler_config_from_settings(config: ml_collections.ConfigDict

@@ -136,10 +136,10 @@ def model_config_from_diffusers(cfg: Dict[str, Any]
 
   in_ch = int(cfg.get("in_channels", 3))
   out_ch = int(cfg.get("out_channels", 3))
-  if out_ch != in_ch:
+  if out_ch not in (in_ch, 2 * in_ch):
     raise _refuse("out_channels", out_ch,
-                  f"models with out_channels != in_channels ({in_ch}), such "
-                  f"as learned-variance ones, are not supported yet")
+                  f"it must equal in_channels ({in_ch}), or twice it for a "
+                  f"learned variance (variance_type 'learned_range')")
 
   groups = cfg.get("norm_num_groups", 32)
   if groups is None:
@@ -188,9 +188,11 @@ def model_config_from_diffusers(cfg: Dict[str, Any]
 
 
 def diffusers_config_from_model(model_cfg: ml_collections.ConfigDict,
-                                image_size: int,
-                                channels: int) -> Dict[str, Any]:
-  """The ``UNet2DModel`` config dict of our ``config.model``."""
+                                image_size: int, channels: int,
+                                out_channels: Optional[int] = None
+                                ) -> Dict[str, Any]:
+  """The ``UNet2DModel`` config dict of our ``config.model``
+  (``out_channels`` defaults to ``channels``)."""
   if not model_cfg.get("resamp_with_conv", True):
     raise ConversionError("model.resamp_with_conv=False (average-pool "
                           "downsampling) has no UNet2DModel equivalent")
@@ -224,7 +226,7 @@ def diffusers_config_from_model(model_cfg: ml_collections.ConfigDict,
       "norm_eps": float(model_cfg.get("norm_eps", 1e-6)),
       "norm_num_groups": int(model_cfg.get("num_groups", 32)),
       "num_class_embeds": None,
-      "out_channels": int(channels),
+      "out_channels": int(out_channels or channels),
       "resnet_time_scale_shift": "default",
       "sample_size": int(image_size),
       "time_embedding_type": "positional",
@@ -371,13 +373,16 @@ def _describe(problems: List[str], source: str) -> str:
 def params_from_state_dict(state: Dict[str, np.ndarray],
                            model_cfg: ml_collections.ConfigDict,
                            image_size: int, channels: int,
-                           source: str = "state dict") -> Dict[str, Any]:
+                           source: str = "state dict",
+                           out_channels: Optional[int] = None
+                           ) -> Dict[str, Any]:
   """Our Flax params from a diffusers state dict (name -> NumPy array).
 
   Every tensor must be present with its shape and none may be left over;
-  otherwise the error lists the first mismatches.
+  otherwise the error lists the first mismatches. ``out_channels``
+  defaults to ``channels`` (2x for a learned variance).
   """
-  model = unet_from_config(model_cfg, channels)
+  model = unet_from_config(model_cfg, channels, out_channels)
   shapes = params_shape(model, image_size, channels)
   problems, used, leaves = [], set(), {}
   for keys, name, layout in param_name_map(shapes, len(model_cfg.ch_mult)):
@@ -486,7 +491,8 @@ def read_model_dir(path: str) -> Tuple[ml_collections.ConfigDict, int, int,
                                        Dict[str, Any]]:
   """Reads a diffusers ``UNet2DModel`` directory.
 
-  Returns (our model config, image size, channels, Flax params).
+  Returns (our model config, image size, channels, Flax params); a
+  learned-variance model's params have 2x channels out (``conv_out``).
   """
   model_dir = find_model_dir(path)
   if model_dir is None:
@@ -496,7 +502,9 @@ def read_model_dir(path: str) -> Tuple[ml_collections.ConfigDict, int, int,
   model_cfg, size, channels = model_config_from_diffusers(cfg)
   state = read_state_dict(model_dir)
   params = params_from_state_dict(state, model_cfg, size, channels,
-                                  source=os.path.join(model_dir, WEIGHTS_NAME))
+                                  source=os.path.join(model_dir, WEIGHTS_NAME),
+                                  out_channels=int(cfg.get("out_channels",
+                                                           channels)))
   return model_cfg, size, channels, params
 
 
@@ -515,7 +523,9 @@ def write_model_dir(out_dir: str, params: Any,
                                   or os.listdir(out_dir)):
     raise ConversionError(f"{out_dir} already exists and is not empty: "
                           f"choose a new output directory")
-  config = diffusers_config_from_model(model_cfg, image_size, channels)
+  out_channels = int(np.shape(params["conv_out"]["kernel"])[-1])
+  config = diffusers_config_from_model(model_cfg, image_size, channels,
+                                       out_channels)
   state = state_dict_from_params(params, model_cfg)
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)

@@ -8,6 +8,7 @@ import os
 from typing import Any, Optional, Tuple
 
 import ml_collections
+import numpy as np
 
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop import diffusers_scheduler
@@ -82,6 +83,15 @@ def load_diffusers(path: str) -> Tuple[ml_collections.ConfigDict, Any, str]:
       raise ConversionError(f"{sched_file} is not valid JSON ({e.msg} at "
                             f"line {e.lineno})") from None
   settings = diffusers_scheduler.settings_from_scheduler_config(sched)
+  out_ch = int(np.shape(params["conv_out"]["kernel"])[-1])
+  learned = settings.diffusion.learned_variance
+  if (out_ch == 2 * channels) != bool(learned):
+    where = sched_file or "the default DDPMScheduler"
+    raise ConversionError(
+        f"{path}: the UNet has out_channels={out_ch} for in_channels="
+        f"{channels} but {where} has variance_type="
+        f"{sched.get('variance_type', 'fixed_small')!r}; a 2x-channel model "
+        f"needs 'learned_range', a 1x one a fixed variance")
   config.diffusion.update(settings.diffusion)
   config.sampling.update(settings.sampling)
   return config, params, f"diffusers model {path}"
