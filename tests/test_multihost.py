@@ -3,6 +3,7 @@ distributed runtime (gloo collectives on CPU), two simulated devices each,
 against one process with four devices. Each process loads only its rows of
 the batch; SIGTERM on one host makes both save the same step and exit."""
 
+import json
 import os
 import re
 import signal
@@ -118,12 +119,29 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
   # explains it), so the config raises eps to 1e-3; test_parallel.py holds
   # the sharded step itself to 1e-5 elementwise under SGD.
   job, ref = str(tmp_path / "job"), str(tmp_path / "ref")
+  # The job also evaluates bits/dim at step 4 over both hosts' devices: 10
+  # images in batches of 6 and 4 (the 6 padded to 8 over 4 devices).
   finish(start_job(job, "--config.training.num_steps=4",
-                   "--config.training.checkpoint_every=2"))
+                   "--config.training.checkpoint_every=2",
+                   "--config.training.eval_every=4",
+                   "--config.training.eval_examples=10",
+                   "--config.training.eval_batch_size=6"))
   single_process(ref, "--config.training.num_steps=4",
                  "--config.training.checkpoint_every=2")
   assert_same_state(saved_state(ref, 4), saved_state(job, 4), rel=2e-4)
   assert_same_losses(ref, job)
+  # The same EMA params evaluated by one process: the bound agrees.
+  from tests.test_train_cli import read_scalars
+  logged = read_scalars(os.path.join(job, "tensorboard"))
+  p = subprocess.run([sys.executable, "evaluate.py", "--workdir", job,
+                      "--num=10", "--batch_size=6"], cwd=ROOT, env=env(4),
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  alone = json.loads(p.stdout.strip().splitlines()[-1])
+  assert alone["num_examples"] == 10 and logged["eval/num_examples"][4] == 10
+  for part in ("total", "prior", "decoder", "kl"):
+    np.testing.assert_allclose(logged[f"eval/bpd_{part}"][4], alone[part],
+                               rtol=1e-5, err_msg=part)
   # Process 0 alone wrote the sample grid.
   assert sorted(os.listdir(os.path.join(job, "samples"))) == [
       "step_00000004.npz", "step_00000004.png"]
