@@ -106,9 +106,11 @@ def evaluate_bpd(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   every process; every process passes the same batches): the bound
   (``total``) and its parts. A batch that the device count does not
   divide is padded with copies of its last image, which are not counted.
+  ``params`` not yet on the mesh's devices are replicated onto them.
   ``self_condition``: see :func:`bpd_terms`."""
   mesh = mesh or parallel.make_mesh()
   sharding = parallel.batch_sharding(mesh)
+  params = parallel.on_mesh(params, mesh)
   sums = dict.fromkeys(PARTS, 0.0)
   count = 0
   for i, batch in enumerate(batches):

@@ -35,6 +35,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def on_mesh(tree: Any, mesh: Mesh) -> Any:
+  """``tree``'s arrays placed on every device of ``mesh``: arrays already
+  spread over exactly those devices stay as they are (replicated or
+  sharded); host arrays and arrays on other devices (a checkpoint restored
+  onto one device, say) are replicated."""
+  rep, devices = replicated(mesh), set(mesh.devices.flat)
+
+  def put(x):
+    if isinstance(x, jax.Array) and set(x.sharding.device_set) == devices:
+      return x
+    return jax.device_put(x, rep)
+
+  return jax.tree_util.tree_map(put, tree)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """The leading (batch) axis split over ``data``."""
   return NamedSharding(mesh, P(DATA_AXIS))
