@@ -7,7 +7,7 @@ is drawn from ``fold_in(key, t)``, so a chain is reproducible from its key.
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,8 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
            key: jax.Array, shape: Tuple[int, ...], *,
            clip_denoised: bool = True, variance: str = "fixedsmall",
            mean_from: str = "x0", return_every: int = 0,
-           prediction: str = "eps", self_condition: bool = False
+           prediction: str = "eps", self_condition: bool = False,
+           timestep_map: Optional[jnp.ndarray] = None
            ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Draws ``shape`` (B, H, W, C) samples: x_T ~ N(0, I), then T steps.
 
@@ -37,6 +38,8 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   variance reads the last C of 2C output channels). With
   ``self_condition`` each step also feeds the network the x_0 its previous
   step predicted (:mod:`ddpm_jax.self_conditioning`).
+  ``timestep_map`` (a respaced ``schedule``, :mod:`ddpm_jax.spacing`): the
+  training timestep the network sees at each index of ``schedule``.
   Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
   """
   key_init, key_loop = jax.random.split(key)
@@ -45,7 +48,7 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
                                          shape, jnp.float32)
   return _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
                         clip_denoised, variance, mean_from, return_every,
-                        prediction, self_condition)
+                        prediction, self_condition, timestep_map)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -73,14 +76,16 @@ def sample_with_noise(params: Any, apply_fn: ApplyFn,
 
 def _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
                    clip_denoised, variance, mean_from, return_every,
-                   prediction="eps", self_condition=False):
+                   prediction="eps", self_condition=False, timestep_map=None):
   """Algorithm 2 from ``x_init`` over t = T-1 .. 0 in one lax.scan."""
   num_t = schedule.num_timesteps
   batch = x_init.shape[0]
+  model_t = (lambda t: t) if timestep_map is None else (
+      lambda t: jnp.asarray(timestep_map, jnp.int32)[t])
 
   def step(carry, t):
     x, x0_prev = carry
-    t_vec = jnp.full((batch,), t, jnp.int32)
+    t_vec = jnp.full((batch,), model_t(t), jnp.int32)
     x_in = conditioned_input(x, x0_prev) if self_condition else x
     out = apply_fn(params, x_in, t_vec, None).astype(jnp.float32)
     x_prev, x0 = p_step_from_output(schedule, x, t, out, noise_at(t),
@@ -101,7 +106,7 @@ def _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
 
   def chunk(carry, ts):
     carry, x0s = jax.lax.scan(step, carry, ts)
-    return carry, (carry[0], x0s[-1], ts[-1])
+    return carry, (carry[0], x0s[-1], model_t(ts[-1]))
 
   (x, _), (xs, x0s, ts) = jax.lax.scan(
       chunk, init, timesteps.reshape(num_t // return_every, return_every))

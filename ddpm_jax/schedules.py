@@ -252,10 +252,11 @@ def schedule_kwargs(name: str, **options) -> Dict[str, float]:
           if k in params and k != "num_timesteps" and v is not None}
 
 
-def schedule_from_config(name: str, num_timesteps: int,
-                         betas: Optional[Sequence[float]] = None,
-                         **options) -> DiffusionSchedule:
-  """Named schedule, or user-given ``betas`` (then ``name`` must be 'custom').
+def betas_from_config(name: str, num_timesteps: int,
+                      betas: Optional[Sequence[float]] = None,
+                      **options) -> np.ndarray:
+  """float64 betas of a named schedule, or user-given ``betas`` (then
+  ``name`` must be 'custom').
 
   ``options`` may hold settings of several schedules (a config's beta_start,
   beta_end, ...); each schedule gets only those it takes.
@@ -268,6 +269,13 @@ def schedule_from_config(name: str, num_timesteps: int,
     if arr.size != num_timesteps:
       raise ValueError(f"schedule.betas has {arr.size} entries but "
                        f"num_timesteps is {num_timesteps}")
-    return make_schedule(arr)
-  return make_schedule(get_betas(name, num_timesteps,
-                                **schedule_kwargs(name, **options)))
+    return arr
+  return get_betas(name, num_timesteps, **schedule_kwargs(name, **options))
+
+
+def schedule_from_config(name: str, num_timesteps: int,
+                         betas: Optional[Sequence[float]] = None,
+                         **options) -> DiffusionSchedule:
+  """:func:`make_schedule` of :func:`betas_from_config`."""
+  return make_schedule(betas_from_config(name, num_timesteps, betas,
+                                         **options))

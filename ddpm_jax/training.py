@@ -31,7 +31,8 @@ from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
 from ddpm_jax.sampling import sample
 from ddpm_jax.schedules import (DiffusionSchedule, beta_schedule_names,
-                                schedule_from_config)
+                                betas_from_config)
+from ddpm_jax.schedules import make_schedule as make_schedule_from_betas
 
 
 # model.dtype: the compute dtype of convolutions, dense layers and attention.
@@ -159,13 +160,17 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
                         f"{why}")
 
 
+def make_betas(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The float64 betas of ``config.diffusion``."""
+  d = config.diffusion
+  return betas_from_config(d.schedule, d.num_timesteps, d.get("betas", None),
+                           beta_start=d.get("beta_start", None),
+                           beta_end=d.get("beta_end", None))
+
+
 def make_schedule(config: ml_collections.ConfigDict) -> DiffusionSchedule:
   """The diffusion tables of ``config.diffusion``."""
-  d = config.diffusion
-  return schedule_from_config(d.schedule, d.num_timesteps,
-                              d.get("betas", None),
-                              beta_start=d.get("beta_start", None),
-                              beta_end=d.get("beta_end", None))
+  return make_schedule_from_betas(make_betas(config))
 
 
 def model_variance(config: ml_collections.ConfigDict) -> str:

@@ -1,0 +1,122 @@
+"""Samplers registered by name; each runs its whole chain in one
+``lax.scan`` under ``jax.jit``.
+
+=========  ==================================================================
+``ddpm``   ancestral sampling (Algorithm 2); with ``steps`` < T, improved
+           DDPM's respacing (:func:`ddpm_jax.spacing.respaced_schedule`)
+``ddim``   DDIM (:mod:`ddpm_jax.ddim`), any ``eta`` >= 0
+=========  ==================================================================
+
+Every sampler is ``fn(params, apply_fn, betas, key, shape, **options)`` with
+float64 ``betas`` (the training schedule; tables are built from them on the
+host) and returns (x_0, trajectory dict), the trajectory holding x_t, the
+predicted x_0 and the training t every ``return_every`` steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import numpy as np
+
+from ddpm_jax import ddim, sampling, schedules, spacing
+from ddpm_jax.diffusion import ApplyFn
+
+SamplerFn = Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
+_SAMPLERS: Dict[str, SamplerFn] = {}
+
+
+def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
+  """Decorator: registers a sampler under ``name``."""
+
+  def wrap(fn: SamplerFn) -> SamplerFn:
+    if name in _SAMPLERS:
+      raise ValueError(f"sampler {name!r} is registered twice")
+    _SAMPLERS[name] = fn
+    return fn
+
+  return wrap
+
+
+def sampler_names() -> list[str]:
+  """Names accepted by :func:`get_sampler`."""
+  return sorted(_SAMPLERS)
+
+
+def get_sampler(name: str) -> SamplerFn:
+  """The sampler registered as ``name``."""
+  if name not in _SAMPLERS:
+    raise ValueError(f"unknown sampler {name!r}; choose one of "
+                     f"{sampler_names()}")
+  return _SAMPLERS[name]
+
+
+def _steps(steps: Optional[int], num_timesteps: int) -> int:
+  n = num_timesteps if steps in (None, 0) else int(steps)
+  if not 1 <= n <= num_timesteps:
+    raise ValueError(f"steps must be in [1, {num_timesteps}] (the training "
+                     f"timesteps), got {steps}")
+  return n
+
+
+@register_sampler("ddpm")
+def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
+         shape: Tuple[int, ...], *, steps: Optional[int] = None,
+         spacing_name: str = "uniform", steps_offset: int = 0,
+         variance: str = "fixedlarge", prediction: str = "eps",
+         clip_denoised: bool = True, mean_from: str = "x0",
+         return_every: int = 0, self_condition: bool = False, **unused):
+  """Ancestral sampling over all T steps, or over ``steps`` of them chosen
+  by ``spacing_name`` with the betas respaced (improved DDPM)."""
+  _no_ddim_options(unused)
+  num_t = len(betas)
+  n = _steps(steps, num_t)
+  if n == num_t:
+    schedule, kept = schedules.make_schedule(betas), None
+  else:
+    if prediction == "xprev":
+      raise ValueError("prediction 'xprev' predicts the mean of the full "
+                       "chain's step: sample it with all T steps")
+    schedule, kept = spacing.respaced_schedule(
+        betas, spacing.timesteps(spacing_name, num_t, n, steps_offset))
+  return sampling.sample(params, apply_fn, schedule, key, tuple(shape),
+                         clip_denoised=clip_denoised, variance=variance,
+                         mean_from=mean_from, return_every=return_every,
+                         prediction=prediction,
+                         self_condition=self_condition,
+                         timestep_map=None if kept is None else
+                         jax.numpy.asarray(kept, jax.numpy.int32))
+
+
+def _no_ddim_options(unused: Dict[str, Any]) -> None:
+  ddim_only = {"eta", "set_alpha_to_one", "rederive_eps"}
+  extra = set(unused) - ddim_only
+  if extra:
+    raise TypeError(f"unknown sampler options {sorted(extra)}")
+  if unused.get("eta", 0.0):
+    raise ValueError("eta is a DDIM option: use sampler 'ddim'")
+
+
+@register_sampler("ddim")
+def ddim_sampler(params: Any, apply_fn: ApplyFn, betas: np.ndarray,
+                 key: jax.Array, shape: Tuple[int, ...], *,
+                 steps: Optional[int] = None, spacing_name: str = "uniform",
+                 steps_offset: int = 0, eta: float = 0.0,
+                 set_alpha_to_one: bool = True, rederive_eps: bool = False,
+                 variance: str = "fixedlarge", prediction: str = "eps",
+                 clip_denoised: bool = True, return_every: int = 0,
+                 self_condition: bool = False, mean_from: str = "x0"):
+  """DDIM over ``steps`` timesteps (default all T) chosen by
+  ``spacing_name``. ``variance`` only says whether the network has
+  variance channels to drop; ``mean_from`` is ignored."""
+  del mean_from
+  n = _steps(steps, len(betas))
+  plan = ddim.make_plan(betas, n, eta=float(eta), spacing_name=spacing_name,
+                        set_alpha_to_one=set_alpha_to_one,
+                        steps_offset=steps_offset)
+  return ddim.sample(params, apply_fn, schedules.make_schedule(betas), plan,
+                     key, tuple(shape), prediction=prediction,
+                     variance=variance, clip_denoised=clip_denoised,
+                     rederive_eps=rederive_eps, return_every=return_every,
+                     self_condition=self_condition)
