@@ -22,6 +22,14 @@ flags.DEFINE_integer("image_size", None, "Image size of a TF checkpoint "
                      "(32 for CIFAR-10, 256 for CelebA-HQ/LSUN).")
 flags.DEFINE_string("variance", None, "Override the sampler variance: "
                     "fixedsmall or fixedlarge.")
+flags.DEFINE_enum("sampler", None, ["ddpm", "ddim"], "Sampler (default: the "
+                  "config's sampling.sampler, ddpm).")
+flags.DEFINE_integer("steps", None, "Reverse steps (default: the config's; "
+                     "0 = all T). Fewer than T: ddim, or ddpm respaced.")
+flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic).")
+flags.DEFINE_enum("spacing", None, ["leading", "trailing", "linspace",
+                                    "uniform", "quadratic"],
+                  "Which timesteps a reduced-step sampler visits.")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch_size", 64, "Samples drawn per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -30,6 +38,11 @@ flags.DEFINE_string("out", None, "Output prefix (default: "
                     "samples/<MODEL NAME>_seed<SEED> for --model).")
 flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
                   "ones).")
+
+
+def _sampler_flags():
+  return {k: getattr(FLAGS, k) for k in ("sampler", "steps", "eta", "spacing")
+          if getattr(FLAGS, k) is not None}
 
 
 def main(argv):
@@ -44,12 +57,13 @@ def main(argv):
       path = sampling_cli.sample_from_workdir(
           FLAGS.workdir, num=FLAGS.num, batch_size=FLAGS.batch_size,
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
-          variance=FLAGS.variance)
+          variance=FLAGS.variance, sampler=_sampler_flags())
     else:
       path = sampling_cli.sample_from_model(
           FLAGS.model, num=FLAGS.num, batch_size=FLAGS.batch_size,
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
-          image_size=FLAGS.image_size, variance=FLAGS.variance)
+          image_size=FLAGS.image_size, variance=FLAGS.variance,
+          sampler=_sampler_flags())
   print(f"wrote {path}.png and {path}.npz")
 
 

@@ -61,6 +61,14 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.diffusion.learned_variance = ""
 
   config.sampling = ml_collections.ConfigDict()
+  # 'ddpm' (ancestral, Algorithm 2) or 'ddim'; see ddpm_jax/samplers.py.
+  config.sampling.sampler = "ddpm"
+  # Steps of the reverse chain: 0 = all T. Fewer: 'ddim', or 'ddpm' with
+  # the betas respaced (improved DDPM); spacing picks the timesteps:
+  # leading, trailing, linspace (diffusers) or uniform, quadratic (DDIM).
+  config.sampling.steps = 0
+  config.sampling.spacing = "uniform"
+  config.sampling.eta = 0.0  # DDIM: 0 deterministic, 1 DDPM-like noise
   config.sampling.variance = "fixedlarge"  # or 'fixedsmall'
   config.sampling.mean_from = "x0"  # or 'eps' (eq. 11)
   config.sampling.clip_denoised = True

@@ -29,7 +29,8 @@ from ddpm_jax import (checkpoints, data, evaluation, images, losses,
                       parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
-from ddpm_jax.sampling import sample
+from ddpm_jax.samplers import get_sampler, sampler_names
+from ddpm_jax.spacing import SPACINGS
 from ddpm_jax.schedules import (DiffusionSchedule, beta_schedule_names,
                                 betas_from_config)
 from ddpm_jax.schedules import make_schedule as make_schedule_from_betas
@@ -86,6 +87,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        f"one of {MEAN_ROUTES}"),
       ("sampling.num_samples", config.sampling.num_samples > 0,
        "a positive int"),
+      ("sampling.sampler", config.sampling.get("sampler", "ddpm") in
+       sampler_names(), f"one of {sampler_names()}"),
+      ("sampling.steps", 0 <= config.sampling.get("steps", 0) <=
+       config.diffusion.num_timesteps,
+       f"0 (all) .. diffusion.num_timesteps={config.diffusion.num_timesteps}"),
+      ("sampling.spacing", config.sampling.get("spacing", "uniform") in
+       SPACINGS, f"one of {SPACINGS}"),
+      ("sampling.eta", config.sampling.get("eta", 0.0) >= 0 and (
+          config.sampling.get("eta", 0.0) == 0 or
+          config.sampling.get("sampler", "ddpm") == "ddim"),
+       ">= 0, and 0 unless sampling.sampler='ddim'"),
       ("sampling.batch_size", config.sampling.batch_size > 0, "a positive int"),
       ("data.image_size", config.data.image_size > 0, "a positive int"),
       ("model.ch", config.model.ch > 0 and
@@ -330,22 +342,35 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                  out_shardings=(state_shardings, rep), donate_argnums=(0,))
 
 
-def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
-             schedule: DiffusionSchedule, num: int, batch_size: int,
-             seed: int) -> np.ndarray:
-  """``num`` samples in [-1, 1] as a NumPy array, ``batch_size`` at a time;
-  batch i uses ``fold_in(PRNGKey(seed), i)``."""
-  size, ch = config.data.image_size, config.data.channels
+def sampler_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The keyword options of the ``config.sampling.sampler`` sampler
+  (:mod:`ddpm_jax.samplers`)."""
   s = config.sampling
+  options = dict(steps=int(s.get("steps", 0)) or None,
+                 spacing_name=s.get("spacing", "uniform"),
+                 clip_denoised=bool(s.clip_denoised),
+                 variance=model_variance(config),
+                 prediction=config.diffusion.get("prediction", "eps"),
+                 self_condition=self_conditioned(config),
+                 mean_from=s.mean_from)
+  if s.get("sampler", "ddpm") == "ddim":
+    options["eta"] = float(s.get("eta", 0.0))
+  return options
+
+
+def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
+             num: int, batch_size: int, seed: int) -> np.ndarray:
+  """``num`` samples in [-1, 1] as a NumPy array with the sampler of
+  ``config.sampling``, ``batch_size`` at a time; batch i uses
+  ``fold_in(PRNGKey(seed), i)``."""
+  size, ch = config.data.image_size, config.data.channels
+  draw = get_sampler(config.sampling.get("sampler", "ddpm"))
+  betas, options = make_betas(config), sampler_options(config)
   out = []
   for i in range(int(math.ceil(num / batch_size))):
-    x, _ = sample(params, eps_fn(model), schedule,
-                  jax.random.fold_in(jax.random.PRNGKey(seed), i),
-                  (batch_size, size, size, ch),
-                  clip_denoised=bool(s.clip_denoised),
-                  variance=model_variance(config), mean_from=s.mean_from,
-                  prediction=config.diffusion.get("prediction", "eps"),
-                  self_condition=self_conditioned(config))
+    x, _ = draw(params, eps_fn(model), betas,
+                jax.random.fold_in(jax.random.PRNGKey(seed), i),
+                (batch_size, size, size, ch), **options)
     out.append(np.asarray(x))
   return np.concatenate(out)[:num]
 
@@ -366,10 +391,10 @@ def evaluate(config: ml_collections.ConfigDict, model: UNet, params: Any,
       self_condition=self_conditioned(config))
 
 
-def _write_grid(config, model, state, schedule, workdir, step,
+def _write_grid(config, model, state, workdir, step,
                 write: bool = True) -> str:
   n = config.sampling.num_samples
-  x = generate(config, model, state.ema_params, schedule, n,
+  x = generate(config, model, state.ema_params, n,
                min(n, config.sampling.batch_size), seed=config.seed)
   prefix = os.path.join(workdir, "samples", f"step_{step:08d}")
   if write:
@@ -514,8 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if (every and done % every == 0) or done == total:
         # Every process samples (the parameters may span processes); the
         # first one writes.
-        path = _write_grid(config, model, state, schedule, workdir, done,
-                           lead)
+        path = _write_grid(config, model, state, workdir, done, lead)
         if lead:
           bar.write(f"step {done}: wrote {path}")
   finally:

@@ -263,8 +263,7 @@ def test_every_objective_trains_and_samples(combo):
   moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
                                  before, state.params)
   assert max(jax.tree_util.tree_leaves(moved)) > 0
-  x = training.generate(config, model, state.ema_params, schedule, 2, 2,
-                        seed=0)
+  x = training.generate(config, model, state.ema_params, 2, 2, seed=0)
   assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
 
 

@@ -92,7 +92,7 @@ def test_self_conditioned_unet_trains_and_samples():
   for _ in range(2):
     state, metrics = step(state, jnp.asarray(next(batches)[0]), schedule)
     assert bool(metrics["finite"])
-  x = training.generate(config, model, state.ema_params, schedule, 2, 2, 0)
+  x = training.generate(config, model, state.ema_params, 2, 2, 0)
   assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
   config.training.eval_examples = 4
   config.training.eval_batch_size = 4

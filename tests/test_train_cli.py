@@ -89,6 +89,16 @@ def test_train_resume_and_sample(tmp_path):
   p = run("sample.py", "--workdir", wd, "--num", "6", "--batch_size", "4",
           "--seed", "1", "--out", out + "b")
   np.testing.assert_array_equal(np.load(out + "b.npz")["images"], imgs)
+  # DDIM in 5 steps, named after the sampler; --eta needs --sampler=ddim.
+  p = run("sample.py", "--workdir", wd, "--num", "6", "--batch_size", "4",
+          "--seed", "1", "--sampler", "ddim", "--steps", "5", "--eta", "0.5")
+  assert p.returncode == 0, p.stderr[-3000:]
+  fast = np.load(os.path.join(wd, "samples",
+                              "sample_seed1_step5_ddim5_eta0.5.npz"))["images"]
+  assert fast.shape == imgs.shape and not np.array_equal(fast, imgs)
+  line = error_line(run("sample.py", "--workdir", wd, "--eta", "0.5",
+                        "--out", out + "x"))
+  assert "--sampler=ddim" in line and not os.path.exists(out + "x.npz")
 
   # Exported to diffusers, then sampled from the exported directory with
   # the exported scheduler config (T=20): same model, same samples.
