@@ -23,9 +23,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from ddpm_jax import diffusion, spacing
 from ddpm_jax.diffusion import ApplyFn
+from ddpm_jax.sampling import ExampleNoise
 from ddpm_jax.self_conditioning import conditioned_input
 from ddpm_jax.schedules import DiffusionSchedule
 
@@ -123,28 +125,25 @@ def ddim_step(schedule: DiffusionSchedule, x_t: Array, t: Array,
 
 @functools.partial(jax.jit, static_argnames=(
     "apply_fn", "shape", "prediction", "variance", "clip_denoised",
-    "rederive_eps", "return_every", "self_condition"))
+    "rederive_eps", "return_every", "self_condition", "sharding"))
 def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
            plan: DDIMPlan, key: jax.Array, shape: Tuple[int, ...], *,
            prediction: str = "eps", variance: str = "fixedsmall",
            clip_denoised: bool = True, rederive_eps: bool = False,
            return_every: int = 0, self_condition: bool = False,
-           x_init: Optional[Array] = None
+           x_init: Optional[Array] = None, offset: Any = 0,
+           sharding: Optional[NamedSharding] = None
            ) -> Tuple[Array, Dict[str, Array]]:
-  """DDIM sampling along ``plan`` in one ``lax.scan``: x_T ~ N(0, I) from
-  ``key`` (or ``x_init``), step i's noise from ``fold_in(key, i)``.
+  """DDIM sampling along ``plan`` in one ``lax.scan``: x_T ~ N(0, I) (or
+  ``x_init``) and step i's noise from row b's key ``fold_in(key, offset +
+  b)`` (:class:`ddpm_jax.sampling.ExampleNoise`); ``sharding`` splits the
+  batch over devices.
   A learned-variance network's variance channels are ignored (DDIM sets
   its own). Returns (x_0, trajectory) as :func:`ddpm_jax.sampling.sample`
   does, the trajectory every ``return_every`` steps."""
-  key_init, key_loop = jax.random.split(key)
-  x = (jax.random.normal(key_init, shape, jnp.float32) if x_init is None
-       else jnp.asarray(x_init, jnp.float32))
-
-  def noise_at(i):
-    return jax.random.normal(jax.random.fold_in(key_loop, i), x.shape,
-                             jnp.float32)
-
-  return run_plan(params, apply_fn, schedule, plan, x, noise_at,
+  noise = ExampleNoise(key, shape, offset, sharding)
+  x = noise.initial() if x_init is None else jnp.asarray(x_init, jnp.float32)
+  return run_plan(params, apply_fn, schedule, plan, x, noise.at,
                   prediction=prediction, variance=variance,
                   clip_denoised=clip_denoised,
                   rederive_eps=rederive_eps, return_every=return_every,

@@ -10,7 +10,9 @@
 Every sampler is ``fn(params, apply_fn, betas, key, shape, **options)`` with
 float64 ``betas`` (the training schedule; tables are built from them on the
 host) and returns (x_0, trajectory dict), the trajectory holding x_t, the
-predicted x_0 and the training t every ``return_every`` steps.
+predicted x_0 and the training t every ``return_every`` steps. Row b draws
+its randomness from ``fold_in(key, offset + b)``; with ``mesh`` the batch
+is split over the mesh's devices (the result is a global array).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import numpy as np
 
-from ddpm_jax import ddim, sampling, schedules, spacing
+from ddpm_jax import ddim, parallel, sampling, schedules, spacing
 from ddpm_jax.diffusion import ApplyFn
 
 SamplerFn = Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
@@ -52,6 +54,16 @@ def get_sampler(name: str) -> SamplerFn:
   return _SAMPLERS[name]
 
 
+def _placement(params: Any, shape: Tuple[int, ...], mesh):
+  """(params on the mesh, the batch sharding), or as they are without one."""
+  if mesh is None:
+    return params, None
+  if shape[0] % mesh.size:
+    raise ValueError(f"a batch of {shape[0]} does not split over "
+                     f"{mesh.size} devices: use a multiple of {mesh.size}")
+  return parallel.on_mesh(params, mesh), parallel.batch_sharding(mesh)
+
+
 def _steps(steps: Optional[int], num_timesteps: int) -> int:
   n = num_timesteps if steps in (None, 0) else int(steps)
   if not 1 <= n <= num_timesteps:
@@ -66,7 +78,8 @@ def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
          spacing_name: str = "uniform", steps_offset: int = 0,
          variance: str = "fixedlarge", prediction: str = "eps",
          clip_denoised: bool = True, mean_from: str = "x0",
-         return_every: int = 0, self_condition: bool = False, **unused):
+         return_every: int = 0, self_condition: bool = False,
+         offset: int = 0, mesh=None, **unused):
   """Ancestral sampling over all T steps, or over ``steps`` of them chosen
   by ``spacing_name`` with the betas respaced (improved DDPM)."""
   _no_ddim_options(unused)
@@ -80,13 +93,15 @@ def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
                        "chain's step: sample it with all T steps")
     schedule, kept = spacing.respaced_schedule(
         betas, spacing.timesteps(spacing_name, num_t, n, steps_offset))
+  params, sharding = _placement(params, shape, mesh)
   return sampling.sample(params, apply_fn, schedule, key, tuple(shape),
                          clip_denoised=clip_denoised, variance=variance,
                          mean_from=mean_from, return_every=return_every,
                          prediction=prediction,
                          self_condition=self_condition,
                          timestep_map=None if kept is None else
-                         jax.numpy.asarray(kept, jax.numpy.int32))
+                         jax.numpy.asarray(kept, jax.numpy.int32),
+                         offset=offset, sharding=sharding)
 
 
 def _no_ddim_options(unused: Dict[str, Any]) -> None:
@@ -106,7 +121,8 @@ def ddim_sampler(params: Any, apply_fn: ApplyFn, betas: np.ndarray,
                  set_alpha_to_one: bool = True, rederive_eps: bool = False,
                  variance: str = "fixedlarge", prediction: str = "eps",
                  clip_denoised: bool = True, return_every: int = 0,
-                 self_condition: bool = False, mean_from: str = "x0"):
+                 self_condition: bool = False, mean_from: str = "x0",
+                 offset: int = 0, mesh=None):
   """DDIM over ``steps`` timesteps (default all T) chosen by
   ``spacing_name``. ``variance`` only says whether the network has
   variance channels to drop; ``mean_from`` is ignored."""
@@ -115,8 +131,10 @@ def ddim_sampler(params: Any, apply_fn: ApplyFn, betas: np.ndarray,
   plan = ddim.make_plan(betas, n, eta=float(eta), spacing_name=spacing_name,
                         set_alpha_to_one=set_alpha_to_one,
                         steps_offset=steps_offset)
+  params, sharding = _placement(params, shape, mesh)
   return ddim.sample(params, apply_fn, schedules.make_schedule(betas), plan,
                      key, tuple(shape), prediction=prediction,
                      variance=variance, clip_denoised=clip_denoised,
                      rederive_eps=rederive_eps, return_every=return_every,
-                     self_condition=self_condition)
+                     self_condition=self_condition, offset=offset,
+                     sharding=sharding)

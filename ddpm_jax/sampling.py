@@ -1,7 +1,10 @@
 """The reverse process: Algorithm 2 as one ``lax.scan`` under ``jax.jit``.
 
-The loop body is traced and compiled once, whatever T. The noise of step t
-is drawn from ``fold_in(key, t)``, so a chain is reproducible from its key.
+The loop body is traced and compiled once, whatever T. Every example has
+its own key, ``fold_in(key, offset + b)`` for row b: its x_T and the noise
+of each step come from that key alone, so sample j of a request is the
+same whatever the batch size or the number of devices the batch is split
+over.
 """
 
 from __future__ import annotations
@@ -12,20 +15,53 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import NamedSharding
+
 from ddpm_jax.diffusion import ApplyFn, p_step_from_output
 from ddpm_jax.schedules import DiffusionSchedule
 from ddpm_jax.self_conditioning import conditioned_input
 
 
+class ExampleNoise:
+  """x_T and per-step noise of a batch, each row from its own key
+  (``fold_in(key, offset + row)``), optionally constrained to a batch
+  ``sharding``. Usable inside jit."""
+
+  def __init__(self, key: jax.Array, shape: Tuple[int, ...],
+               offset: Any = 0, sharding: Optional[NamedSharding] = None):
+    rows = jnp.asarray(offset, jnp.uint32) + jnp.arange(shape[0],
+                                                        dtype=jnp.uint32)
+    self._keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)
+    self._row_shape = tuple(shape[1:])
+    self._sharding = sharding
+
+  def _draw(self, fn) -> jnp.ndarray:
+    x = jax.vmap(lambda k: jax.random.normal(fn(k), self._row_shape,
+                                             jnp.float32))(self._keys)
+    if self._sharding is not None:
+      x = jax.lax.with_sharding_constraint(x, self._sharding)
+    return x
+
+  def initial(self) -> jnp.ndarray:
+    """x_T ~ N(0, I)."""
+    return self._draw(lambda k: jax.random.split(k)[0])
+
+  def at(self, i: Any) -> jnp.ndarray:
+    """The z of step index ``i``."""
+    return self._draw(lambda k: jax.random.fold_in(jax.random.split(k)[1],
+                                                   i))
+
+
 @functools.partial(jax.jit, static_argnames=(
     "apply_fn", "shape", "clip_denoised", "variance", "mean_from",
-    "return_every", "prediction", "self_condition"))
+    "return_every", "prediction", "self_condition", "sharding"))
 def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
            key: jax.Array, shape: Tuple[int, ...], *,
            clip_denoised: bool = True, variance: str = "fixedsmall",
            mean_from: str = "x0", return_every: int = 0,
            prediction: str = "eps", self_condition: bool = False,
-           timestep_map: Optional[jnp.ndarray] = None
+           timestep_map: Optional[jnp.ndarray] = None, offset: Any = 0,
+           sharding: Optional[NamedSharding] = None
            ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Draws ``shape`` (B, H, W, C) samples: x_T ~ N(0, I), then T steps.
 
@@ -40,13 +76,12 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   step predicted (:mod:`ddpm_jax.self_conditioning`).
   ``timestep_map`` (a respaced ``schedule``, :mod:`ddpm_jax.spacing`): the
   training timestep the network sees at each index of ``schedule``.
+  Row b's randomness comes from ``fold_in(key, offset + b)``
+  (:class:`ExampleNoise`); ``sharding`` splits the batch over devices.
   Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
   """
-  key_init, key_loop = jax.random.split(key)
-  x_init = jax.random.normal(key_init, shape, jnp.float32)
-  noise_at = lambda t: jax.random.normal(jax.random.fold_in(key_loop, t),
-                                         shape, jnp.float32)
-  return _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
+  noise = ExampleNoise(key, shape, offset, sharding)
+  return _reverse_chain(params, apply_fn, schedule, noise.initial(), noise.at,
                         clip_denoised, variance, mean_from, return_every,
                         prediction, self_condition, timestep_map)
 

@@ -359,18 +359,29 @@ def sampler_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 
 def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
-             num: int, batch_size: int, seed: int) -> np.ndarray:
-  """``num`` samples in [-1, 1] as a NumPy array with the sampler of
-  ``config.sampling``, ``batch_size`` at a time; batch i uses
-  ``fold_in(PRNGKey(seed), i)``."""
+             num: int, batch_size: int, seed: int,
+             mesh: Optional[Mesh] = None) -> np.ndarray:
+  """``num`` samples in [-1, 1] as a NumPy array (on every process) with the
+  sampler of ``config.sampling``.
+
+  Sample j draws its randomness from ``fold_in(PRNGKey(seed), j)``, so it
+  does not depend on ``batch_size`` or on the devices. Each batch is split
+  over ``mesh`` (default: every device of every process; ``batch_size`` is
+  rounded up to a multiple of the device count) and gathered back.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  mesh = mesh or parallel.make_mesh()
   size, ch = config.data.image_size, config.data.channels
   draw = get_sampler(config.sampling.get("sampler", "ddpm"))
   betas, options = make_betas(config), sampler_options(config)
+  batch = -(-int(batch_size) // mesh.size) * mesh.size
+  key = jax.random.PRNGKey(seed)
   out = []
-  for i in range(int(math.ceil(num / batch_size))):
-    x, _ = draw(params, eps_fn(model), betas,
-                jax.random.fold_in(jax.random.PRNGKey(seed), i),
-                (batch_size, size, size, ch), **options)
+  for i in range(int(math.ceil(num / batch))):
+    x, _ = draw(params, eps_fn(model), betas, key, (batch, size, size, ch),
+                offset=i * batch, mesh=mesh, **options)
+    if jax.process_count() > 1:
+      x = multihost_utils.process_allgather(x, tiled=True)
     out.append(np.asarray(x))
   return np.concatenate(out)[:num]
 

@@ -54,6 +54,25 @@ def test_sharded_adam_losses_equal_one_device(sharded_result, run):
   np.testing.assert_allclose(r["losses"], r["ref_losses"], rtol=1e-5)
 
 
+def test_sampling_on_8_devices_equals_one_device():
+  """training.generate with the batch split over 8 simulated devices, on 1
+  device, and in batches of 3: the same samples, bit for bit (each sample's
+  noise comes from its own key; the U-Net's ops are per example)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  p = subprocess.run([sys.executable, "tests/scripts/sharded_sampling.py"],
+                     cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.loads(p.stdout.strip().splitlines()[-1])
+  assert r["devices"] == 8
+  for name in ("ddpm", "ddpm_respaced", "ddim"):
+    assert r[name]["shards"] == 8, name  # really split over 8 devices
+    assert r[name]["shape"] == [12, 8, 8, 1] and r[name]["finite"], name
+    assert r[name]["max_diff"] == 0.0, (name, r[name])
+    assert r[name]["max_diff_batching"] == 0.0, (name, r[name])
+
+
 def test_fsdp_spec_picks_the_largest_divisible_axis():
   assert parallel.fsdp_spec((3, 3, 64, 128), 8) == parallel.P(
       None, None, None, "data")

@@ -22,11 +22,14 @@ def test_scan_equals_step_by_step_chain():
   key = jax.random.PRNGKey(4)
   x, traj = sample(toy(), toy_apply_jax, sched, key, SHAPE, return_every=5,
                    variance="fixedsmall")
-  key_init, key_loop = jax.random.split(key)
-  y = jax.random.normal(key_init, SHAPE)
+  # Row b's key is fold_in(key, b); split into x_T's and the steps' keys.
+  rows = [jax.random.split(jax.random.fold_in(key, b))
+          for b in range(SHAPE[0])]
+  y = jnp.stack([jax.random.normal(k[0], SHAPE[1:]) for k in rows])
   states, x0s = {}, {}
   for t in range(19, -1, -1):
-    noise = jax.random.normal(jax.random.fold_in(key_loop, t), SHAPE)
+    noise = jnp.stack([jax.random.normal(jax.random.fold_in(k[1], t),
+                                         SHAPE[1:]) for k in rows])
     y, x0 = diffusion.p_sample_step(toy(), toy_apply_jax, sched, y, t,
                                     noise=noise, variance="fixedsmall")
     states[t], x0s[t] = y, x0
@@ -40,6 +43,10 @@ def test_scan_equals_step_by_step_chain():
                      variance="fixedsmall")
   assert empty == {}
   np.testing.assert_array_equal(x, x2)
+  # Sample j depends on its index, not on the batch it is drawn in.
+  tail, _ = sample(toy(), toy_apply_jax, sched, key, (1,) + SHAPE[1:],
+                   variance="fixedsmall", offset=SHAPE[0] - 1)
+  np.testing.assert_array_equal(tail[0], x[-1])
 
 
 def _compile_seconds(num_timesteps):
