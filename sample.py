@@ -36,6 +36,19 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", None, "Output prefix (default: "
                     "WORKDIR/samples/sample_seed<SEED>_step<STEP>, or "
                     "samples/<MODEL NAME>_seed<SEED> for --model).")
+flags.DEFINE_integer("progressive", None, "Also record x_t and the predicted "
+                     "x_0 every K steps (paper Fig. 6): writes OUT_x0.png, "
+                     "OUT_xt.png, OUT.gif and OUT_trajectory.npz.")
+flags.DEFINE_list("partial", None, "Held-out image indices: noise each to "
+                  "step --t, then draw --num reverse chains from it (paper "
+                  "Fig. 7). --workdir only.")
+flags.DEFINE_list("interpolate", None, "Two held-out image indices I,J: "
+                  "interpolate in x_t at step --t (paper Fig. 8). --workdir "
+                  "only.")
+flags.DEFINE_integer("t", None, "Forward steps for --partial and "
+                     "--interpolate (0: the images themselves; default T/2).")
+flags.DEFINE_integer("lambdas", 11, "--interpolate: evenly spaced lambdas "
+                     "in [0, 1].")
 flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
                   "ones).")
 
@@ -45,14 +58,44 @@ def _sampler_flags():
           if getattr(FLAGS, k) is not None}
 
 
+def _indices(values):
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    cli.fail(f"image indices must be integers, got {','.join(values)}")
+
+
+def _figure(sampling_cli, mode):
+  if mode == "progressive":
+    return sampling_cli.progressive_from_workdir(
+        FLAGS.workdir, FLAGS.progressive, FLAGS.num, FLAGS.seed, FLAGS.out,
+        FLAGS.ema, sampler=_sampler_flags())
+  if mode == "partial":
+    return sampling_cli.partial_from_workdir(
+        FLAGS.workdir, _indices(FLAGS.partial), FLAGS.t, FLAGS.num,
+        FLAGS.seed, FLAGS.out, FLAGS.ema)
+  return sampling_cli.interpolate_from_workdir(
+      FLAGS.workdir, _indices(FLAGS.interpolate), FLAGS.t, FLAGS.lambdas,
+      FLAGS.seed, FLAGS.out, FLAGS.ema)
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
   if (FLAGS.workdir is None) == (FLAGS.model is None):
     cli.fail("give exactly one of --workdir (a train.py run) and --model (a "
              "diffusers model directory or TF checkpoint)")
+  modes = [m for m in ("progressive", "partial", "interpolate")
+           if getattr(FLAGS, m) is not None]
+  if len(modes) > 1:
+    cli.fail(f"give at most one of --{', --'.join(modes)}")
+  if modes and FLAGS.workdir is None:
+    cli.fail(f"--{modes[0]} needs --workdir (a train.py run)")
   with cli.errors_as_one_line():
     from ddpm_jax import sampling_cli  # pylint: disable=g-import-not-at-top
+    if modes:
+      print(f"wrote {_figure(sampling_cli, modes[0])}.*")
+      return
     if FLAGS.workdir is not None:
       path = sampling_cli.sample_from_workdir(
           FLAGS.workdir, num=FLAGS.num, batch_size=FLAGS.batch_size,

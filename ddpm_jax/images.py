@@ -54,9 +54,52 @@ def write_samples(prefix: str, samples: np.ndarray, scale: int = 1) -> None:
   samples in [-1, 1]."""
   images = to_uint8(samples)
   write_png(prefix + ".png", make_grid(images, scale=scale))
-  tmp = prefix + ".tmp.npz"
-  np.savez_compressed(tmp, images=images)
-  os.replace(tmp, prefix + ".npz")
+  write_npz(prefix + ".npz", images=images)
+
+
+def write_npz(path: str, **arrays) -> None:
+  """A compressed ``.npz`` of ``arrays``, written atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def write_strip(path: str, rows: np.ndarray, scale: int = 1) -> None:
+  """A PNG with one row per leading index of ``rows`` [R, K, H, W, C]
+  (values in [-1, 1]): e.g. each sample's predicted x_0 over time."""
+  rows = np.asarray(rows)
+  r, k = rows.shape[:2]
+  write_png(path, make_grid(to_uint8(rows.reshape((r * k,) + rows.shape[2:])),
+                            ncols=k, scale=scale))
+
+
+def write_gif(path: str, frames: np.ndarray, scale: int = 1,
+              frame_ms: int = 100) -> None:
+  """An animated GIF, one grid per frame of ``frames`` [K, N, H, W, C]
+  (values in [-1, 1]), the last frame held for a second; atomically."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grids = [make_grid(to_uint8(f), scale=scale) for f in np.asarray(frames)]
+  images = [Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
+            for g in grids]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.gif"
+  images[0].save(tmp, save_all=True, append_images=images[1:],
+                 duration=[frame_ms] * (len(images) - 1) + [1000], loop=0)
+  os.replace(tmp, path)
+
+
+def write_progression(prefix: str, trajectory: dict, scale: int = 1) -> None:
+  """Fig. 6 from a sampler trajectory (``return_every``): ``prefix_x0.png``
+  (each sample's predicted x_0 left to right as t falls),
+  ``prefix_xt.png`` (the same for x_t), ``prefix.gif`` (the x_t grid over
+  time) and ``prefix_trajectory.npz`` (uint8 ``x_t``, ``x0``, and ``t``)."""
+  x_t, x0 = np.asarray(trajectory["x_t"]), np.asarray(trajectory["x0"])
+  write_strip(prefix + "_x0.png", np.swapaxes(x0, 0, 1), scale)
+  write_strip(prefix + "_xt.png", np.swapaxes(x_t, 0, 1), scale)
+  write_gif(prefix + ".gif", x_t, scale)
+  write_npz(prefix + "_trajectory.npz", x_t=to_uint8(x_t), x0=to_uint8(x0),
+            t=np.asarray(trajectory["t"]))
 
 
 def display_scale(image_size: int) -> int:

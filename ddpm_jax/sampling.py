@@ -81,7 +81,7 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
   """
   noise = ExampleNoise(key, shape, offset, sharding)
-  return _reverse_chain(params, apply_fn, schedule, noise.initial(), noise.at,
+  return reverse_chain(params, apply_fn, schedule, noise.initial(), noise.at,
                         clip_denoised, variance, mean_from, return_every,
                         prediction, self_condition, timestep_map)
 
@@ -102,18 +102,20 @@ def sample_with_noise(params: Any, apply_fn: ApplyFn,
     raise ValueError(f"noise must have shape (T,) + x_T.shape = "
                      f"{(schedule.num_timesteps,) + x_T.shape}, got "
                      f"{noise.shape}")
-  x, _ = _reverse_chain(params, apply_fn, schedule,
+  x, _ = reverse_chain(params, apply_fn, schedule,
                         jnp.asarray(x_T, jnp.float32), lambda t: noise[t],
                         clip_denoised, variance, mean_from, 0, prediction,
                         self_condition)
   return x
 
 
-def _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
+def reverse_chain(params, apply_fn, schedule, x_init, noise_at,
                    clip_denoised, variance, mean_from, return_every,
-                   prediction="eps", self_condition=False, timestep_map=None):
-  """Algorithm 2 from ``x_init`` over t = T-1 .. 0 in one lax.scan."""
-  num_t = schedule.num_timesteps
+                   prediction="eps", self_condition=False, timestep_map=None,
+                   num_steps=None):
+  """Algorithm 2 from ``x_init`` over t = num_steps-1 .. 0 (default: all T)
+  in one lax.scan."""
+  num_t = schedule.num_timesteps if num_steps is None else int(num_steps)
   batch = x_init.shape[0]
   model_t = (lambda t: t) if timestep_map is None else (
       lambda t: jnp.asarray(timestep_map, jnp.int32)[t])
@@ -137,7 +139,8 @@ def _reverse_chain(params, apply_fn, schedule, x_init, noise_at,
     return x, {}
 
   if num_t % return_every:
-    raise ValueError(f"return_every={return_every} must divide T={num_t}")
+    raise ValueError(f"return_every={return_every} must divide the "
+                     f"{num_t} steps")
 
   def chunk(carry, ts):
     carry, x0s = jax.lax.scan(step, carry, ts)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
-from ddpm_jax import images, training
+import jax
+import numpy as np
+
+from ddpm_jax import data, images, progressive, training
 from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import sources
+from ddpm_jax.models.unet import eps_fn
+from ddpm_jax.samplers import get_sampler
 
 def _check_counts(num: int, batch_size: int) -> None:
   if num <= 0:
@@ -87,3 +92,103 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
   prefix = out or os.path.join("samples",
                                f"{name}_seed{seed}{_tag(config)}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix)
+
+
+def _held_out(config, indices: Sequence[int]) -> np.ndarray:
+  """Images ``indices`` of the config's held-out split, in [-1, 1]."""
+  if not indices or min(indices) < 0:
+    raise ValueError("give image indices >= 0, e.g. --partial=0,1,2")
+  split = config.data.get("eval_split", "test")
+  pool = np.concatenate(list(data.eval_batches(config, split, 256,
+                                               max(indices) + 1)))
+  if max(indices) >= len(pool):
+    raise ValueError(f"the {split} split has {len(pool)} images; index "
+                     f"{max(indices)} does not exist")
+  return pool[list(indices)]
+
+
+def _forward_steps(config, t: Optional[int]) -> int:
+  big_t = config.diffusion.num_timesteps
+  t = big_t // 2 if t is None else int(t)
+  if not 0 <= t <= big_t:
+    raise ValueError(f"--t must be in [0, {big_t}] (forward steps), got {t}")
+  return t
+
+
+def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
+                             out: Optional[str] = None, use_ema: bool = True,
+                             sampler: Optional[Dict[str, Any]] = None) -> str:
+  """Fig. 6: ``num`` samples with their x_t and predicted x_0 every
+  ``every`` steps, written by :func:`ddpm_jax.images.write_progression`;
+  returns the output prefix."""
+  _check_counts(num, num)
+  config, params, step = sources.load_workdir(workdir, use_ema)
+  _apply_overrides(config, None, sampler)
+  size, ch = config.data.image_size, config.data.channels
+  options = training.sampler_options(config)
+  _, traj = get_sampler(config.sampling.get("sampler", "ddpm"))(
+      params, eps_fn(training.make_model(config)),
+      training.make_betas(config), jax.random.PRNGKey(seed),
+      (num, size, size, ch), return_every=every, **options)
+  prefix = out or os.path.join(
+      workdir, "samples", f"progressive_seed{seed}_step{step}{_tag(config)}")
+  images.write_progression(prefix, jax.device_get(traj),
+                           images.display_scale(size))
+  return prefix
+
+
+def partial_from_workdir(workdir: str, indices: Sequence[int],
+                         t: Optional[int], num: int, seed: int,
+                         out: Optional[str] = None,
+                         use_ema: bool = True) -> str:
+  """Fig. 7: for each held-out image, one x_t after ``t`` forward steps and
+  ``num`` reverse chains from it. Writes a grid (a row per image: x_0, x_t,
+  the samples) and ``.npz`` (``x_t``, ``samples``); returns the prefix."""
+  _check_counts(num, num)
+  config, params, step = sources.load_workdir(workdir, use_ema)
+  t = _forward_steps(config, t)
+  x0 = _held_out(config, indices)
+  x_t, samples = progressive.partial_chain(
+      params, eps_fn(training.make_model(config)),
+      training.make_schedule(config), x0, t, jax.random.PRNGKey(seed), num,
+      **progressive.chain_options(config))
+  rows = np.concatenate([x0[:, None], np.asarray(x_t)[:, None],
+                         np.asarray(samples)], axis=1)
+  prefix = out or os.path.join(workdir, "samples",
+                               f"partial_t{t}_seed{seed}_step{step}")
+  images.write_strip(prefix + ".png", rows,
+                     images.display_scale(config.data.image_size))
+  images.write_npz(prefix + ".npz", x0=images.to_uint8(x0),
+                   x_t=np.asarray(x_t), samples=images.to_uint8(samples))
+  return prefix
+
+
+def interpolate_from_workdir(workdir: str, pair: Sequence[int],
+                             t: Optional[int], num_lambdas: int, seed: int,
+                             out: Optional[str] = None,
+                             use_ema: bool = True) -> str:
+  """Fig. 8: held-out images ``pair`` encoded to x_t (``t`` forward steps),
+  mixed at ``num_lambdas`` evenly spaced lambdas in [0, 1] and decoded with
+  shared noise. Writes a strip (x0_a, the decodings, x0_b) and ``.npz``
+  (``lambdas``, ``images``); returns the prefix."""
+  if len(pair) != 2:
+    raise ValueError(f"--interpolate takes two image indices, got {pair}")
+  if num_lambdas < 2:
+    raise ValueError(f"--lambdas must be >= 2, got {num_lambdas}")
+  config, params, step = sources.load_workdir(workdir, use_ema)
+  t = _forward_steps(config, t)
+  a, b = _held_out(config, pair)
+  lambdas = np.linspace(0.0, 1.0, num_lambdas)
+  mixed = progressive.interpolate(
+      params, eps_fn(training.make_model(config)),
+      training.make_schedule(config), a, b, lambdas, t,
+      jax.random.PRNGKey(seed), **progressive.chain_options(config))
+  strip = np.concatenate([a[None], np.asarray(mixed), b[None]])[None]
+  prefix = out or os.path.join(
+      workdir, "samples",
+      f"interpolate_{pair[0]}_{pair[1]}_t{t}_seed{seed}_step{step}")
+  images.write_strip(prefix + ".png", strip,
+                     images.display_scale(config.data.image_size))
+  images.write_npz(prefix + ".npz", lambdas=lambdas,
+                   images=images.to_uint8(mixed))
+  return prefix

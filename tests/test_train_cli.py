@@ -99,6 +99,30 @@ def test_train_resume_and_sample(tmp_path):
   line = error_line(run("sample.py", "--workdir", wd, "--eta", "0.5",
                         "--out", out + "x"))
   assert "--sampler=ddim" in line and not os.path.exists(out + "x.npz")
+  # The paper's figures: progressive (Fig. 6), partial chains (Fig. 7),
+  # interpolation (Fig. 8; at t=0 its ends are the held-out images).
+  fig = str(tmp_path / "fig")
+  p = run("sample.py", "--workdir", wd, "--progressive", "5", "--num", "2",
+          "--out", fig + "_prog")
+  assert p.returncode == 0, p.stderr[-3000:]
+  traj = np.load(fig + "_prog_trajectory.npz")
+  assert traj["x0"].shape == (4, 2, 8, 8, 1) and os.path.exists(
+      fig + "_prog.gif")
+  p = run("sample.py", "--workdir", wd, "--partial", "0,3", "--t", "10",
+          "--num", "3", "--out", fig + "_part")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert np.load(fig + "_part.npz")["samples"].shape == (2, 3, 8, 8, 1)
+  p = run("sample.py", "--workdir", wd, "--interpolate", "0,1", "--t", "0",
+          "--lambdas", "3", "--out", fig + "_interp")
+  assert p.returncode == 0, p.stderr[-3000:]
+  from ddpm_jax import data, images
+  held_out = images.to_uint8(data.digits_images("test")[:2])
+  mixed = np.load(fig + "_interp.npz")["images"]
+  np.testing.assert_array_equal(mixed[0], held_out[0])
+  np.testing.assert_array_equal(mixed[-1], held_out[1])
+  line = error_line(run("sample.py", "--workdir", wd, "--interpolate", "0",
+                        "--out", fig + "_bad"))
+  assert "two image indices" in line
 
   # Exported to diffusers, then sampled from the exported directory with
   # the exported scheduler config (T=20): same model, same samples.
