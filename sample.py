@@ -30,6 +30,12 @@ flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic).")
 flags.DEFINE_enum("spacing", None, ["leading", "trailing", "linspace",
                                     "uniform", "quadratic"],
                   "Which timesteps a reduced-step sampler visits.")
+flags.DEFINE_integer("class", None, "Class-conditional models: the class of "
+                     "every sample (default: sample j gets class j mod the "
+                     "class count).")
+flags.DEFINE_float("guidance", None, "Class-conditional models: classifier-"
+                   "free guidance scale w, eps = (1 + w) eps_c - w eps_null "
+                   "(diffusers' guidance_scale is 1 + w).")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch_size", 64, "Samples drawn per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -54,8 +60,13 @@ flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
 
 
 def _sampler_flags():
-  return {k: getattr(FLAGS, k) for k in ("sampler", "steps", "eta", "spacing")
-          if getattr(FLAGS, k) is not None}
+  """config.sampling fields the flags override."""
+  out = {k: getattr(FLAGS, k) for k in ("sampler", "steps", "eta", "spacing",
+                                        "guidance")
+         if getattr(FLAGS, k) is not None}
+  if FLAGS["class"].value is not None:
+    out["label"] = FLAGS["class"].value
+  return out
 
 
 def _indices(values):

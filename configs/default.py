@@ -45,6 +45,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Self-conditioning: the U-Net also sees its own x_0 estimate (2C input
   # channels); see ddpm_jax/self_conditioning.py.
   config.model.self_condition = False
+  # Class-conditional U-Net: > 0 adds a label embedding (plus a null class
+  # for classifier-free guidance); the data must have labels.
+  config.model.num_classes = 0
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "linear"  # see ddpm_jax.schedules
@@ -69,6 +72,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.sampling.steps = 0
   config.sampling.spacing = "uniform"
   config.sampling.eta = 0.0  # DDIM: 0 deterministic, 1 DDPM-like noise
+  # Class-conditional models: the class of every sample (-1: sample j gets
+  # class j mod num_classes) and the classifier-free guidance scale w
+  # (eps = (1 + w) eps_c - w eps_null; 0: no guidance).
+  config.sampling.label = -1
+  config.sampling.guidance = 0.0
   config.sampling.variance = "fixedlarge"  # or 'fixedsmall'
   config.sampling.mean_from = "x0"  # or 'eps' (eq. 11)
   config.sampling.clip_denoised = True
@@ -113,4 +121,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.training.min_snr_gamma = 5.0
   config.training.p2_gamma = 1.0
   config.training.p2_k = 1.0
+  # Class-conditional models: the probability that a training label is
+  # replaced by the null class (classifier-free guidance needs > 0).
+  config.training.label_dropout = 0.1
   return config

@@ -28,18 +28,31 @@ class DataError(ValueError):
   """A dataset cannot be read; the message says which and what to do."""
 
 
+def _digits_rows(split: str, n: int) -> np.ndarray:
+  order = np.random.default_rng(20200619).permutation(n)
+  if split == "train":
+    return order[:DIGITS_NUM_TRAIN]
+  if split == "test":
+    return order[DIGITS_NUM_TRAIN:]
+  if split == "all":
+    return np.arange(n)
+  raise DataError(f"digits has splits 'train', 'test' and 'all', not "
+                  f"{split!r}: set data.split")
+
+
+def digits_labels(split: str = "train") -> np.ndarray:
+  """The digits' classes (0-9, int32), in the order of
+  :func:`digits_images`."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  target = load_digits().target
+  return target[_digits_rows(split, len(target))].astype(np.int32)
+
+
 def digits_images(split: str = "train", image_size: int = 8) -> np.ndarray:
   """The digits as float32 [N, S, S, 1] in [-1, 1] (S = ``image_size``)."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   images = load_digits().images.astype(np.float64) / 16.0  # [1797, 8, 8]
-  order = np.random.default_rng(20200619).permutation(len(images))
-  if split == "train":
-    images = images[order[:DIGITS_NUM_TRAIN]]
-  elif split == "test":
-    images = images[order[DIGITS_NUM_TRAIN:]]
-  elif split != "all":
-    raise DataError(f"digits has splits 'train', 'test' and 'all', not "
-                    f"{split!r}: set data.split")
+  images = images[_digits_rows(split, len(images))]
   if image_size != 8:
     if image_size % 8:
       raise DataError(f"digits are 8x8; data.image_size must be a multiple of"
@@ -95,8 +108,10 @@ def _local_batch_size(batch_size: int, process_count: int) -> int:
 def array_batches(images: np.ndarray, batch_size: int, seed: int,
                   position: Position = Position(), random_flip: bool = False,
                   process_index: Optional[int] = None,
-                  process_count: Optional[int] = None) -> Batches:
-  """Endless (batch, position) pairs from an in-memory array.
+                  process_count: Optional[int] = None,
+                  labels: Optional[np.ndarray] = None) -> Batches:
+  """Endless (batch, position) pairs from an in-memory array; with
+  ``labels`` each batch is ``{'image': ..., 'label': ...}``.
 
   Epoch e visits the images in the permutation drawn from (seed, e); a
   global batch is the next ``batch_size`` of it (a remainder too short for
@@ -123,6 +138,8 @@ def array_batches(images: np.ndarray, batch_size: int, seed: int,
           batch_size)[rows] < 0.5
       batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
     offset += batch_size
+    if labels is not None:
+      batch = {"image": batch, "label": labels[idx]}
     yield batch, Position(epoch, offset)
 
 
@@ -312,12 +329,25 @@ def create_input_iter(config, position: Position = Position(),
   d = config.data
   batch_size = config.training.batch_size
   where = dict(process_index=process_index, process_count=process_count)
+  classes = int(config.model.get("num_classes", 0))
   if d.name == "digits":
     if d.channels != 1:
       raise DataError("digits are grayscale: set data.channels=1")
-    images = digits_images(d.get("split", "train"), d.image_size)
+    split = d.get("split", "train")
+    images = digits_images(split, d.image_size)
+    labels = None
+    if classes:
+      if classes != 10:
+        raise DataError(f"digits has 10 classes: set model.num_classes=10, "
+                        f"not {classes}")
+      labels = digits_labels(split)
     return array_batches(images, batch_size, config.seed, position,
-                         d.random_flip, **where)
+                         d.random_flip, labels=labels, **where)
+  if classes and d.name == "folder":
+    raise DataError("an image folder has no labels: set model.num_classes=0")
+  if classes:
+    raise DataError(f"class labels are read from digits only so far, not "
+                    f"{d.name!r}: set model.num_classes=0")
   if d.name == "folder":
     images = folder_images(d.get("folder", ""), d.image_size, d.channels)
     return array_batches(images, batch_size, config.seed, position,

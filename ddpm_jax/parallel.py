@@ -83,10 +83,14 @@ def state_sharding(state: Any, mesh: Mesh, fsdp: bool = False) -> Any:
   return jax.tree_util.tree_map(one, state)
 
 
-def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
-  """This process's rows of the global batch -> one global ``jax.Array``
-  split over ``data`` (``jax.make_array_from_process_local_data``)."""
-  return jax.make_array_from_process_local_data(batch_sharding(mesh), local)
+def global_batch(local: Any, mesh: Mesh) -> Any:
+  """This process's rows of the global batch (an array or a pytree of them,
+  such as ``{'image', 'label'}``) -> global ``jax.Array``s split over
+  ``data`` (``jax.make_array_from_process_local_data``)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding,
+                                                       np.asarray(x)), local)
 
 
 def prefetch_to_mesh(batches: Iterator[Tuple[np.ndarray, Any]], mesh: Mesh,
@@ -96,7 +100,7 @@ def prefetch_to_mesh(batches: Iterator[Tuple[np.ndarray, Any]], mesh: Mesh,
   are asynchronous, so the host's next batch overlaps the current step)."""
   queue = collections.deque()
   for local, tag in batches:
-    queue.append((global_batch(np.asarray(local), mesh), tag))
+    queue.append((global_batch(local, mesh), tag))
     if len(queue) > size:
       yield queue.popleft()
   while queue:

@@ -31,6 +31,12 @@ def _apply_overrides(config, variance: Optional[str],
   if not 0 <= s.get("steps", 0) <= config.diffusion.num_timesteps:
     raise ValueError(f"--steps must be in [0, {config.diffusion.num_timesteps}]"
                      f" (0: all), got {s.steps}")
+  classes = int(config.model.get("num_classes", 0))
+  if not classes and (s.get("guidance", 0.0) or s.get("label", -1) >= 0):
+    raise ValueError("--class and --guidance need a class-conditional model "
+                     "(model.num_classes > 0)")
+  if classes and not -1 <= s.get("label", -1) < classes:
+    raise ValueError(f"--class must be in [0, {classes}), got {s.label}")
   if variance:
     if variance not in VARIANCES:
       raise ValueError(f"--variance must be one of {VARIANCES}, got "
@@ -47,10 +53,18 @@ def _tag(config) -> str:
   s = config.sampling
   name, steps = s.get("sampler", "ddpm"), s.get("steps", 0)
   if name == "ddpm" and steps in (0, config.diffusion.num_timesteps):
-    return ""
+    return _class_tag(config)
   tag = f"_{name}{steps or config.diffusion.num_timesteps}"
   if s.get("eta", 0.0):
     tag += f"_eta{s.eta:g}"
+  return tag + _class_tag(config)
+
+
+def _class_tag(config) -> str:
+  s = config.sampling
+  tag = f"_class{s.label}" if s.get("label", -1) >= 0 else ""
+  if s.get("guidance", 0.0):
+    tag += f"_w{s.guidance:g}"
   return tag
 
 

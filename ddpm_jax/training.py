@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ddpm_jax import (checkpoints, data, evaluation, images, losses,
-                      parallel, self_conditioning)
+from ddpm_jax import (checkpoints, data, evaluation, guidance, images,
+                      losses, parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
 from ddpm_jax.samplers import get_sampler, sampler_names
@@ -87,6 +87,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        f"one of {MEAN_ROUTES}"),
       ("sampling.num_samples", config.sampling.num_samples > 0,
        "a positive int"),
+      ("model.num_classes", config.model.get("num_classes", 0) >= 0,
+       ">= 0 (0: unconditional)"),
+      ("sampling.label", -1 <= config.sampling.get("label", -1) <
+       max(config.model.get("num_classes", 0), 0) or
+       config.sampling.get("label", -1) == -1,
+       f"-1 (every class in turn) or a class in [0, "
+       f"{config.model.get('num_classes', 0)})"),
+      ("sampling.guidance", config.sampling.get("guidance", 0.0) == 0 or
+       config.model.get("num_classes", 0) > 0,
+       "0 unless model.num_classes > 0 (classifier-free guidance needs a "
+       "class-conditional model)"),
+      ("training.label_dropout",
+       0 <= config.training.get("label_dropout", 0.0) < 1, "in [0, 1)"),
       ("sampling.sampler", config.sampling.get("sampler", "ddpm") in
        sampler_names(), f"one of {sampler_names()}"),
       ("sampling.steps", 0 <= config.sampling.get("steps", 0) <=
@@ -192,6 +205,11 @@ def model_variance(config: ml_collections.ConfigDict) -> str:
       config.sampling.variance
 
 
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """The class count of a class-conditional model (0: unconditional)."""
+  return int(config.model.get("num_classes", 0))
+
+
 def self_conditioned(config: ml_collections.ConfigDict) -> bool:
   """Whether the U-Net takes an x_0 estimate as extra input channels."""
   return bool(config.model.get("self_condition", False))
@@ -272,11 +290,12 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
   return jax.jit(init, out_shardings=shardings)()
 
 
-def train_step(state: TrainState, batch: jnp.ndarray,
+def train_step(state: TrainState, batch: Any,
                schedule: DiffusionSchedule, *, apply_fn, tx, ema_decay: float,
                skip_nonfinite: bool = False,
                loss_options: Optional[Dict[str, Any]] = None,
-               self_condition: bool = False
+               self_condition: bool = False, num_classes: int = 0,
+               label_dropout: float = 0.0
                ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
   """One Adam step on the objective and one EMA update. Pure; jit it with
   ``apply_fn``, ``tx``, ``ema_decay`` and ``loss_options`` bound.
@@ -285,6 +304,10 @@ def train_step(state: TrainState, batch: jnp.ndarray,
   the step's key. ``loss_options`` (see :func:`objective_options`) choose
   the prediction, variance, loss and weighting; the default is L_simple
   (eq. 14). ``self_condition``: see :mod:`ddpm_jax.self_conditioning`.
+  A class-conditional model (``num_classes`` > 0, ``apply_fn`` from
+  :func:`ddpm_jax.guidance.conditional_fn`) takes ``batch`` as
+  ``{'image', 'label'}``; each label becomes the null class with
+  probability ``label_dropout``.
 
   ``metrics['finite']`` says whether the loss and gradient were finite; with
   ``skip_nonfinite`` a non-finite step leaves params, EMA and optimizer
@@ -293,11 +316,18 @@ def train_step(state: TrainState, batch: jnp.ndarray,
   key = jax.random.fold_in(state.rng, state.step)
   key_loss, key_dropout = jax.random.split(key)
 
+  labels = None
+  if num_classes:
+    batch, labels = batch["image"], guidance.drop_labels(
+        jax.random.fold_in(key, 3), batch["label"], num_classes,
+        label_dropout)
   key_t, key_n = jax.random.split(key_loss)
   t = jax.random.randint(key_t, (batch.shape[0],), 0, schedule.num_timesteps)
   noise = jax.random.normal(key_n, batch.shape, jnp.float32)
 
-  def objective(params):
+  def objective(model_params):
+    params = (model_params if labels is None else
+              guidance.bundle(model_params, labels))
     if self_condition:
       return jnp.mean(self_conditioning.loss_per_example(
           params, apply_fn, schedule, batch, t, noise, key_dropout,
@@ -329,12 +359,17 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
   """:func:`train_step` jitted over ``mesh``: the batch split over the data
   axis, the state in ``state_shardings`` and donated, metrics replicated.
   Call it as ``step(state, batch, schedule)``."""
-  fn = functools.partial(train_step, apply_fn=eps_fn(model), tx=tx,
+  classes = num_classes(config)
+  fn = functools.partial(train_step, apply_fn=guidance.conditional_fn(model)
+                         if classes else eps_fn(model), tx=tx,
                          ema_decay=float(config.training.ema_decay),
                          skip_nonfinite=bool(config.training.get(
                              "skip_nonfinite", False)),
                          loss_options=objective_options(config),
-                         self_condition=self_conditioned(config))
+                         self_condition=self_conditioned(config),
+                         num_classes=classes,
+                         label_dropout=float(config.training.get(
+                             "label_dropout", 0.0)))
   rep = parallel.replicated(mesh)
   return jax.jit(fn,
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),
@@ -358,6 +393,16 @@ def sampler_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return options
 
 
+def sample_labels(config: ml_collections.ConfigDict, offset: int,
+                  batch: int) -> np.ndarray:
+  """The classes of samples offset .. offset + batch - 1: all
+  ``sampling.label``, or (-1) sample j gets j mod num_classes."""
+  label = int(config.sampling.get("label", -1))
+  if label >= 0:
+    return np.full((batch,), label, np.int32)
+  return ((offset + np.arange(batch)) % num_classes(config)).astype(np.int32)
+
+
 def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
              num: int, batch_size: int, seed: int,
              mesh: Optional[Mesh] = None) -> np.ndarray:
@@ -368,6 +413,8 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   does not depend on ``batch_size`` or on the devices. Each batch is split
   over ``mesh`` (default: every device of every process; ``batch_size`` is
   rounded up to a multiple of the device count) and gathered back.
+  A class-conditional model draws sample j of class ``sampling.label``
+  (-1: j mod num_classes), guided with scale ``sampling.guidance``.
   """
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   mesh = mesh or parallel.make_mesh()
@@ -376,9 +423,19 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   betas, options = make_betas(config), sampler_options(config)
   batch = -(-int(batch_size) // mesh.size) * mesh.size
   key = jax.random.PRNGKey(seed)
+  apply_fn, scale = eps_fn(model), None
+  classes = num_classes(config)
+  if classes:
+    scale = float(config.sampling.get("guidance", 0.0))
+    apply_fn = (guidance.cfg_fn(model, ch) if scale else
+                guidance.conditional_fn(model))
   out = []
   for i in range(int(math.ceil(num / batch))):
-    x, _ = draw(params, eps_fn(model), betas, key, (batch, size, size, ch),
+    inputs = params
+    if classes:
+      inputs = guidance.bundle(params, sample_labels(config, i * batch,
+                                                     batch), scale or None)
+    x, _ = draw(inputs, apply_fn, betas, key, (batch, size, size, ch),
                 offset=i * batch, mesh=mesh, **options)
     if jax.process_count() > 1:
       x = multihost_utils.process_allgather(x, tiled=True)

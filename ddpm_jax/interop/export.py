@@ -32,6 +32,9 @@ def export_workdir(workdir: str, out: str, use_ema: bool = True) -> int:
   if config.model.get("self_condition", False):
     raise ConversionError("a self-conditioned model (model.self_condition) "
                           "has no UNet2DModel / DDPMPipeline equivalent")
+  if config.model.get("num_classes", 0):
+    raise ConversionError("exporting a class-conditional model "
+                          "(model.num_classes) is not supported yet")
   diffusers_unet.write_model_dir(
       out, params, config.model, config.data.image_size, config.data.channels,
       scheduler_config=diffusers_scheduler.scheduler_config_from_settings(

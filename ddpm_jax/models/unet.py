@@ -175,6 +175,11 @@ class UNet(nn.Module):
   of the same family (diffusers ``UNet2DModel`` options): ``attn_head_dim``
   (None: one head), ``flip_sin_to_cos``/``freq_shift`` of the timestep
   embedding, ``downsample_padding`` and the residual blocks' ``act``.
+
+  ``num_classes`` > 0 makes it class-conditional: a learned embedding of
+  the label (``num_classes`` rows, plus a null class at index
+  ``num_classes`` for classifier-free guidance) is added to the time
+  embedding; ``labels=None`` means the null class.
   """
   ch: int = 128
   out_ch: int = 3
@@ -191,9 +196,10 @@ class UNet(nn.Module):
   downsample_padding: int = 0
   act: str = "swish"
   dtype: Any = jnp.float32
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x, t, train: bool = False):
+  def __call__(self, x, t, train: bool = False, labels=None):
     _, size, _, _ = x.shape
     levels = len(self.ch_mult)
     if size % (2**(levels - 1)):
@@ -213,6 +219,12 @@ class UNet(nn.Module):
         temb)
     temb = nn.Dense(self.ch * 4, kernel_init=default_init, name="temb_dense1")(
         nn.swish(temb))
+    if self.num_classes:
+      if labels is None:
+        labels = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
+      temb = temb + nn.Embed(self.num_classes + 1, self.ch * 4,
+                             embedding_init=nn.initializers.normal(1.0),
+                             name="class_embed")(labels)
 
     x = x.astype(self.dtype)
     hs = [nn.Conv(self.ch, (3, 3), padding="SAME", kernel_init=default_init,
@@ -267,7 +279,8 @@ def unet_from_config(model_cfg, image_channels: int,
               freq_shift=model_cfg.get("freq_shift", 1.0),
               downsample_padding=model_cfg.get("downsample_padding", 0),
               act=model_cfg.get("act", "swish"),
-              dtype=jnp.dtype(model_cfg.get("dtype", "float32")))
+              dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
+              num_classes=int(model_cfg.get("num_classes", 0)))
 
 
 @functools.lru_cache(maxsize=None)
