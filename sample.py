@@ -36,6 +36,9 @@ flags.DEFINE_integer("class", None, "Class-conditional models: the class of "
 flags.DEFINE_float("guidance", None, "Class-conditional models: classifier-"
                    "free guidance scale w, eps = (1 + w) eps_c - w eps_null "
                    "(diffusers' guidance_scale is 1 + w).")
+flags.DEFINE_string("classifier", None, "A train_classifier.py workdir: "
+                    "guide an unconditional model with its noise-aware "
+                    "classifier at scale --guidance.")
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch_size", 64, "Samples drawn per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -62,7 +65,7 @@ flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
 def _sampler_flags():
   """config.sampling fields the flags override."""
   out = {k: getattr(FLAGS, k) for k in ("sampler", "steps", "eta", "spacing",
-                                        "guidance")
+                                        "guidance", "classifier")
          if getattr(FLAGS, k) is not None}
   if FLAGS["class"].value is not None:
     out["label"] = FLAGS["class"].value

@@ -77,6 +77,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   # (eps = (1 + w) eps_c - w eps_null; 0: no guidance).
   config.sampling.label = -1
   config.sampling.guidance = 0.0
+  # Classifier guidance of an unconditional model: a train_classifier.py
+  # workdir (its noise-aware classifier); sampling.guidance is the scale s.
+  config.sampling.classifier = ""
   config.sampling.variance = "fixedlarge"  # or 'fixedsmall'
   config.sampling.mean_from = "x0"  # or 'eps' (eq. 11)
   config.sampling.clip_denoised = True

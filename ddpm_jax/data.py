@@ -323,13 +323,17 @@ def folder_images(path: str, image_size: int, channels: int) -> np.ndarray:
 
 def create_input_iter(config, position: Position = Position(),
                       process_index: Optional[int] = None,
-                      process_count: Optional[int] = None) -> Batches:
+                      process_count: Optional[int] = None,
+                      num_classes: Optional[int] = None) -> Batches:
   """(local batch, position) pairs for ``config.data`` from ``position`` on;
-  this process's share of each global batch of ``training.batch_size``."""
+  this process's share of each global batch of ``training.batch_size``.
+  With labels (``num_classes``, default ``model.num_classes``, > 0) each
+  batch is ``{'image', 'label'}``."""
   d = config.data
   batch_size = config.training.batch_size
   where = dict(process_index=process_index, process_count=process_count)
-  classes = int(config.model.get("num_classes", 0))
+  classes = (int(config.model.get("num_classes", 0)) if num_classes is None
+             else int(num_classes))
   if d.name == "digits":
     if d.channels != 1:
       raise DataError("digits are grayscale: set data.channels=1")

@@ -46,6 +46,39 @@ def classifier_free_guidance(cond: Array, uncond: Array, w: Array) -> Array:
   return cond + w * (cond - uncond)
 
 
+def classifier_guided_eps(eps: Array, sqrt_one_minus_alphas_cumprod: Array,
+                          scale: Array, grad_log_prob: Array) -> Array:
+  """eps^ = eps - sqrt(1 - abar_t) s grad_{x_t} log p_phi(y | x_t)
+  (Dhariwal & Nichol 2021, Algorithm 2; seed 003's derivation): the score
+  of p(x_t | y) = p(x_t) p(y | x_t) / p(y), in eps units."""
+  return eps - sqrt_one_minus_alphas_cumprod * scale * grad_log_prob
+
+
+@functools.lru_cache(maxsize=None)
+def classifier_guided_fn(model: nn.Module, classifier: nn.Module,
+                         mean_channels: int):
+  """``apply_fn(bundle, x_t, t, dropout_rng)`` of an unconditional eps-model
+  guided by a noise-aware classifier (:mod:`ddpm_jax.models.classifier`).
+  The bundle holds ``params``, ``classifier`` (its params), ``labels``,
+  ``guidance`` (the scale s) and ``sqrt_one_minus_alphas_cumprod`` (the
+  training schedule's table, indexed by the training t the sampler
+  passes). The gradient is ``jax.grad`` of the summed log-probabilities
+  (each example's only depends on its own x_t)."""
+  from ddpm_jax.models.classifier import log_prob_fn  # pylint: disable=g-import-not-at-top
+  log_prob = log_prob_fn(classifier)
+
+  def apply_fn(b, x_t, t, dropout_rng=None):
+    out = _apply(model, b["params"], x_t, t, None, dropout_rng)
+    grad = jax.grad(lambda x: jnp.sum(log_prob(b["classifier"], x, t,
+                                               b["labels"])))(x_t)
+    sigma = b["sqrt_one_minus_alphas_cumprod"][t].reshape(-1, 1, 1, 1)
+    eps = classifier_guided_eps(out[..., :mean_channels], sigma,
+                                b["guidance"], grad)
+    return jnp.concatenate([eps, out[..., mean_channels:]], axis=-1)
+
+  return apply_fn
+
+
 def _apply(model: nn.Module, params, x, t, labels, dropout_rng):
   if dropout_rng is None:
     return model.apply({"params": params}, x, t, train=False, labels=labels)

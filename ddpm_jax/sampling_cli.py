@@ -32,9 +32,17 @@ def _apply_overrides(config, variance: Optional[str],
     raise ValueError(f"--steps must be in [0, {config.diffusion.num_timesteps}]"
                      f" (0: all), got {s.steps}")
   classes = int(config.model.get("num_classes", 0))
-  if not classes and (s.get("guidance", 0.0) or s.get("label", -1) >= 0):
-    raise ValueError("--class and --guidance need a class-conditional model "
-                     "(model.num_classes > 0)")
+  if s.get("classifier", ""):
+    if classes:
+      raise ValueError("--classifier guides unconditional models; this one "
+                       "is class-conditional: use --guidance alone")
+    from ddpm_jax import classifier_training  # pylint: disable=g-import-not-at-top
+    classes = int(classifier_training.load_classifier(
+        s.classifier)[0].classifier.num_classes)
+  elif s.get("guidance", 0.0) or s.get("label", -1) >= 0:
+    if not classes:
+      raise ValueError("--class and --guidance need a class-conditional "
+                       "model (model.num_classes > 0) or --classifier")
   if classes and not -1 <= s.get("label", -1) < classes:
     raise ValueError(f"--class must be in [0, {classes}), got {s.label}")
   if variance:

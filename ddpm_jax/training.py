@@ -91,13 +91,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        ">= 0 (0: unconditional)"),
       ("sampling.label", -1 <= config.sampling.get("label", -1) <
        max(config.model.get("num_classes", 0), 0) or
-       config.sampling.get("label", -1) == -1,
+       config.sampling.get("label", -1) == -1 or
+       (config.sampling.get("label", -1) >= 0 and
+        bool(config.sampling.get("classifier", ""))),
        f"-1 (every class in turn) or a class in [0, "
        f"{config.model.get('num_classes', 0)})"),
       ("sampling.guidance", config.sampling.get("guidance", 0.0) == 0 or
-       config.model.get("num_classes", 0) > 0,
-       "0 unless model.num_classes > 0 (classifier-free guidance needs a "
-       "class-conditional model)"),
+       config.model.get("num_classes", 0) > 0 or
+       bool(config.sampling.get("classifier", "")),
+       "0 unless model.num_classes > 0 (classifier-free guidance) or "
+       "sampling.classifier is set (classifier guidance)"),
+      ("sampling.classifier", not (config.sampling.get("classifier", "") and
+                                   config.model.get("num_classes", 0)),
+       "'' for a class-conditional model (it takes classifier-free "
+       "guidance)"),
       ("training.label_dropout",
        0 <= config.training.get("label_dropout", 0.0) < 1, "in [0, 1)"),
       ("sampling.sampler", config.sampling.get("sampler", "ddpm") in
@@ -394,13 +401,50 @@ def sampler_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 
 def sample_labels(config: ml_collections.ConfigDict, offset: int,
-                  batch: int) -> np.ndarray:
+                  batch: int, classes: Optional[int] = None) -> np.ndarray:
   """The classes of samples offset .. offset + batch - 1: all
-  ``sampling.label``, or (-1) sample j gets j mod num_classes."""
+  ``sampling.label``, or (-1) sample j gets j mod ``classes`` (default
+  model.num_classes)."""
   label = int(config.sampling.get("label", -1))
   if label >= 0:
     return np.full((batch,), label, np.int32)
-  return ((offset + np.arange(batch)) % num_classes(config)).astype(np.int32)
+  classes = classes or num_classes(config)
+  return ((offset + np.arange(batch)) % classes).astype(np.int32)
+
+
+def _guided(config: ml_collections.ConfigDict, model: UNet, params: Any):
+  """(apply_fn, fn(offset, batch) -> the sampler's params argument) for
+  the plain, class-conditional (optionally CFG) or classifier-guided
+  model of ``config``."""
+  ch = config.data.channels
+  scale = float(config.sampling.get("guidance", 0.0))
+  clf_dir = config.sampling.get("classifier", "")
+  if clf_dir:
+    from ddpm_jax import classifier_training  # pylint: disable=g-import-not-at-top
+    clf_config, classifier, clf_params = classifier_training.load_classifier(
+        clf_dir)
+    if not np.array_equal(make_betas(clf_config), make_betas(config)):
+      raise ConfigError(f"the classifier in {clf_dir} was trained with "
+                        f"another noise schedule than this model's: train "
+                        f"it with the same diffusion settings")
+    if config.diffusion.get("prediction", "eps") != "eps":
+      raise ConfigError("classifier guidance needs an eps-prediction model "
+                        "(diffusion.prediction='eps')")
+    classes = int(clf_config.classifier.num_classes)
+    table = make_schedule(config).sqrt_one_minus_alphas_cumprod
+    return (guidance.classifier_guided_fn(model, classifier, ch),
+            lambda offset, batch: {
+                "params": params, "classifier": clf_params,
+                "labels": jnp.asarray(sample_labels(config, offset, batch,
+                                                    classes)),
+                "guidance": jnp.float32(scale),
+                "sqrt_one_minus_alphas_cumprod": table})
+  if num_classes(config):
+    apply_fn = (guidance.cfg_fn(model, ch) if scale else
+                guidance.conditional_fn(model))
+    return apply_fn, lambda offset, batch: guidance.bundle(
+        params, sample_labels(config, offset, batch), scale or None)
+  return eps_fn(model), lambda offset, batch: params
 
 
 def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
@@ -414,7 +458,9 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   over ``mesh`` (default: every device of every process; ``batch_size`` is
   rounded up to a multiple of the device count) and gathered back.
   A class-conditional model draws sample j of class ``sampling.label``
-  (-1: j mod num_classes), guided with scale ``sampling.guidance``.
+  (-1: j mod num_classes), guided with scale ``sampling.guidance``
+  (classifier-free); with ``sampling.classifier`` (a train_classifier.py
+  workdir) an unconditional model is guided by that classifier instead.
   """
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   mesh = mesh or parallel.make_mesh()
@@ -423,19 +469,11 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   betas, options = make_betas(config), sampler_options(config)
   batch = -(-int(batch_size) // mesh.size) * mesh.size
   key = jax.random.PRNGKey(seed)
-  apply_fn, scale = eps_fn(model), None
-  classes = num_classes(config)
-  if classes:
-    scale = float(config.sampling.get("guidance", 0.0))
-    apply_fn = (guidance.cfg_fn(model, ch) if scale else
-                guidance.conditional_fn(model))
+  apply_fn, inputs_for = _guided(config, model, params)
   out = []
   for i in range(int(math.ceil(num / batch))):
-    inputs = params
-    if classes:
-      inputs = guidance.bundle(params, sample_labels(config, i * batch,
-                                                     batch), scale or None)
-    x, _ = draw(inputs, apply_fn, betas, key, (batch, size, size, ch),
+    x, _ = draw(inputs_for(i * batch, batch), apply_fn, betas, key,
+                (batch, size, size, ch),
                 offset=i * batch, mesh=mesh, **options)
     if jax.process_count() > 1:
       x = multihost_utils.process_allgather(x, tiled=True)
