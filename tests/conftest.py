@@ -12,6 +12,11 @@ CACHE_DIR = os.environ.setdefault(
                  ".pytest_cache", "jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The digits judge (ddpm_jax.digits_classifier) is cached beside it.
+os.environ.setdefault(
+    "DDPM_JAX_CACHE",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 ".pytest_cache", "ddpm_jax"))
 
 # Import the PyTorch references before anything loads TensorFlow (tfds
 # tests): importing torch's triton after TensorFlow segfaults.
