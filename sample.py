@@ -27,6 +27,12 @@ flags.DEFINE_enum("sampler", None, ["ddpm", "ddim"], "Sampler (default: the "
 flags.DEFINE_integer("steps", None, "Reverse steps (default: the config's; "
                      "0 = all T). Fewer than T: ddim, or ddpm respaced.")
 flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic).")
+flags.DEFINE_bool("set_alpha_to_one", None, "DDIM: the last step goes to "
+                  "abar = 1 (default), or with --noset_alpha_to_one to "
+                  "abar of timestep 0.")
+flags.DEFINE_bool("rederive_eps", None, "DDIM: the direction term uses the "
+                  "eps of the clipped x_0 (diffusers' "
+                  "use_clipped_model_output).")
 flags.DEFINE_enum("spacing", None, ["leading", "trailing", "linspace",
                                     "uniform", "quadratic"],
                   "Which timesteps a reduced-step sampler visits.")
@@ -65,6 +71,7 @@ flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
 def _sampler_flags():
   """config.sampling fields the flags override."""
   out = {k: getattr(FLAGS, k) for k in ("sampler", "steps", "eta", "spacing",
+                                        "set_alpha_to_one", "rederive_eps",
                                         "guidance", "classifier")
          if getattr(FLAGS, k) is not None}
   if FLAGS["class"].value is not None:

@@ -29,7 +29,7 @@ flags.DEFINE_list("cfg_scales", ["0", "1", "3"], "Classifier-free w.")
 flags.DEFINE_list("classifier_scales", ["0", "1", "3", "10"],
                   "Classifier-guidance s.")
 flags.DEFINE_string("sampler", "ddpm", "ddpm or ddim.")
-flags.DEFINE_integer("steps", 0, "Sampler steps (0: all T).")
+flags.DEFINE_integer("steps", 100, "Sampler steps (0: all T).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -92,10 +92,12 @@ def main(argv):
     measure("classifier-free", cond_dir, float(w))
   for s in FLAGS.classifier_scales:
     measure("classifier", uncond_dir, float(s), clf_dir)
-  print(f"\n| guidance | scale | accuracy ({len(labels)} samples) |")
-  print("| --- | --- | --- |")
+  print(f"\n| guidance | scale | sampler | accuracy ({len(labels)} "
+        f"samples) |")
+  print("| --- | --- | --- | --- |")
   for r in rows:
-    print(f"| {r['guidance']} | {r['scale']:g} | {r['accuracy']:.3f} |")
+    print(f"| {r['guidance']} | {r['scale']:g} | {r['sampler']}, "
+          f"{r['steps']} steps | {r['accuracy']:.3f} |")
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}")
 
 

@@ -72,6 +72,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.sampling.steps = 0
   config.sampling.spacing = "uniform"
   config.sampling.eta = 0.0  # DDIM: 0 deterministic, 1 DDPM-like noise
+  # DDIM: the last step goes to abar = 1 (diffusers' set_alpha_to_one), or
+  # to abar of timestep 0; rederive_eps re-derives eps from the clipped x_0
+  # for the direction term (diffusers' use_clipped_model_output).
+  config.sampling.set_alpha_to_one = True
+  config.sampling.rederive_eps = False
   # Class-conditional models: the class of every sample (-1: sample j gets
   # class j mod num_classes) and the classifier-free guidance scale w
   # (eps = (1 + w) eps_c - w eps_null; 0: no guidance).

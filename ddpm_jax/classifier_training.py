@@ -107,14 +107,19 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str
   return held_out_accuracy(config, classifier, params, schedule)
 
 
+def classifier_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of a ``train_classifier.py`` workdir (its params unread)."""
+  if not os.path.isdir(os.path.join(os.path.abspath(workdir), PARAMS_DIR)):
+    raise FileNotFoundError(f"{workdir} has no {PARAMS_DIR}: train one with "
+                            f"train_classifier.py --workdir {workdir}")
+  return checkpoints.read_config(workdir)
+
+
 def load_classifier(workdir: str) -> Tuple[ml_collections.ConfigDict,
                                            NoisyClassifier, Any]:
   """(config, classifier, params) of a ``train_classifier.py`` workdir."""
   path = os.path.join(os.path.abspath(workdir), PARAMS_DIR)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{workdir} has no {PARAMS_DIR}: train one with "
-                            f"train_classifier.py --workdir {workdir}")
-  config = checkpoints.read_config(workdir)
+  config = classifier_config(workdir)
   classifier = classifier_from_config(config.classifier)
   template = jax.eval_shape(lambda: init_params(config, classifier))
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top

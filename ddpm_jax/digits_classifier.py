@@ -99,7 +99,7 @@ def load_or_train(cache_dir: Optional[str] = None) -> Dict[str, Any]:
       pass  # a damaged cache entry: train again and replace it
   params = train()
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
+  tmp = f"{path}.{os.getpid()}.tmp.npz"  # concurrent writers: own files
   np.savez(tmp, **{f"a{i}": np.asarray(a) for i, a in
                    enumerate(jax.tree_util.tree_leaves(params))})
   os.replace(tmp, path)

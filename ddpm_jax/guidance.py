@@ -56,14 +56,24 @@ def classifier_guided_eps(eps: Array, sqrt_one_minus_alphas_cumprod: Array,
 
 @functools.lru_cache(maxsize=None)
 def classifier_guided_fn(model: nn.Module, classifier: nn.Module,
-                         mean_channels: int):
+                         mean_channels: int, clip_denoised: bool = False):
   """``apply_fn(bundle, x_t, t, dropout_rng)`` of an unconditional eps-model
   guided by a noise-aware classifier (:mod:`ddpm_jax.models.classifier`).
   The bundle holds ``params``, ``classifier`` (its params), ``labels``,
-  ``guidance`` (the scale s) and ``sqrt_one_minus_alphas_cumprod`` (the
-  training schedule's table, indexed by the training t the sampler
-  passes). The gradient is ``jax.grad`` of the summed log-probabilities
-  (each example's only depends on its own x_t)."""
+  ``guidance`` (the scale s), and ``sqrt_alphas_cumprod`` and
+  ``sqrt_one_minus_alphas_cumprod`` (the training schedule's tables,
+  indexed by the training t the sampler passes). The gradient is
+  ``jax.grad`` of the summed log-probabilities (each example's only
+  depends on its own x_t).
+
+  With ``clip_denoised`` the model's x_0 estimate is clipped to [-1, 1]
+  and eps re-derived from it *before* the guidance term is added, and the
+  sampler must then run without clipping (:func:`training.generate` does
+  so): the guided x_0 = clip(x_0) + (1 - abar_t) / sqrt(abar_t) s grad is
+  not clipped again. This is the order of Dhariwal & Nichol's code
+  (guided_diffusion ``condition_score``); clipping after guidance would cut
+  the guidance term off wherever it is large (high t) and saturate the
+  samples."""
   from ddpm_jax.models.classifier import log_prob_fn  # pylint: disable=g-import-not-at-top
   log_prob = log_prob_fn(classifier)
 
@@ -72,11 +82,23 @@ def classifier_guided_fn(model: nn.Module, classifier: nn.Module,
     grad = jax.grad(lambda x: jnp.sum(log_prob(b["classifier"], x, t,
                                                b["labels"])))(x_t)
     sigma = b["sqrt_one_minus_alphas_cumprod"][t].reshape(-1, 1, 1, 1)
-    eps = classifier_guided_eps(out[..., :mean_channels], sigma,
-                                b["guidance"], grad)
+    eps = out[..., :mean_channels]
+    if clip_denoised:
+      eps = clipped_eps(eps, x_t, b["sqrt_alphas_cumprod"][t].reshape(
+          -1, 1, 1, 1), sigma)
+    eps = classifier_guided_eps(eps, sigma, b["guidance"], grad)
     return jnp.concatenate([eps, out[..., mean_channels:]], axis=-1)
 
   return apply_fn
+
+
+def clipped_eps(eps: Array, x_t: Array, sqrt_alphas_cumprod: Array,
+                sqrt_one_minus_alphas_cumprod: Array) -> Array:
+  """The eps for which x_0 = (x_t - sqrt(1-abar) eps) / sqrt(abar) (eq. 4
+  solved for x_0) is the model's x_0 estimate clipped to [-1, 1]."""
+  x0 = jnp.clip((x_t - sqrt_one_minus_alphas_cumprod * eps) /
+                sqrt_alphas_cumprod, -1.0, 1.0)
+  return (x_t - sqrt_alphas_cumprod * x0) / sqrt_one_minus_alphas_cumprod
 
 
 def _apply(model: nn.Module, params, x, t, labels, dropout_rng):

@@ -79,10 +79,16 @@ def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
          variance: str = "fixedlarge", prediction: str = "eps",
          clip_denoised: bool = True, mean_from: str = "x0",
          return_every: int = 0, self_condition: bool = False,
-         offset: int = 0, mesh=None, **unused):
+         offset: int = 0, mesh=None, eta: float = 0.0,
+         set_alpha_to_one: bool = True, rederive_eps: bool = False):
   """Ancestral sampling over all T steps, or over ``steps`` of them chosen
-  by ``spacing_name`` with the betas respaced (improved DDPM)."""
-  _no_ddim_options(unused)
+  by ``spacing_name`` with the betas respaced (improved DDPM). The DDIM
+  options are accepted only at their defaults (no effect here)."""
+  for name, value, default in (("eta", eta, 0.0),
+                               ("set_alpha_to_one", set_alpha_to_one, True),
+                               ("rederive_eps", rederive_eps, False)):
+    if value != default:
+      raise ValueError(f"{name} is a DDIM option: use sampler 'ddim'")
   num_t = len(betas)
   n = _steps(steps, num_t)
   if n == num_t:
@@ -104,15 +110,6 @@ def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
                          offset=offset, sharding=sharding)
 
 
-def _no_ddim_options(unused: Dict[str, Any]) -> None:
-  ddim_only = {"eta", "set_alpha_to_one", "rederive_eps"}
-  extra = set(unused) - ddim_only
-  if extra:
-    raise TypeError(f"unknown sampler options {sorted(extra)}")
-  if unused.get("eta", 0.0):
-    raise ValueError("eta is a DDIM option: use sampler 'ddim'")
-
-
 @register_sampler("ddim")
 def ddim_sampler(params: Any, apply_fn: ApplyFn, betas: np.ndarray,
                  key: jax.Array, shape: Tuple[int, ...], *,
@@ -121,12 +118,10 @@ def ddim_sampler(params: Any, apply_fn: ApplyFn, betas: np.ndarray,
                  set_alpha_to_one: bool = True, rederive_eps: bool = False,
                  variance: str = "fixedlarge", prediction: str = "eps",
                  clip_denoised: bool = True, return_every: int = 0,
-                 self_condition: bool = False, mean_from: str = "x0",
-                 offset: int = 0, mesh=None):
+                 self_condition: bool = False, offset: int = 0, mesh=None):
   """DDIM over ``steps`` timesteps (default all T) chosen by
   ``spacing_name``. ``variance`` only says whether the network has
-  variance channels to drop; ``mean_from`` is ignored."""
-  del mean_from
+  variance channels to drop."""
   n = _steps(steps, len(betas))
   plan = ddim.make_plan(betas, n, eta=float(eta), spacing_name=spacing_name,
                         set_alpha_to_one=set_alpha_to_one,

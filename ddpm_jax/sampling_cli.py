@@ -26,8 +26,11 @@ def _apply_overrides(config, variance: Optional[str],
   for key, value in (sampler or {}).items():
     config.sampling[key] = value
   s = config.sampling
-  if s.get("eta", 0.0) and s.get("sampler", "ddpm") != "ddim":
-    raise ValueError("--eta is a DDIM option: add --sampler=ddim")
+  if s.get("sampler", "ddpm") != "ddim":
+    for name, default in (("eta", 0.0), ("set_alpha_to_one", True),
+                          ("rederive_eps", False)):
+      if s.get(name, default) != default:
+        raise ValueError(f"--{name} is a DDIM option: add --sampler=ddim")
   if not 0 <= s.get("steps", 0) <= config.diffusion.num_timesteps:
     raise ValueError(f"--steps must be in [0, {config.diffusion.num_timesteps}]"
                      f" (0: all), got {s.steps}")
@@ -37,8 +40,8 @@ def _apply_overrides(config, variance: Optional[str],
       raise ValueError("--classifier guides unconditional models; this one "
                        "is class-conditional: use --guidance alone")
     from ddpm_jax import classifier_training  # pylint: disable=g-import-not-at-top
-    classes = int(classifier_training.load_classifier(
-        s.classifier)[0].classifier.num_classes)
+    classes = int(classifier_training.classifier_config(
+        s.classifier).classifier.num_classes)
   elif s.get("guidance", 0.0) or s.get("label", -1) >= 0:
     if not classes:
       raise ValueError("--class and --guidance need a class-conditional "

@@ -397,6 +397,9 @@ def sampler_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
                  mean_from=s.mean_from)
   if s.get("sampler", "ddpm") == "ddim":
     options["eta"] = float(s.get("eta", 0.0))
+    options["set_alpha_to_one"] = bool(s.get("set_alpha_to_one", True))
+    options["rederive_eps"] = bool(s.get("rederive_eps", False))
+    del options["mean_from"]
   return options
 
 
@@ -431,14 +434,17 @@ def _guided(config: ml_collections.ConfigDict, model: UNet, params: Any):
       raise ConfigError("classifier guidance needs an eps-prediction model "
                         "(diffusion.prediction='eps')")
     classes = int(clf_config.classifier.num_classes)
-    table = make_schedule(config).sqrt_one_minus_alphas_cumprod
-    return (guidance.classifier_guided_fn(model, classifier, ch),
+    sched = make_schedule(config)
+    return (guidance.classifier_guided_fn(
+        model, classifier, ch, bool(config.sampling.clip_denoised)),
             lambda offset, batch: {
                 "params": params, "classifier": clf_params,
                 "labels": jnp.asarray(sample_labels(config, offset, batch,
                                                     classes)),
                 "guidance": jnp.float32(scale),
-                "sqrt_one_minus_alphas_cumprod": table})
+                "sqrt_alphas_cumprod": sched.sqrt_alphas_cumprod,
+                "sqrt_one_minus_alphas_cumprod":
+                    sched.sqrt_one_minus_alphas_cumprod})
   if num_classes(config):
     apply_fn = (guidance.cfg_fn(model, ch) if scale else
                 guidance.conditional_fn(model))
@@ -470,6 +476,8 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   batch = -(-int(batch_size) // mesh.size) * mesh.size
   key = jax.random.PRNGKey(seed)
   apply_fn, inputs_for = _guided(config, model, params)
+  if config.sampling.get("classifier", ""):
+    options["clip_denoised"] = False  # the guided apply_fn clips first
   out = []
   for i in range(int(math.ceil(num / batch))):
     x, _ = draw(inputs_for(i * batch, batch), apply_fn, betas, key,

@@ -10,7 +10,7 @@ import pytest
 
 from ddpm_jax import classifier_training, guidance, training
 from ddpm_jax.models.classifier import log_prob_fn
-from tests.reference_models import assert_close
+from tests.reference_models import assert_close, assert_close_to_terms
 from tests.tiny_configs import tiny_digits_config
 
 
@@ -71,6 +71,62 @@ def test_guided_eps_is_algorithm_2(classifier_dir):
       np.asarray(t)].reshape(-1, 1, 1, 1)
   assert float(jnp.max(jnp.abs(grad))) > 0
   assert_close(got, eps - sigma * 3.0 * grad, rtol=1e-5, atol=1e-6)
+
+
+def test_guided_eps_clips_x0_before_guidance(classifier_dir):
+  """With clipping, the model's x_0 estimate is clipped and eps re-derived
+  from it before the guidance term (guided_diffusion's order), in float64
+  here; then the sampler must not clip again."""
+  _, classifier, clf_params = classifier_training.load_classifier(
+      classifier_dir[0])
+  config = tiny_digits_config(num_timesteps=20, batch_size=4)
+  model = training.make_model(config)
+  params = jax.tree_util.tree_map(
+      lambda a: a + 0.05 * jnp.ones_like(a), training.create_train_state(
+          config, model, training.make_optimizer(config)).params)
+  sched = training.make_schedule(config)
+  x = 1.5 * jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 1))
+  t, y = jnp.asarray([1, 9, 19]), jnp.asarray([1, 2, 3])
+  b = {"params": params, "classifier": clf_params, "labels": y,
+       "guidance": jnp.float32(2.0),
+       "sqrt_alphas_cumprod": sched.sqrt_alphas_cumprod,
+       "sqrt_one_minus_alphas_cumprod": sched.sqrt_one_minus_alphas_cumprod}
+  got = guidance.classifier_guided_fn(model, classifier, 1, True)(b, x, t)
+  eps = np.asarray(model.apply({"params": params}, x, t), np.float64)
+  grad = np.asarray(jax.grad(lambda z: jnp.sum(log_prob_fn(classifier)(
+      clf_params, z, t, y)))(x), np.float64)
+  abar = np.cumprod(1 - training.make_betas(config))[
+      np.asarray(t)].reshape(-1, 1, 1, 1)
+  xt = np.asarray(x, np.float64)
+  x0 = (xt - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
+  assert np.mean(np.abs(x0) > 1) > 0.1  # the clip is exercised
+  eps_clipped = (xt - np.sqrt(abar) * np.clip(x0, -1, 1)) / np.sqrt(1 - abar)
+  want = eps_clipped - np.sqrt(1 - abar) * 2.0 * grad
+  assert_close_to_terms(got, want, np.abs(xt) / np.sqrt(1 - abar) +
+                        np.abs(want))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_classifier_guidance_at_scale_0_is_the_clipped_sampler(
+    classifier_dir, sampler):
+  """Scale 0: the guided path (clip inside apply_fn, sampler unclipped)
+  draws what the plain clipped sampler draws from the same keys."""
+  wd, _ = classifier_dir
+  config = tiny_digits_config(num_timesteps=20, batch_size=4)
+  config.sampling.sampler, config.sampling.steps = sampler, 10
+  # DDIM's direction term then uses the eps of the clipped x_0, as the
+  # guided path does.
+  config.sampling.rederive_eps = True
+  model = training.make_model(config)
+  params = jax.tree_util.tree_map(
+      lambda a: a + 0.05 * jnp.ones_like(a), training.create_train_state(
+          config, model, training.make_optimizer(config)).params)
+  plain = training.generate(config, model, params, 4, 4, seed=3)
+  config.sampling.classifier, config.sampling.guidance = wd, 0.0
+  config.sampling.label = 5
+  guided = training.generate(config, model, params, 4, 4, seed=3)
+  assert np.mean(np.abs(plain) >= 1) > 0  # clipping mattered somewhere
+  assert_close(guided, plain, rtol=1e-4, atol=1e-4)
 
 
 def test_guidance_raises_the_requested_class(classifier_dir, tmp_path):
