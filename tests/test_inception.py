@@ -124,3 +124,24 @@ def test_weights_errors(torch, reference, tmp_path):
   bad.write_bytes(b"not safetensors")
   with pytest.raises(inception_weights.WeightsError, match="safetensors"):
     inception_weights.read_state_dict(str(bad))
+
+
+def test_inception_outputs_batches_tiles_and_checks(tmp_path):
+  from ddpm_jax import fid, metrics
+  params = jax.jit(inception.FIDInception().init)(
+      jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))["params"]
+  gray = np.random.default_rng(4).uniform(-1, 1, size=(4, 16, 16, 1))
+  feats, logits = fid.inception_outputs(params, gray, batch_size=2)
+  # Other rows in the batch, RGB given: the same features.
+  rgb = np.repeat(gray[[3, 0]], 3, -1)
+  again, _ = fid.inception_outputs(params, rgb, batch_size=2)
+  assert feats.shape == (4, 2048) and logits.shape == (4, 1008)
+  assert_close(again, feats[[3, 0]], rtol=1e-5, atol=1e-6)
+  assert_close(logits, feats @ np.asarray(params["fc"]["kernel"], np.float64),
+               rtol=1e-4, atol=1e-5)
+  with pytest.raises(metrics.MetricsError, match=r"x / 127.5 - 1"):
+    fid.check_images(np.full((2, 8, 8, 3), 200.0))
+  with pytest.raises(metrics.MetricsError, match="uint8"):
+    fid.check_images(np.zeros((2, 8, 8, 3), np.uint8))
+  with pytest.raises(metrics.MetricsError, match=r"\[N, H, W, 3\]"):
+    fid.check_images(np.zeros((2, 8, 8)))
