@@ -1,9 +1,16 @@
-"""Bits/dim of a trained model: python evaluate.py --workdir DIR.
+"""Evaluates a trained model: python evaluate.py --workdir DIR.
 
-Evaluates the variational bound (eq. 5: the prior term, every KL term and
-the discretized decoder) of the workdir's latest checkpoint (EMA parameters
-unless --noema) on a held-out split of its dataset, and prints one JSON
-line: total bits/dim and its parts.
+--metric bpd (default): the variational bound (eq. 5: the prior term,
+every KL term and the discretized decoder) of the workdir's latest
+checkpoint (EMA parameters unless --noema) on a held-out split of its
+dataset: total bits/dim and its parts.
+
+--metric digits (digits models): draws --num samples with the config's
+sampler (or --sampler / --steps) and scores them offline with
+ddpm_jax.digits_score: the Fréchet distance of the digits judge's features
+to the held-out split, the judge's confidence and an IS-like score.
+
+Prints one JSON line.
 """
 
 import json
@@ -17,9 +24,16 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir.")
 flags.DEFINE_string("split", None, "Dataset split (default: the config's "
                     "data.eval_split).")
-flags.DEFINE_integer("num", 0, "Evaluate at most this many images (0: the "
-                     "whole split).")
+flags.DEFINE_integer("num", 0, "bpd: evaluate at most this many images (0: "
+                     "the whole split); digits: samples to draw (0: 297, "
+                     "the held-out split's size).")
 flags.DEFINE_integer("batch_size", 64, "Images per batch.")
+flags.DEFINE_enum("metric", "bpd", ["bpd", "digits"], "What to evaluate.")
+flags.DEFINE_enum("sampler", None, ["ddpm", "ddim"], "--metric digits: the "
+                  "sampler (default: the config's).")
+flags.DEFINE_integer("steps", None, "--metric digits: sampler steps (0: all "
+                     "T; default: the config's).")
+flags.DEFINE_integer("seed", 0, "--metric digits: sampling seed.")
 flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
                   "ones).")
 flags.mark_flags_as_required(["workdir"])
@@ -35,6 +49,9 @@ def main(argv):
     from ddpm_jax import training
     from ddpm_jax.interop import sources
     config, params, step = sources.load_workdir(FLAGS.workdir, FLAGS.ema)
+    if FLAGS.metric == "digits":
+      print(json.dumps(_digits(config, params, step)))
+      return
     if FLAGS.split:
       config.data.eval_split = FLAGS.split
     config.training.eval_examples = FLAGS.num
@@ -43,6 +60,27 @@ def main(argv):
                                training.make_schedule(config))
   result.update(step=step, split=config.data.get("eval_split", "test"))
   print(json.dumps(result))
+
+
+def _digits(config, params, step):
+  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import digits_score, training
+  if config.data.name != "digits":
+    raise ValueError(f"--metric digits scores digits models; this one was "
+                     f"trained on {config.data.name!r}")
+  if FLAGS.sampler is not None:
+    config.sampling.sampler = FLAGS.sampler
+  if FLAGS.steps is not None:
+    config.sampling.steps = FLAGS.steps
+  training.validate_config(config)
+  num = FLAGS.num or 297
+  x = training.generate(config, training.make_model(config), params, num,
+                        min(num, FLAGS.batch_size), FLAGS.seed)
+  result = digits_score.digits_score(x)
+  result.update(step=step, sampler=config.sampling.get("sampler", "ddpm"),
+                steps=int(config.sampling.get("steps", 0)) or
+                config.diffusion.num_timesteps, seed=FLAGS.seed)
+  return result
 
 
 if __name__ == "__main__":

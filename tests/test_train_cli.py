@@ -124,6 +124,14 @@ def test_train_resume_and_sample(tmp_path):
                         "--out", fig + "_bad"))
   assert "two image indices" in line
 
+  # The offline digits score of the trained workdir, one JSON line.
+  p = run("evaluate.py", "--workdir", wd, "--metric", "digits", "--num", "8",
+          "--steps", "5")
+  assert p.returncode == 0, p.stderr[-3000:]
+  score = json.loads(p.stdout.strip().splitlines()[-1])
+  assert score["num_samples"] == 8 and score["steps"] == 5
+  assert score["digits_fid"] > 0 and 0 < score["confidence"] <= 1
+
   # Exported to diffusers, then sampled from the exported directory with
   # the exported scheduler config (T=20): same model, same samples.
   exported = str(tmp_path / "exported")
