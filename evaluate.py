@@ -10,6 +10,13 @@ sampler (or --sampler / --steps) and scores them offline with
 ddpm_jax.digits_score: the Fréchet distance of the digits judge's features
 to the held-out split, the judge's confidence and an IS-like score.
 
+--metric fid: draws --num samples (default 50000, the paper's protocol)
+and computes FID against the statistics of --reference_split of the
+model's dataset (default train, as the paper; cached after the first run)
+and the Inception Score (10 splits), with the FID Inception's weights
+(--inception, default ~/.cache/ddpm_jax/pt_inception-2015-12-05.safetensors;
+see ddpm_jax/interop/inception_weights.py for the one-time download).
+
 Prints one JSON line.
 """
 
@@ -25,10 +32,17 @@ flags.DEFINE_string("workdir", None, "A train.py workdir.")
 flags.DEFINE_string("split", None, "Dataset split (default: the config's "
                     "data.eval_split).")
 flags.DEFINE_integer("num", 0, "bpd: evaluate at most this many images (0: "
-                     "the whole split); digits: samples to draw (0: 297, "
-                     "the held-out split's size).")
+                     "the whole split); digits / fid: samples to draw (0: "
+                     "297, the held-out split's size / 50000).")
 flags.DEFINE_integer("batch_size", 64, "Images per batch.")
-flags.DEFINE_enum("metric", "bpd", ["bpd", "digits"], "What to evaluate.")
+flags.DEFINE_enum("metric", "bpd", ["bpd", "digits", "fid"],
+                  "What to evaluate.")
+flags.DEFINE_string("inception", "", "--metric fid: the FID Inception's "
+                    "weights (safetensors or pytorch-fid's .pth).")
+flags.DEFINE_string("reference_split", "train", "--metric fid: the split "
+                    "whose statistics FID compares against.")
+flags.DEFINE_integer("reference_num", 0, "--metric fid: at most this many "
+                     "reference images (0: the whole split).")
 flags.DEFINE_enum("sampler", None, ["ddpm", "ddim"], "--metric digits: the "
                   "sampler (default: the config's).")
 flags.DEFINE_integer("steps", None, "--metric digits: sampler steps (0: all "
@@ -49,8 +63,8 @@ def main(argv):
     from ddpm_jax import training
     from ddpm_jax.interop import sources
     config, params, step = sources.load_workdir(FLAGS.workdir, FLAGS.ema)
-    if FLAGS.metric == "digits":
-      print(json.dumps(_digits(config, params, step)))
+    if FLAGS.metric in ("digits", "fid"):
+      print(json.dumps(_sample_quality(config, params, step)))
       return
     if FLAGS.split:
       config.data.eval_split = FLAGS.split
@@ -62,21 +76,33 @@ def main(argv):
   print(json.dumps(result))
 
 
-def _digits(config, params, step):
+def _sample_quality(config, params, step):
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax import digits_score, training
-  if config.data.name != "digits":
+  from ddpm_jax import digits_score, fid, training
+  from ddpm_jax.interop import inception_weights
+  if FLAGS.metric == "digits" and config.data.name != "digits":
     raise ValueError(f"--metric digits scores digits models; this one was "
-                     f"trained on {config.data.name!r}")
+                     f"trained on {config.data.name!r}: use --metric fid")
   if FLAGS.sampler is not None:
     config.sampling.sampler = FLAGS.sampler
   if FLAGS.steps is not None:
     config.sampling.steps = FLAGS.steps
   training.validate_config(config)
-  num = FLAGS.num or 297
+  if FLAGS.metric == "fid":  # the weights before any sampling work
+    inception = inception_weights.load_params(FLAGS.inception)
+    reference = fid.dataset_statistics(
+        config, FLAGS.reference_split, inception, FLAGS.reference_num or None)
+  num = FLAGS.num or (297 if FLAGS.metric == "digits" else 50000)
   x = training.generate(config, training.make_model(config), params, num,
                         min(num, FLAGS.batch_size), FLAGS.seed)
-  result = digits_score.digits_score(x)
+  if FLAGS.metric == "digits":
+    result = digits_score.digits_score(x)
+  else:
+    feats, logits = fid.inception_outputs(inception, x)
+    is_mean, is_std = fid.inception_score_of_logits(logits)
+    result = {"fid": fid.fid_of_features(feats, reference),
+              "inception_score": is_mean, "inception_score_std": is_std,
+              "num_samples": num, "reference_split": FLAGS.reference_split}
   result.update(step=step, sampler=config.sampling.get("sampler", "ddpm"),
                 steps=int(config.sampling.get("steps", 0)) or
                 config.diffusion.num_timesteps, seed=FLAGS.seed)

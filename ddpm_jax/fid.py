@@ -11,6 +11,7 @@ multiplies pool3 by the fc weights only; torch-fidelity calls these
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Tuple
 
 import jax
@@ -22,9 +23,11 @@ from ddpm_jax.models.inception import FIDInception
 _MODEL = FIDInception()
 
 
-def check_images(images: Any, name: str = "images") -> np.ndarray:
+def check_images(images: Any, name: str = "images",
+                 quantize: bool = True) -> np.ndarray:
   """``images`` [N, H, W, 1 or 3] in [-1, 1] as float32 RGB in [0, 1], or
-  a one-line error."""
+  a one-line error. ``quantize`` rounds to the 256 levels of an 8-bit PNG
+  (as the released evaluations read samples; data is already on them)."""
   x = np.asarray(images)
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
     raise metrics.MetricsError(f"{name} must be [N, H, W, 3] (or 1 channel)"
@@ -41,6 +44,8 @@ def check_images(images: Any, name: str = "images") -> np.ndarray:
         f"{name} range over [{lo:.3g}, {hi:.3g}]; expected [-1, 1] (a "
         f"sampler's output): map [0, 255] images with x / 127.5 - 1")
   x = (np.clip(x, -1.0, 1.0) + 1.0) / 2.0
+  if quantize:
+    x = np.round(x * 255.0) / 255.0
   return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
@@ -89,3 +94,30 @@ def fid_of_features(features: np.ndarray, reference: Tuple[np.ndarray,
   """FID of pool3 ``features`` against reference (mu, sigma)."""
   mu, sigma = metrics.feature_statistics(features, "the sample features")
   return metrics.frechet_distance(mu, sigma, *reference)
+
+
+def _cache_dir(cache_dir: str) -> str:
+  return cache_dir or os.environ.get("DDPM_JAX_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "ddpm_jax")
+
+
+def dataset_statistics(config: Any, split: str, params: Any,
+                       limit: Optional[int] = None, batch_size: int = 200,
+                       cache_dir: str = "") -> Tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) of the pool3 features of ``split`` of ``config.data`` (at
+  its image size; at most ``limit`` images), computed once and cached as
+  ``fid_stats_<dataset>_<split>_<size>px_<limit or all>.npz`` in
+  ``cache_dir`` (default ``$DDPM_JAX_CACHE`` or ``~/.cache/ddpm_jax``)."""
+  from ddpm_jax import data  # pylint: disable=g-import-not-at-top
+  d = config.data
+  name = f"fid_stats_{d.name}_{split}_{d.image_size}px_{limit or 'all'}.npz"
+  path = os.path.join(_cache_dir(cache_dir), name)
+  if os.path.exists(path):
+    return metrics.load_statistics(path)
+  feats = np.concatenate([
+      inception_outputs(params, batch, batch_size)[0]
+      for batch in data.eval_batches(config, split, batch_size, limit)])
+  mu, sigma = metrics.feature_statistics(feats, f"the {split} split")
+  if not os.path.exists(path):  # another process may have written it
+    metrics.save_statistics(path, mu, sigma)
+  return mu, sigma

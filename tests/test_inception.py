@@ -126,10 +126,15 @@ def test_weights_errors(torch, reference, tmp_path):
     inception_weights.read_state_dict(str(bad))
 
 
-def test_inception_outputs_batches_tiles_and_checks(tmp_path):
-  from ddpm_jax import fid, metrics
-  params = jax.jit(inception.FIDInception().init)(
+@pytest.fixture(scope="module")
+def random_params():
+  return jax.jit(inception.FIDInception().init)(
       jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))["params"]
+
+
+def test_inception_outputs_batches_tiles_and_checks(random_params):
+  from ddpm_jax import fid, metrics
+  params = random_params
   gray = np.random.default_rng(4).uniform(-1, 1, size=(4, 16, 16, 1))
   feats, logits = fid.inception_outputs(params, gray, batch_size=2)
   # Other rows in the batch, RGB given: the same features.
@@ -145,3 +150,24 @@ def test_inception_outputs_batches_tiles_and_checks(tmp_path):
     fid.check_images(np.zeros((2, 8, 8, 3), np.uint8))
   with pytest.raises(metrics.MetricsError, match=r"\[N, H, W, 3\]"):
     fid.check_images(np.zeros((2, 8, 8)))
+
+
+def test_dataset_statistics_are_computed_once_and_cached(random_params,
+                                                        tmp_path,
+                                                        monkeypatch):
+  from configs import digits
+  from ddpm_jax import data, fid, metrics
+  config = digits.get_config()
+  mu, sigma = fid.dataset_statistics(config, "test", random_params, limit=4,
+                                     batch_size=2, cache_dir=str(tmp_path))
+  feats, _ = fid.inception_outputs(random_params,
+                                   data.digits_images("test")[:4], 2)
+  want_mu, want_sigma = metrics.feature_statistics(feats)
+  assert_close(mu, want_mu, rtol=1e-6, atol=1e-9)
+  assert_close(sigma, want_sigma, rtol=1e-6, atol=1e-9)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "fid_stats_digits_test_8px_4.npz"]
+  monkeypatch.setattr(fid, "inception_outputs", None)  # must not be called
+  again = fid.dataset_statistics(config, "test", random_params, limit=4,
+                                 cache_dir=str(tmp_path))
+  np.testing.assert_array_equal(again[1], sigma)

@@ -131,6 +131,10 @@ def test_train_resume_and_sample(tmp_path):
   score = json.loads(p.stdout.strip().splitlines()[-1])
   assert score["num_samples"] == 8 and score["steps"] == 5
   assert score["digits_fid"] > 0 and 0 < score["confidence"] <= 1
+  # FID without the Inception weights: where to get them, before sampling.
+  line = error_line(run("evaluate.py", "--workdir", wd, "--metric", "fid",
+                        "--inception", str(tmp_path / "none.safetensors")))
+  assert "download https://" in line and "inception_weights" in line
 
   # Exported to diffusers, then sampled from the exported directory with
   # the exported scheduler config (T=20): same model, same samples.
