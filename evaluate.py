@@ -78,31 +78,17 @@ def main(argv):
 
 def _sample_quality(config, params, step):
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax import digits_score, fid, training
-  from ddpm_jax.interop import inception_weights
-  if FLAGS.metric == "digits" and config.data.name != "digits":
-    raise ValueError(f"--metric digits scores digits models; this one was "
-                     f"trained on {config.data.name!r}: use --metric fid")
+  from ddpm_jax import sample_quality, training
   if FLAGS.sampler is not None:
     config.sampling.sampler = FLAGS.sampler
   if FLAGS.steps is not None:
     config.sampling.steps = FLAGS.steps
   training.validate_config(config)
-  if FLAGS.metric == "fid":  # the weights before any sampling work
-    inception = inception_weights.load_params(FLAGS.inception)
-    reference = fid.dataset_statistics(
-        config, FLAGS.reference_split, inception, FLAGS.reference_num or None)
-  num = FLAGS.num or (297 if FLAGS.metric == "digits" else 50000)
-  x = training.generate(config, training.make_model(config), params, num,
-                        min(num, FLAGS.batch_size), FLAGS.seed)
-  if FLAGS.metric == "digits":
-    result = digits_score.digits_score(x)
-  else:
-    feats, logits = fid.inception_outputs(inception, x)
-    is_mean, is_std = fid.inception_score_of_logits(logits)
-    result = {"fid": fid.fid_of_features(feats, reference),
-              "inception_score": is_mean, "inception_score_std": is_std,
-              "num_samples": num, "reference_split": FLAGS.reference_split}
+  result = sample_quality.score(
+      config, training.make_model(config), params, FLAGS.metric,
+      FLAGS.num or (297 if FLAGS.metric == "digits" else 50000), FLAGS.seed,
+      FLAGS.batch_size, FLAGS.inception, FLAGS.reference_split,
+      FLAGS.reference_num)
   result.update(step=step, sampler=config.sampling.get("sampler", "ddpm"),
                 steps=int(config.sampling.get("steps", 0)) or
                 config.diffusion.num_timesteps, seed=FLAGS.seed)

@@ -123,6 +123,13 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.training.eval_every = 0
   config.training.eval_examples = 0
   config.training.eval_batch_size = 64
+  # Sample quality of the EMA model every quality_every steps (0: never):
+  # quality_metric 'digits' (the offline digits score) or 'fid' (FID and
+  # IS; needs the Inception weights, ddpm_jax/interop/inception_weights.py)
+  # of quality_samples samples drawn with config.sampling.
+  config.training.quality_every = 0
+  config.training.quality_metric = "digits"
+  config.training.quality_samples = 297
   config.training.loss = "mse"
   config.training.loss_weighting = "none"
   config.training.hybrid_lambda = 1e-3

@@ -105,3 +105,14 @@ def prefetch_to_mesh(batches: Iterator[Tuple[np.ndarray, Any]], mesh: Mesh,
       yield queue.popleft()
   while queue:
     yield queue.popleft()
+
+
+def host_barrier(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process reaches ``name``. A barrier of JAX's
+  coordination service, not a collective: it sets up no gloo/NCCL context,
+  so it can line processes up *before* the first collective (gloo gives a
+  new context only 30 s for every process to join). No-op on one process."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)

@@ -119,6 +119,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           config.sampling.get("sampler", "ddpm") == "ddim"),
        ">= 0, and 0 unless sampling.sampler='ddim'"),
       ("sampling.batch_size", config.sampling.batch_size > 0, "a positive int"),
+      ("training.quality_metric",
+       config.training.get("quality_metric", "digits") in ("digits", "fid")
+       and (config.training.get("quality_metric", "digits") == "fid" or
+            not config.training.get("quality_every", 0) or
+            config.data.name == "digits"),
+       "'digits' (digits models only) or 'fid'"),
+      ("training.quality_samples",
+       config.training.get("quality_samples", 297) >= 2,
+       "at least 2 (a covariance needs 2; FID protocols use 10k-50k)"),
       ("data.image_size", config.data.image_size > 0, "a positive int"),
       ("model.ch", config.model.ch > 0 and
        config.model.ch % config.model.num_groups == 0,
@@ -608,6 +617,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     f"and stopped; run the same command to continue")
         break
       batch, position = next(batches)
+      if multihost and step == start:
+        # Compile first, then line the processes up: one still compiling
+        # when another runs the step would time out gloo's context set-up.
+        step_fn = step_fn.lower(state, batch, schedule).compile()
+        parallel.host_barrier(f"train_step_compiled_{start}")
       state, metrics = step_fn(state, batch, schedule)
       done = step + 1
       if pending is not None:
@@ -649,6 +663,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           bar.write(f"step {done}: eval bits/dim {result['total']:.4f} on "
                     f"{result['num_examples']} images of "
                     f"{config.data.get('eval_split', 'test')}")
+      every = config.training.get("quality_every", 0)
+      if every and (done % every == 0 or done == total):
+        from ddpm_jax import sample_quality  # pylint: disable=g-import-not-at-top
+        result = sample_quality.score(
+            config, model, state.ema_params,
+            config.training.get("quality_metric", "digits"),
+            int(config.training.get("quality_samples", 297)),
+            seed=config.seed, batch_size=config.sampling.batch_size)
+        if writer is not None:
+          for k, v in result.items():
+            if isinstance(v, float):
+              writer.add_scalar(f"eval/{k}", v, done)
+        if lead:
+          bar.write(f"step {done}: sample quality " + " ".join(
+              f"{k} {v:.4g}" for k, v in result.items()
+              if isinstance(v, float)))
       every = config.training.sample_every
       if (every and done % every == 0) or done == total:
         # Every process samples (the parameters may span processes); the

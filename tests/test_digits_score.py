@@ -47,3 +47,29 @@ def test_bad_images_give_one_line_errors():
     digits_score.digits_score(np.full((4, 8, 8, 1), 255.0))
   with pytest.raises(metrics.MetricsError, match="at least 2"):
     digits_score.digits_score(np.zeros((1, 8, 8)))
+
+
+def test_quality_during_training_is_logged(tmp_path):
+  """training.quality_every: the EMA model's digits score at that step and
+  at the end, in TensorBoard; a digits score of a non-digits model or too
+  few samples are config errors."""
+  config = tiny_digits_config(num_timesteps=10, batch_size=8, num_steps=4,
+                              log_every=2, checkpoint_every=4,
+                              quality_every=2, quality_samples=8)
+  training.train_and_evaluate(config, str(tmp_path))
+  import tensorflow as tf
+  logdir = tmp_path / "tensorboard"
+  steps = {}
+  for name in logdir.iterdir():
+    for event in tf.compat.v1.train.summary_iterator(str(name)):
+      for v in event.summary.value:
+        steps.setdefault(v.tag, []).append(event.step)
+  assert sorted(steps["eval/digits_fid"]) == [2, 4]
+  assert "eval/confidence" in steps
+  config.training.quality_samples = 1
+  with pytest.raises(training.ConfigError, match="training.quality_samples"):
+    training.validate_config(config)
+  config.training.quality_samples = 8
+  config.data.name = "cifar10"
+  with pytest.raises(training.ConfigError, match="training.quality_metric"):
+    training.validate_config(config)
