@@ -41,13 +41,7 @@ def check_digits(images: Any, name: str = "images") -> np.ndarray:
   if x.ndim != 4 or x.shape[1:] != (8, 8, 1):
     raise metrics.MetricsError(f"{name} must be 8x8 grayscale digits "
                                f"[N, 8, 8, 1], got shape {x.shape}")
-  if not np.all(np.isfinite(x)):
-    raise metrics.MetricsError(f"{name} hold NaN or inf values")
-  lo, hi = float(x.min()), float(x.max())
-  if lo < -1.001 or hi > 1.001:
-    raise metrics.MetricsError(
-        f"{name} range over [{lo:.3g}, {hi:.3g}]; expected [-1, 1] (a "
-        f"sampler's output): map [0, 255] images with x / 127.5 - 1")
+  metrics.check_sample_range(x, name)
   return x
 
 

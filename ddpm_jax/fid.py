@@ -36,13 +36,7 @@ def check_images(images: Any, name: str = "images",
     raise metrics.MetricsError(f"{name} are uint8: pass x / 127.5 - 1 "
                                f"(samples in [-1, 1])")
   x = x.astype(np.float32)
-  if not np.all(np.isfinite(x)):
-    raise metrics.MetricsError(f"{name} hold NaN or inf values")
-  lo, hi = float(x.min()), float(x.max())
-  if lo < -1.001 or hi > 1.001:
-    raise metrics.MetricsError(
-        f"{name} range over [{lo:.3g}, {hi:.3g}]; expected [-1, 1] (a "
-        f"sampler's output): map [0, 255] images with x / 127.5 - 1")
+  metrics.check_sample_range(x, name)
   x = (np.clip(x, -1.0, 1.0) + 1.0) / 2.0
   if quantize:
     x = np.round(x * 255.0) / 255.0

@@ -20,6 +20,18 @@ class MetricsError(ValueError):
   """Inputs that no metric can be computed from (one-line message)."""
 
 
+def check_sample_range(x: np.ndarray, name: str = "images") -> None:
+  """A one-line error unless ``x`` is finite and in [-1, 1] (to 1e-3), the
+  range of a sampler's output."""
+  if not np.all(np.isfinite(x)):
+    raise MetricsError(f"{name} hold NaN or inf values")
+  lo, hi = float(np.min(x)), float(np.max(x))
+  if lo < -1.001 or hi > 1.001:
+    raise MetricsError(
+        f"{name} range over [{lo:.3g}, {hi:.3g}]; expected [-1, 1] (a "
+        f"sampler's output): map [0, 255] images with x / 127.5 - 1")
+
+
 def _features(features: np.ndarray, name: str) -> np.ndarray:
   x = np.asarray(features, np.float64)
   if x.ndim != 2:
