@@ -95,6 +95,23 @@ def _cache_dir(cache_dir: str) -> str:
       os.path.expanduser("~"), ".cache", "ddpm_jax")
 
 
+def _cache_path(config: Any, kind: str, split: str, limit: Optional[int],
+                cache_dir: str) -> str:
+  d = config.data
+  where = d.name if d.name != "folder" else "folder_" + "_".join(
+      p for p in os.path.abspath(d.get("folder", "")).split(os.sep) if p)
+  name = f"fid_{kind}_{where}_{split}_{d.image_size}px_{limit or 'all'}.npz"
+  return os.path.join(_cache_dir(cache_dir), name)
+
+
+def _split_features(config: Any, split: str, params: Any,
+                    limit: Optional[int], batch_size: int) -> np.ndarray:
+  from ddpm_jax import data  # pylint: disable=g-import-not-at-top
+  return np.concatenate([
+      inception_outputs(params, batch, batch_size)[0]
+      for batch in data.eval_batches(config, split, batch_size, limit)])
+
+
 def dataset_statistics(config: Any, split: str, params: Any,
                        limit: Optional[int] = None, batch_size: int = 200,
                        cache_dir: str = "") -> Tuple[np.ndarray, np.ndarray]:
@@ -102,16 +119,38 @@ def dataset_statistics(config: Any, split: str, params: Any,
   its image size; at most ``limit`` images), computed once and cached as
   ``fid_stats_<dataset>_<split>_<size>px_<limit or all>.npz`` in
   ``cache_dir`` (default ``$DDPM_JAX_CACHE`` or ``~/.cache/ddpm_jax``)."""
-  from ddpm_jax import data  # pylint: disable=g-import-not-at-top
-  d = config.data
-  name = f"fid_stats_{d.name}_{split}_{d.image_size}px_{limit or 'all'}.npz"
-  path = os.path.join(_cache_dir(cache_dir), name)
+  path = _cache_path(config, "stats", split, limit, cache_dir)
   if os.path.exists(path):
     return metrics.load_statistics(path)
-  feats = np.concatenate([
-      inception_outputs(params, batch, batch_size)[0]
-      for batch in data.eval_batches(config, split, batch_size, limit)])
+  feats = _split_features(config, split, params, limit, batch_size)
   mu, sigma = metrics.feature_statistics(feats, f"the {split} split")
-  if not os.path.exists(path):  # another process may have written it
+  try:
     metrics.save_statistics(path, mu, sigma)
+  except FileExistsError:
+    pass  # another process wrote the same statistics meanwhile
   return mu, sigma
+
+
+def dataset_features(config: Any, split: str, params: Any,
+                     limit: Optional[int] = None, batch_size: int = 200,
+                     cache_dir: str = "") -> np.ndarray:
+  """The pool3 features [N, 2048] of (at most ``limit`` images of)
+  ``split`` of ``config.data``, for precision and recall; computed once
+  and cached as float32 ``fid_feats_<...>.npz`` beside the statistics."""
+  path = _cache_path(config, "feats", split, limit, cache_dir)
+  if os.path.exists(path):
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        return np.asarray(f["features"], np.float64)
+    except (KeyError, ValueError, OSError) as e:
+      raise metrics.MetricsError(
+          f"{path} is not a features file with an array 'features' ({e}): "
+          f"remove it to recompute") from None
+  feats = _split_features(config, split, params, limit, batch_size)
+  if not os.path.exists(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, features=feats.astype(np.float32))
+    os.replace(tmp, path)
+  return feats.astype(np.float32).astype(np.float64)
+

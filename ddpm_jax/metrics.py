@@ -1,8 +1,9 @@
 """Sample-quality metrics computed from network features, in float64 NumPy:
 the Fréchet distance between Gaussian fits of two feature sets (FID when
 the features are Inception-v3 pool3 activations; Heusel et al. 2017,
-arXiv 1706.08500, eq. 6) and the Inception Score (Salimans et al. 2016,
-arXiv 1606.03498, section 4) from class probabilities.
+arXiv 1706.08500, eq. 6), the Inception Score (Salimans et al. 2016,
+arXiv 1606.03498, section 4) from class probabilities, and improved
+precision and recall (Kynkäänniemi et al. 2019, arXiv 1904.06991).
 
 Statistics (mu, sigma) are cached as plain ``.npz`` files (read with
 ``allow_pickle=False``).
@@ -113,6 +114,58 @@ def inception_score(probs: np.ndarray, splits: int = 10
                                                        1))), 0.0)
     scores.append(np.exp(np.mean(np.sum(terms, axis=1))))
   return float(np.mean(scores)), float(np.std(scores))
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Squared Euclidean distances [len(a), len(b)], in float64, clamped at 0
+  (the expansion |a|^2 + |b|^2 - 2 a.b can round below it)."""
+  d = (np.sum(a * a, axis=1)[:, None] + np.sum(b * b, axis=1)[None, :]
+       - 2.0 * a @ b.T)
+  return np.maximum(d, 0.0)
+
+
+def knn_radii(features: np.ndarray, k: int = 3, batch: int = 1000
+              ) -> np.ndarray:
+  """Each point's squared distance to its k-th nearest *other* point of
+  ``features`` [N, D]: the radius of its ball in the k-NN manifold
+  estimate (Kynkäänniemi et al. 2019, section 2)."""
+  x = _features(features, "features")
+  if not 1 <= k < x.shape[0]:
+    raise MetricsError(f"k={k} nearest neighbours need more than k points "
+                       f"(got {x.shape[0]}): pass more samples or a smaller k")
+  radii = np.empty(x.shape[0])
+  for i in range(0, x.shape[0], batch):
+    d = _sq_distances(x[i:i + batch], x)
+    # The k+1-th smallest: the point itself (distance 0) comes first.
+    radii[i:i + batch] = np.partition(d, k, axis=1)[:, k]
+  return radii
+
+
+def _coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
+              batch: int) -> float:
+  """The fraction of ``points`` inside at least one ball (centre, radius)."""
+  inside = np.zeros(points.shape[0], bool)
+  for i in range(0, points.shape[0], batch):
+    d = _sq_distances(points[i:i + batch], centres)
+    inside[i:i + batch] = np.any(d <= radii[None, :], axis=1)
+  return float(np.mean(inside))
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                     batch: int = 1000) -> Tuple[float, float]:
+  """Improved precision and recall (Kynkäänniemi et al. 2019, eqs. 1-2):
+  precision is the fraction of ``fake`` features inside the k-NN manifold
+  of ``real`` (the union of balls reaching each real point's k-th nearest
+  real neighbour), recall the fraction of ``real`` features inside that of
+  ``fake``. k=3, as the paper and the ADM evaluator use."""
+  real = _features(real, "the real features")
+  fake = _features(fake, "the sample features")
+  if real.shape[1] != fake.shape[1]:
+    raise MetricsError(f"real features have dimension {real.shape[1]} but "
+                       f"sample features {fake.shape[1]}")
+  precision = _coverage(fake, real, knn_radii(real, k, batch), batch)
+  recall = _coverage(real, fake, knn_radii(fake, k, batch), batch)
+  return precision, recall
 
 
 def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:

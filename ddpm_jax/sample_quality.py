@@ -15,13 +15,21 @@ METRICS = ("digits", "fid")
 def score(config: ml_collections.ConfigDict, model: Any, params: Any,
           metric: str, num: int, seed: int = 0, batch_size: int = 256,
           inception: str = "", reference_split: str = "train",
-          reference_num: int = 0) -> Dict[str, Any]:
+          reference_num: int = 0, reference_stats: str = "",
+          precision_recall: bool = False) -> Dict[str, Any]:
   """``metric`` ('digits' or 'fid') of ``num`` samples of ``params`` drawn
-  from ``seed``. For FID the Inception weights (``inception``, a path;
-  default :func:`ddpm_jax.interop.inception_weights.default_path`) and the
-  reference statistics are loaded before any sampling."""
+  from ``seed``.
+
+  For FID the Inception weights (``inception``, a path; default
+  :func:`ddpm_jax.interop.inception_weights.default_path`) and the
+  reference statistics are loaded before any sampling: those of
+  ``reference_split`` of ``config.data`` (at most ``reference_num``
+  images; cached), or a precomputed ``reference_stats`` ``.npz`` with
+  ``mu`` and ``sigma`` (ours, pytorch-fid's or TTUR's). With
+  ``precision_recall``, also improved precision and recall (k=3) against
+  the features of as many reference images as samples (cached)."""
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax import digits_score, fid, training
+  from ddpm_jax import digits_score, fid, metrics, training
   from ddpm_jax.interop import inception_weights
   if metric not in METRICS:
     raise ValueError(f"the sample-quality metric must be one of {METRICS}, "
@@ -31,14 +39,24 @@ def score(config: ml_collections.ConfigDict, model: Any, params: Any,
                      f"trained on {config.data.name!r}: use the metric 'fid'")
   if metric == "fid":
     weights = inception_weights.load_params(inception)
-    reference = fid.dataset_statistics(config, reference_split, weights,
-                                       reference_num or None)
+    if reference_stats:
+      reference = metrics.load_statistics(reference_stats)
+    else:
+      reference = fid.dataset_statistics(config, reference_split, weights,
+                                         reference_num or None)
+    if precision_recall:
+      real = fid.dataset_features(config, reference_split, weights, num)
   x = training.generate(config, model, params, num, min(num, batch_size),
                         seed)
   if metric == "digits":
     return digits_score.digits_score(x)
   feats, logits = fid.inception_outputs(weights, x)
   is_mean, is_std = fid.inception_score_of_logits(logits)
-  return {"fid": fid.fid_of_features(feats, reference),
-          "inception_score": is_mean, "inception_score_std": is_std,
-          "num_samples": int(num), "reference_split": reference_split}
+  result = {"fid": fid.fid_of_features(feats, reference),
+            "inception_score": is_mean, "inception_score_std": is_std,
+            "num_samples": int(num),
+            "reference": reference_stats or reference_split}
+  if precision_recall:
+    result["precision"], result["recall"] = metrics.precision_recall(
+        real, feats)
+  return result

@@ -1,6 +1,7 @@
 """FID and IS from features (ddpm_jax.metrics): the Fréchet distance
 against pytorch-fid's calculate_frechet_distance, IS against a direct
-per-sample KL computation, and the bad inputs."""
+per-sample KL computation, improved precision / recall against a
+point-by-point computation, and the bad inputs."""
 
 import numpy as np
 import pytest
@@ -61,6 +62,33 @@ def test_inception_score_matches_a_direct_computation():
   one_hot = np.eye(7)[np.arange(700) % 7]
   np.testing.assert_allclose(metrics.inception_score(one_hot, 10)[0], 7.0,
                              rtol=1e-12)
+
+
+def _manifold_coverage(points, centres, k):
+  """Point by point (Kynkäänniemi et al. 2019, eq. 1): the fraction of
+  ``points`` within the distance from some centre to its k-th nearest
+  other centre."""
+  radius = [sorted(np.linalg.norm(c - o) for j, o in enumerate(centres)
+                   if j != i)[k - 1] for i, c in enumerate(centres)]
+  return np.mean([any(np.linalg.norm(p - c) <= r
+                      for c, r in zip(centres, radius)) for p in points])
+
+
+def test_precision_recall_matches_a_point_by_point_computation():
+  real = gaussian_features(5, n=60, dim=8)
+  fake = gaussian_features(6, n=50, dim=8, shift=0.7) * 1.3
+  precision, recall = metrics.precision_recall(real, fake, k=3, batch=7)
+  assert precision == _manifold_coverage(fake, real, 3)
+  assert recall == _manifold_coverage(real, fake, 3)
+  assert 0.05 < precision < 0.95 and 0.05 < recall < 0.95, (precision,
+                                                            recall)
+  # The same set covers itself; far-apart sets cover nothing.
+  assert metrics.precision_recall(real, real) == (1.0, 1.0)
+  assert metrics.precision_recall(real, real + 100.0) == (0.0, 0.0)
+  with pytest.raises(metrics.MetricsError, match="more than k"):
+    metrics.precision_recall(real[:3], fake, k=3)
+  with pytest.raises(metrics.MetricsError, match="dimension 8"):
+    metrics.precision_recall(real, fake[:, :4])
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):
