@@ -171,3 +171,45 @@ def test_dataset_statistics_are_computed_once_and_cached(random_params,
   again = fid.dataset_statistics(config, "test", random_params, limit=4,
                                  cache_dir=str(tmp_path))
   np.testing.assert_array_equal(again[1], sigma)
+
+
+def test_fid_score_of_a_model_end_to_end(random_params, tmp_path,
+                                         monkeypatch):
+  """sample_quality.score with metric 'fid' (random Inception weights):
+  FID, IS and precision/recall of the samples against the cached
+  reference statistics and features, and the same FID from a precomputed
+  statistics file."""
+  from ddpm_jax import fid, metrics, sample_quality, training
+  from tests.tiny_configs import tiny_digits_config
+  monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path))
+  monkeypatch.setattr(inception_weights, "load_params",
+                      lambda path="": random_params)
+  config = tiny_digits_config(num_timesteps=5, batch_size=8)
+  model = training.make_model(config)
+  params = training.create_train_state(
+      config, model, training.make_optimizer(config)).ema_params
+  result = sample_quality.score(config, model, params, "fid", 10, seed=3,
+                                batch_size=10, reference_split="test",
+                                reference_num=10, precision_recall=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "fid_feats_digits_test_8px_10.npz", "fid_stats_digits_test_8px_10.npz"]
+  x = training.generate(config, model, params, 10, 10, 3)
+  feats, logits = fid.inception_outputs(random_params, x)
+  reference = metrics.load_statistics(
+      str(tmp_path / "fid_stats_digits_test_8px_10.npz"))
+  assert result["fid"] == pytest.approx(
+      fid.fid_of_features(feats, reference), rel=1e-9)
+  assert result["inception_score"] == pytest.approx(
+      fid.inception_score_of_logits(logits)[0], rel=1e-9)
+  real = fid.dataset_features(config, "test", random_params, 10)
+  assert (result["precision"], result["recall"]) == metrics.precision_recall(
+      real, feats)
+  again = sample_quality.score(
+      config, model, params, "fid", 10, seed=3, batch_size=10,
+      reference_stats=str(tmp_path / "fid_stats_digits_test_8px_10.npz"))
+  assert again["fid"] == pytest.approx(result["fid"], rel=1e-9)
+  with pytest.raises(metrics.MetricsError, match="same feature layer"):
+    bad = str(tmp_path / "small.npz")
+    metrics.save_statistics(bad, np.zeros(3), np.eye(3))
+    sample_quality.score(config, model, params, "fid", 10,
+                         reference_stats=bad)

@@ -150,6 +150,14 @@ def test_train_resume_and_sample(tmp_path):
           "--seed", "1", "--out", out + "c")
   assert p.returncode == 0, p.stderr[-3000:]
   np.testing.assert_array_equal(np.load(out + "c.npz")["images"], imgs)
+  # evaluate.py takes the imported model too, given its data.
+  p = run("evaluate.py", "--model", exported, "--dataset", "digits",
+          "--metric", "digits", "--num", "8", "--steps", "5")
+  assert p.returncode == 0, p.stderr[-3000:]
+  score = json.loads(p.stdout.strip().splitlines()[-1])
+  assert score["num_samples"] == 8 and score["step"] is None
+  line = error_line(run("evaluate.py", "--model", exported))
+  assert "--dataset" in line
   # Exporting again onto the same directory is refused; nothing changes.
   before = {f: os.path.getmtime(os.path.join(exported, f))
             for f in os.listdir(exported)}
