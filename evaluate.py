@@ -134,7 +134,7 @@ def _sample_quality(config, params, step):
   training.validate_config(config)
   result = sample_quality.score(
       config, training.make_model(config), params, FLAGS.metric,
-      FLAGS.num or (297 if FLAGS.metric == "digits" else 50000), FLAGS.seed,
+      FLAGS.num or sample_quality.DEFAULT_NUM[FLAGS.metric], FLAGS.seed,
       FLAGS.batch_size, FLAGS.inception, FLAGS.reference_split,
       FLAGS.reference_num, FLAGS.reference_stats, FLAGS.precision_recall)
   result.update(step=step, sampler=config.sampling.get("sampler", "ddpm"),
