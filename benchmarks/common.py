@@ -1,0 +1,115 @@
+"""What the speed benchmarks share: the benchmark configs by name, the
+PyTorch reference models built from the same config, alternating timing
+and a record of the machine and library versions.
+
+Every figure is a median over alternating runs (JAX, then PyTorch, then
+JAX ...), so that a change in the machine's load during the benchmark
+falls on both sides; first calls (JAX compilation, PyTorch warm-up) are
+timed apart and never enter the medians.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections
+
+CONFIG_NAMES = ("tiny8", "tiny32", "cifar10")
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+  """'tiny8': the offline default (configs/digits.py: 8x8x1, ch 32, two
+  levels, attention at 4x4); 'tiny32': a 32x32x3 U-Net of the CIFAR-10
+  shape at ch 32 (levels 1,2,2, one block per level, attention at 16x16);
+  'cifar10': the paper's 35.7M CIFAR-10 model (configs/cifar10.py)."""
+  from configs import cifar10, digits
+  if name == "tiny8":
+    return digits.get_config()
+  if name == "tiny32":
+    config = cifar10.get_config()
+    config.model.ch = 32
+    config.model.ch_mult = (1, 2, 2)
+    config.model.num_res_blocks = 1
+    config.model.attn_resolutions = (16,)
+    return config
+  if name == "cifar10":
+    return cifar10.get_config()
+  raise ValueError(f"--config must be one of {CONFIG_NAMES}, got {name!r}")
+
+
+def torch_unet(config: ml_collections.ConfigDict):
+  """diffusers' UNet2DModel with the architecture of ``config.model`` (the
+  same mapping the exporter uses), fp32, train mode."""
+  from diffusers import UNet2DModel
+  from ddpm_jax.interop import diffusers_unet
+  cfg = diffusers_unet.diffusers_config_from_model(
+      config.model, config.data.image_size, config.data.channels)
+  cfg.pop("_class_name")
+  return UNet2DModel(**cfg)
+
+
+def torch_scheduler(config: ml_collections.ConfigDict):
+  """diffusers' DDPMScheduler with the config's linear schedule."""
+  from diffusers import DDPMScheduler
+  d = config.diffusion
+  if d.schedule != "linear":
+    raise ValueError("the benchmarks compare the linear schedule")
+  return DDPMScheduler(num_train_timesteps=int(d.num_timesteps),
+                       beta_start=float(d.beta_start),
+                       beta_end=float(d.beta_end), beta_schedule="linear",
+                       variance_type="fixed_small", clip_sample=True)
+
+
+def alternate(runs: Dict[str, Callable[[], float]], repeats: int
+              ) -> Dict[str, List[float]]:
+  """Calls each of ``runs`` (returning seconds) in turn, ``repeats`` times;
+  returns every name's times."""
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, fn in runs.items():
+      times[name].append(fn())
+  return times
+
+
+def median(xs: List[float]) -> float:
+  return float(statistics.median(xs))
+
+
+def timed(fn: Callable[[], object]) -> float:
+  """Seconds that ``fn()`` takes (it must block until its work is done)."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def environment() -> Dict[str, str]:
+  """Date, machine and library versions, for docs/benchmarks.md."""
+  import diffusers
+  import flax
+  import jax
+  import optax
+  import torch
+  devices = jax.devices()
+  return {
+      "date": datetime.date.today().isoformat(),
+      "machine": f"{platform.machine()} {platform.processor() or ''} "
+                 f"{os.cpu_count()} cores".replace("  ", " "),
+      "jax_devices": f"{len(devices)} x {devices[0].device_kind}",
+      "torch_device": ("cuda: " + torch.cuda.get_device_name(0)
+                       if torch.cuda.is_available() else
+                       f"cpu ({torch.get_num_threads()} threads)"),
+      "versions": f"python {platform.python_version()}, jax "
+                  f"{jax.__version__}, flax {flax.__version__}, optax "
+                  f"{optax.__version__}, torch {torch.__version__}, "
+                  f"diffusers {diffusers.__version__}",
+  }

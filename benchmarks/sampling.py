@@ -1,0 +1,118 @@
+"""Sampling speed: ddpm-jax's ancestral sampler (Algorithm 2 in one
+jitted lax.scan) against diffusers' DDPMPipeline with the same U-Net
+architecture, image count and number of steps.
+
+    python benchmarks/sampling.py --config tiny8
+    python benchmarks/sampling.py --config tiny32
+    python benchmarks/sampling.py --config cifar10 --num 256 --timesteps 1000  # GPU
+
+Both sides run the full chain of --timesteps steps (the schedule is the
+config's linear one over that many steps; the weights are the fresh
+initialisation, which costs the same as trained ones), clip x_0 to
+[-1, 1] and use the fixed-small variance, as DDPMPipeline's default
+scheduler does. The JAX batch is split over every device. Prints one JSON
+line per side with the median seconds over --repeats alternating runs,
+the first call (JAX: compilation) apart, and the ratio JAX / PyTorch in
+speed last.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
+
+import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("config", "tiny8", list(common.CONFIG_NAMES),
+                  "The benchmark config (see benchmarks/common.py).")
+flags.DEFINE_integer("num", 64, "Images per run (one batch).")
+flags.DEFINE_integer("timesteps", 100, "Steps of the chain (T).")
+flags.DEFINE_integer("repeats", 5, "Alternating timed runs per side.")
+flags.DEFINE_enum("torch_mode", "eager", ["eager", "compile"],
+                  "PyTorch eager, or the U-Net under torch.compile.")
+flags.DEFINE_string("torch_device", "auto", "cpu, cuda or auto.")
+
+
+def jax_side(config, num):
+  """(first-call seconds, run()) for the JAX sampler."""
+  import jax
+  from ddpm_jax import parallel, training
+  from ddpm_jax.samplers import get_sampler
+  model = training.make_model(config)
+  params = training.create_train_state(
+      config, model, training.make_optimizer(config)).ema_params
+  apply_fn, betas = training.eps_fn(model), training.make_betas(config)
+  draw, mesh = get_sampler("ddpm"), parallel.make_mesh()
+  shape = (num, config.data.image_size, config.data.image_size,
+           config.data.channels)
+
+  def run():
+    x, _ = draw(params, apply_fn, betas, jax.random.PRNGKey(0), shape,
+                variance="fixedsmall", clip_denoised=True, mesh=mesh)
+    jax.block_until_ready(x)
+
+  return common.timed(run), lambda: common.timed(run)
+
+
+def torch_side(config, num, device):
+  """(first-call seconds, run()) for DDPMPipeline."""
+  import torch
+  from diffusers import DDPMPipeline
+  torch.manual_seed(0)
+  unet = common.torch_unet(config).to(device).eval()
+  if FLAGS.torch_mode == "compile":
+    unet = torch.compile(unet)
+  pipe = DDPMPipeline(unet=unet, scheduler=common.torch_scheduler(config))
+  pipe.set_progress_bar_config(disable=True)
+  steps = int(config.diffusion.num_timesteps)
+
+  def run():
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    pipe(batch_size=num, generator=gen, num_inference_steps=steps,
+         output_type="np")
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  return common.timed(run), lambda: common.timed(run)
+
+
+def main(argv):
+  del argv
+  import torch
+  device = FLAGS.torch_device
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+  config = common.get_config(FLAGS.config)
+  config.diffusion.num_timesteps = FLAGS.timesteps
+  jax_first, jax_run = jax_side(config, FLAGS.num)
+  torch_first, torch_run = torch_side(config, FLAGS.num, device)
+  times = common.alternate({"jax": jax_run, "torch": torch_run},
+                           FLAGS.repeats)
+  out = {}
+  for name, first in (("jax", jax_first), ("torch", torch_first)):
+    med = common.median(times[name])
+    out[name] = {"side": name, "config": FLAGS.config, "num": FLAGS.num,
+                 "timesteps": FLAGS.timesteps, "median_s": round(med, 4),
+                 "img_per_s": FLAGS.num / med,
+                 "runs_s": [round(t, 4) for t in times[name]],
+                 "first_call_s": round(first, 3)}
+  # The first JAX call compiles, then samples: compilation is the excess.
+  out["jax"]["compile_s"] = round(jax_first - out["jax"]["median_s"], 3)
+  out["torch"]["mode"] = FLAGS.torch_mode
+  for name in ("jax", "torch"):
+    print(json.dumps(out[name]))
+  print(json.dumps(common.environment()))
+  ratio = out["torch"]["median_s"] / out["jax"]["median_s"]
+  print(f"sample {FLAGS.config} {FLAGS.num} images x {FLAGS.timesteps} "
+        f"steps: jax {out['jax']['median_s']:.2f} s, torch "
+        f"({FLAGS.torch_mode}, {device}) {out['torch']['median_s']:.2f} s, "
+        f"ratio jax/torch (speed) {ratio:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,167 @@
+"""Training speed: ddpm-jax's train step against a PyTorch loop of diffusers'
+UNet2DModel + DDPMScheduler with the same architecture, batch and loss.
+
+    python benchmarks/train_step.py --config tiny8
+    python benchmarks/train_step.py --config tiny32
+    python benchmarks/train_step.py --config cifar10 --batch 128   # GPU
+
+Both sides do the same work per step: t ~ U{0..T-1} and noise ~ N(0, I)
+per image, x_t from eq. 4, the U-Net (dropout on) predicts eps, L_simple
+(eq. 14), backward, global-norm clipping when the config clips, Adam, and
+the EMA update of the parameters. The JAX side is ddpm_jax.training's
+jitted step (make_train_step: donated state, batch split over every
+device); the batch stays on the device for both. Prints one JSON line per
+side with the median images/s over --repeats alternating runs of --steps
+steps each, the first call (JAX: compilation) apart, and the ratio
+JAX / PyTorch last.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
+
+import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("config", "tiny8", list(common.CONFIG_NAMES),
+                  "The benchmark config (see benchmarks/common.py).")
+flags.DEFINE_integer("batch", None, "Batch size (default: the config's).")
+flags.DEFINE_integer("steps", 10, "Train steps per timed run.")
+flags.DEFINE_integer("repeats", 5, "Alternating timed runs per side.")
+flags.DEFINE_enum("torch_mode", "eager", ["eager", "compile"],
+                  "PyTorch eager, or the model under torch.compile.")
+flags.DEFINE_string("torch_device", "auto", "cpu, cuda or auto.")
+
+
+def jax_side(config, batch_size):
+  """(compile seconds, first-call seconds, run()) for the JAX step."""
+  import jax
+  import numpy as np
+  from ddpm_jax import parallel, training
+  model, tx = training.make_model(config), training.make_optimizer(config)
+  mesh = parallel.make_mesh()
+  state = training.create_train_state(config, model, tx, mesh)
+  shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  step = training.make_train_step(config, model, tx, mesh, shardings)
+  schedule = jax.device_put(training.make_schedule(config),
+                            parallel.replicated(mesh))
+  d = config.data
+  rng = np.random.default_rng(0)
+  batch = jax.device_put(
+      rng.uniform(-1, 1, (batch_size, d.image_size, d.image_size,
+                          d.channels)).astype(np.float32),
+      parallel.batch_sharding(mesh))
+  holder = {"state": state}
+  compiled = None
+
+  def compile_step():
+    nonlocal compiled
+    compiled = step.lower(holder["state"], batch, schedule).compile()
+
+  def steps(n):
+    for _ in range(n):
+      holder["state"], metrics = compiled(holder["state"], batch, schedule)
+    jax.block_until_ready((holder["state"], metrics))
+
+  compile_s = common.timed(compile_step)
+  first_s = common.timed(lambda: steps(1))
+  flops = (compiled.cost_analysis() or {}).get("flops") if hasattr(
+      compiled, "cost_analysis") else None
+  return compile_s, first_s, lambda: common.timed(lambda: steps(
+      FLAGS.steps)), flops
+
+
+def torch_side(config, batch_size, device):
+  """(first-call seconds, run()) for the PyTorch loop."""
+  import torch
+  torch.manual_seed(0)
+  unet = common.torch_unet(config).to(device).train()
+  scheduler = common.torch_scheduler(config)
+  o = config.optim
+  opt = torch.optim.Adam(unet.parameters(), lr=float(o.learning_rate),
+                         betas=(float(o.beta1), float(o.beta2)),
+                         eps=float(o.eps))
+  ema = [p.detach().clone() for p in unet.parameters()]
+  decay = float(config.training.ema_decay)
+  clip = float(o.grad_clip or 0.0)
+  net = torch.compile(unet) if FLAGS.torch_mode == "compile" else unet
+  d = config.data
+  gen = torch.Generator(device="cpu").manual_seed(0)
+  x0 = (torch.rand(batch_size, d.channels, d.image_size, d.image_size,
+                   generator=gen) * 2 - 1).to(device)
+  alphas_cumprod = scheduler.alphas_cumprod.to(device)
+  num_t = int(config.diffusion.num_timesteps)
+
+  def one_step():
+    t = torch.randint(0, num_t, (batch_size,), device=device)
+    noise = torch.randn_like(x0)
+    abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise  # eq. 4
+    loss = torch.nn.functional.mse_loss(net(x_t, t).sample, noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip > 0:
+      torch.nn.utils.clip_grad_norm_(unet.parameters(), clip)
+    opt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, list(unet.parameters()), 1.0 - decay)  # pylint: disable=protected-access
+    return loss
+
+  def steps(n):
+    for _ in range(n):
+      loss = one_step()
+    loss.item()  # waits for the device
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  first_s = common.timed(lambda: steps(1))
+  return first_s, lambda: common.timed(lambda: steps(FLAGS.steps))
+
+
+def main(argv):
+  del argv
+  import torch
+  device = FLAGS.torch_device
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+  config = common.get_config(FLAGS.config)
+  batch = int(FLAGS.batch or config.training.batch_size)
+  config.training.batch_size = batch
+  compile_s, jax_first, jax_run, flops = jax_side(config, batch)
+  torch_first, torch_run = torch_side(config, batch, device)
+  times = common.alternate({"jax": jax_run, "torch": torch_run},
+                           FLAGS.repeats)
+  env = common.environment()
+  out = {}
+  for name, first in (("jax", jax_first), ("torch", torch_first)):
+    med = common.median(times[name])
+    out[name] = {
+        "side": name, "config": FLAGS.config, "batch": batch,
+        "img_per_s": batch * FLAGS.steps / med,
+        "step_ms": 1000 * med / FLAGS.steps,
+        "runs_s": [round(t, 4) for t in times[name]],
+        "first_call_s": round(first, 3)}
+  out["jax"]["compile_s"] = round(compile_s, 3)
+  if flops:
+    out["jax"]["gflop_per_step"] = round(flops / 1e9, 3)
+    # XLA's count of the compiled step (all devices), per second.
+    out["jax"]["achieved_gflop_per_s"] = round(
+        flops / (out["jax"]["step_ms"] / 1000) / 1e9, 2)
+  out["torch"]["mode"] = FLAGS.torch_mode
+  for name in ("jax", "torch"):
+    print(json.dumps(out[name]))
+  print(json.dumps(env))
+  ratio = out["jax"]["img_per_s"] / out["torch"]["img_per_s"]
+  print(f"train {FLAGS.config} batch {batch}: jax "
+        f"{out['jax']['img_per_s']:.1f} img/s, torch ({FLAGS.torch_mode}, "
+        f"{device}) {out['torch']['img_per_s']:.1f} img/s, "
+        f"ratio jax/torch {ratio:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
