@@ -42,6 +42,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.model.downsample_padding = 0
   config.model.act = "swish"
   config.model.dtype = "float32"
+  # How the stride-1 convolutions are differentiated (ddpm_jax/models/
+  # conv.py): 'auto' = 'matmul' on the CPU (several times faster there),
+  # XLA's own gradient ('xla') on GPUs and TPUs. Same parameters and output.
+  config.model.conv_backward = "auto"
   # Self-conditioning: the U-Net also sees its own x_0 estimate (2C input
   # channels); see ddpm_jax/self_conditioning.py.
   config.model.self_condition = False

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.models.conv import Conv
+
 # The original initialises every layer with variance_scaling(1, 'fan_avg',
 # 'uniform'); the last layer of each residual branch with (almost) zero.
 default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -77,19 +79,20 @@ class ResnetBlock(nn.Module):
   norm_eps: float = 1e-6
   act: str = "swish"
   dtype: Any = jnp.float32
+  conv_backward: str = "auto"
 
   @nn.compact
   def __call__(self, x, temb, train: bool = False):
     act = activation(self.act)
     h = act(_norm(self.num_groups, self.norm_eps, "norm1")(x))
-    h = nn.Conv(self.out_ch, (3, 3), padding="SAME", kernel_init=default_init,
-                dtype=self.dtype, name="conv1")(h)
+    h = Conv(self.out_ch, kernel_init=default_init, dtype=self.dtype,
+             backward=self.conv_backward, name="conv1")(h)
     h = h + nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
                      name="temb_proj")(act(temb))[:, None, None, :]
     h = act(_norm(self.num_groups, self.norm_eps, "norm2")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Conv(self.out_ch, (3, 3), padding="SAME", kernel_init=zeros_init,
-                dtype=self.dtype, name="conv2")(h)
+    h = Conv(self.out_ch, kernel_init=zeros_init, dtype=self.dtype,
+             backward=self.conv_backward, name="conv2")(h)
     if x.shape[-1] != self.out_ch:
       x = nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
                    name="nin_shortcut")(x)
@@ -115,13 +118,15 @@ class AttnBlock(nn.Module):
     h = _norm(self.num_groups, self.norm_eps, "norm")(x)
     dense = functools.partial(nn.Dense, c, kernel_init=default_init,
                               dtype=self.dtype)
-    shape = (b, hgt * wid, heads, head_dim)
-    q = dense(name="q")(h).reshape(shape)
-    k = dense(name="k")(h).reshape(shape)
-    v = dense(name="v")(h).reshape(shape)
-    w = jnp.einsum("bihd,bjhd->bhij", q, k) * (head_dim**-0.5)
+    # [B, heads, HW, head_dim], so that both products are plain batched
+    # matmuls (with one head the transposes are free); XLA's CPU backend
+    # runs an einsum with the head axis in the middle 3x slower.
+    def heads_first(y):
+      return y.reshape(b, hgt * wid, heads, head_dim).transpose(0, 2, 1, 3)
+    q, k, v = (heads_first(dense(name=n)(h)) for n in ("q", "k", "v"))
+    w = jnp.matmul(q, k.transpose(0, 1, 3, 2)) * (head_dim**-0.5)
     w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
-    h = jnp.einsum("bhij,bjhd->bihd", w, v).reshape(b, hgt, wid, c)
+    h = jnp.matmul(w, v).transpose(0, 2, 1, 3).reshape(b, hgt, wid, c)
     h = nn.Dense(c, kernel_init=zeros_init, dtype=self.dtype,
                  name="proj_out")(h)
     return x + h
@@ -155,13 +160,14 @@ class Upsample(nn.Module):
   """Nearest-neighbour 2x upsampling, then a 3x3 conv."""
   with_conv: bool = True
   dtype: Any = jnp.float32
+  conv_backward: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     if self.with_conv:
-      x = nn.Conv(x.shape[-1], (3, 3), padding="SAME",
-                  kernel_init=default_init, dtype=self.dtype, name="conv")(x)
+      x = Conv(x.shape[-1], kernel_init=default_init, dtype=self.dtype,
+               backward=self.conv_backward, name="conv")(x)
     return x
 
 
@@ -175,6 +181,9 @@ class UNet(nn.Module):
   of the same family (diffusers ``UNet2DModel`` options): ``attn_head_dim``
   (None: one head), ``flip_sin_to_cos``/``freq_shift`` of the timestep
   embedding, ``downsample_padding`` and the residual blocks' ``act``.
+
+  ``conv_backward`` chooses how the stride-1 convolutions are
+  differentiated (:mod:`ddpm_jax.models.conv`; same parameters and output).
 
   ``num_classes`` > 0 makes it class-conditional: a learned embedding of
   the label (``num_classes`` rows, plus a null class at index
@@ -197,6 +206,7 @@ class UNet(nn.Module):
   act: str = "swish"
   dtype: Any = jnp.float32
   num_classes: int = 0
+  conv_backward: str = "auto"
 
   @nn.compact
   def __call__(self, x, t, train: bool = False, labels=None):
@@ -208,7 +218,8 @@ class UNet(nn.Module):
     block = functools.partial(ResnetBlock, dropout=self.dropout,
                               num_groups=self.num_groups,
                               norm_eps=self.norm_eps, act=self.act,
-                              dtype=self.dtype)
+                              dtype=self.dtype,
+                              conv_backward=self.conv_backward)
     attn = functools.partial(AttnBlock, num_groups=self.num_groups,
                              norm_eps=self.norm_eps,
                              head_dim=self.attn_head_dim, dtype=self.dtype)
@@ -227,8 +238,8 @@ class UNet(nn.Module):
                              name="class_embed")(labels)
 
     x = x.astype(self.dtype)
-    hs = [nn.Conv(self.ch, (3, 3), padding="SAME", kernel_init=default_init,
-                  dtype=self.dtype, name="conv_in")(x)]
+    hs = [Conv(self.ch, kernel_init=default_init, dtype=self.dtype,
+               backward=self.conv_backward, name="conv_in")(x)]
     for i in range(levels):
       for j in range(self.num_res_blocks):
         h = block(self.ch * self.ch_mult[i], name=f"down_{i}_block_{j}")(
@@ -252,13 +263,13 @@ class UNet(nn.Module):
         if h.shape[1] in self.attn_resolutions:
           h = attn(name=f"up_{i}_attn_{j}")(h)
       if i != 0:
-        h = Upsample(self.resamp_with_conv, self.dtype,
+        h = Upsample(self.resamp_with_conv, self.dtype, self.conv_backward,
                      name=f"up_{i}_upsample")(h)
     assert not hs
 
     h = nn.swish(_norm(self.num_groups, self.norm_eps, "norm_out")(h))
-    h = nn.Conv(self.out_ch, (3, 3), padding="SAME", kernel_init=zeros_init,
-                dtype=self.dtype, name="conv_out")(h)
+    h = Conv(self.out_ch, kernel_init=zeros_init, dtype=self.dtype,
+             backward=self.conv_backward, name="conv_out")(h)
     return h.astype(jnp.float32)
 
 
@@ -280,7 +291,8 @@ def unet_from_config(model_cfg, image_channels: int,
               downsample_padding=model_cfg.get("downsample_padding", 0),
               act=model_cfg.get("act", "swish"),
               dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
-              num_classes=int(model_cfg.get("num_classes", 0)))
+              num_classes=int(model_cfg.get("num_classes", 0)),
+              conv_backward=model_cfg.get("conv_backward", "auto"))
 
 
 @functools.lru_cache(maxsize=None)
