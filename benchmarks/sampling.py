@@ -36,6 +36,9 @@ flags.DEFINE_integer("repeats", 5, "Alternating timed runs per side.")
 flags.DEFINE_enum("torch_mode", "eager", ["eager", "compile"],
                   "PyTorch eager, or the U-Net under torch.compile.")
 flags.DEFINE_string("torch_device", "auto", "cpu, cuda or auto.")
+flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
+                  "model.dtype=bfloat16 (float32 parameters and norms), "
+                  "PyTorch under torch.autocast(bfloat16).")
 
 
 def jax_side(config, num):
@@ -73,8 +76,10 @@ def torch_side(config, num, device):
 
   def run():
     gen = torch.Generator(device="cpu").manual_seed(0)
-    pipe(batch_size=num, generator=gen, num_inference_steps=steps,
-         output_type="np")
+    with torch.autocast(device_type=device, dtype=torch.bfloat16,
+                        enabled=FLAGS.bf16):
+      pipe(batch_size=num, generator=gen, num_inference_steps=steps,
+           output_type="np")
     if device == "cuda":
       torch.cuda.synchronize()
 
@@ -88,6 +93,8 @@ def main(argv):
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
   config = common.get_config(FLAGS.config)
+  if FLAGS.bf16:
+    config.model.dtype = "bfloat16"
   config.diffusion.num_timesteps = FLAGS.timesteps
   jax_first, jax_run = jax_side(config, FLAGS.num)
   torch_first, torch_run = torch_side(config, FLAGS.num, device)
@@ -96,7 +103,8 @@ def main(argv):
   out = {}
   for name, first in (("jax", jax_first), ("torch", torch_first)):
     med = common.median(times[name])
-    out[name] = {"side": name, "config": FLAGS.config, "num": FLAGS.num,
+    out[name] = {"side": name, "config": FLAGS.config,
+                 "dtype": config.model.dtype, "num": FLAGS.num,
                  "timesteps": FLAGS.timesteps, "median_s": round(med, 4),
                  "img_per_s": FLAGS.num / med,
                  "runs_s": [round(t, 4) for t in times[name]],

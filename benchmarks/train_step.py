@@ -36,6 +36,15 @@ flags.DEFINE_integer("repeats", 5, "Alternating timed runs per side.")
 flags.DEFINE_enum("torch_mode", "eager", ["eager", "compile"],
                   "PyTorch eager, or the model under torch.compile.")
 flags.DEFINE_string("torch_device", "auto", "cpu, cuda or auto.")
+flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
+                  "model.dtype=bfloat16 (float32 parameters and norms), "
+                  "PyTorch under torch.autocast(bfloat16).")
+flags.DEFINE_enum("conv_backward", None, ["auto", "xla", "matmul"],
+                  "Override config.model.conv_backward (ddpm_jax/models/"
+                  "conv.py), e.g. 'xla' to time XLA's own gradient.")
+flags.DEFINE_bool("jax_only", False, "Time the JAX side alone (the scaling "
+                  "check: run it with and without XLA_FLAGS="
+                  "--xla_force_host_platform_device_count=8).")
 
 
 def jax_side(config, batch_size):
@@ -102,7 +111,10 @@ def torch_side(config, batch_size, device):
     noise = torch.randn_like(x0)
     abar = alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise  # eq. 4
-    loss = torch.nn.functional.mse_loss(net(x_t, t).sample, noise)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16,
+                        enabled=FLAGS.bf16):
+      pred = net(x_t, t).sample
+    loss = torch.nn.functional.mse_loss(pred.float(), noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if clip > 0:
@@ -130,32 +142,47 @@ def main(argv):
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
   config = common.get_config(FLAGS.config)
+  if FLAGS.bf16:
+    config.model.dtype = "bfloat16"
   batch = int(FLAGS.batch or config.training.batch_size)
   config.training.batch_size = batch
+  if FLAGS.conv_backward:
+    config.model.conv_backward = FLAGS.conv_backward
   compile_s, jax_first, jax_run, flops = jax_side(config, batch)
-  torch_first, torch_run = torch_side(config, batch, device)
-  times = common.alternate({"jax": jax_run, "torch": torch_run},
-                           FLAGS.repeats)
+  runs, firsts = {"jax": jax_run}, {"jax": jax_first}
+  if not FLAGS.jax_only:
+    firsts["torch"], runs["torch"] = torch_side(config, batch, device)
+  times = common.alternate(runs, FLAGS.repeats)
   env = common.environment()
   out = {}
-  for name, first in (("jax", jax_first), ("torch", torch_first)):
+  for name, first in firsts.items():
     med = common.median(times[name])
     out[name] = {
-        "side": name, "config": FLAGS.config, "batch": batch,
+        "side": name, "config": FLAGS.config,
+        "dtype": config.model.dtype, "batch": batch,
         "img_per_s": batch * FLAGS.steps / med,
         "step_ms": 1000 * med / FLAGS.steps,
         "runs_s": [round(t, 4) for t in times[name]],
         "first_call_s": round(first, 3)}
   out["jax"]["compile_s"] = round(compile_s, 3)
+  out["jax"]["conv_backward"] = config.model.conv_backward
   if flops:
-    out["jax"]["gflop_per_step"] = round(flops / 1e9, 3)
-    # XLA's count of the compiled step (all devices), per second.
+    # XLA's count for one device's program, times the devices: the FLOPs
+    # the step does; MFU is achieved / the hardware's peak.
+    import jax
+    total = flops * jax.device_count()
+    out["jax"]["gflop_per_step"] = round(total / 1e9, 3)
     out["jax"]["achieved_gflop_per_s"] = round(
-        flops / (out["jax"]["step_ms"] / 1000) / 1e9, 2)
-  out["torch"]["mode"] = FLAGS.torch_mode
-  for name in ("jax", "torch"):
+        total / (out["jax"]["step_ms"] / 1000) / 1e9, 2)
+  if "torch" in out:
+    out["torch"]["mode"] = FLAGS.torch_mode
+  for name in out:
     print(json.dumps(out[name]))
   print(json.dumps(env))
+  if FLAGS.jax_only:
+    print(f"train {FLAGS.config} batch {batch}: jax "
+          f"{out['jax']['img_per_s']:.1f} img/s on {env['jax_devices']}")
+    return
   ratio = out["jax"]["img_per_s"] / out["torch"]["img_per_s"]
   print(f"train {FLAGS.config} batch {batch}: jax "
         f"{out['jax']['img_per_s']:.1f} img/s, torch ({FLAGS.torch_mode}, "

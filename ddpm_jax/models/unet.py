@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ddpm_jax.models.conv import Conv
+from ddpm_jax.models.norm import GroupNorm
 
 # The original initialises every layer with variance_scaling(1, 'fan_avg',
 # 'uniform'); the last layer of each residual branch with (almost) zero.
@@ -64,10 +65,9 @@ def activation(name: str):
   return ACTIVATIONS[name]
 
 
-def _norm(num_groups: int, eps: float, name: str) -> nn.GroupNorm:
-  # Two-pass variance, as PyTorch and TF compute it.
-  return nn.GroupNorm(num_groups=num_groups, epsilon=eps,
-                      use_fast_variance=False, dtype=jnp.float32, name=name)
+def _norm(num_groups: int, eps: float, name: str) -> GroupNorm:
+  # Two-pass variance, as PyTorch and TF compute it (ddpm_jax/models/norm.py).
+  return GroupNorm(num_groups=num_groups, epsilon=eps, name=name)
 
 
 class ResnetBlock(nn.Module):
