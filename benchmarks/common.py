@@ -24,14 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections
 
-CONFIG_NAMES = ("tiny8", "tiny32", "cifar10")
+CONFIG_NAMES = ("tiny8", "tiny32", "cifar10", "smoke")
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
   """'tiny8': the offline default (configs/digits.py: 8x8x1, ch 32, two
   levels, attention at 4x4); 'tiny32': a 32x32x3 U-Net of the CIFAR-10
   shape at ch 32 (levels 1,2,2, one block per level, attention at 16x16);
-  'cifar10': the paper's 35.7M CIFAR-10 model (configs/cifar10.py)."""
+  'cifar10': the paper's 35.7M CIFAR-10 model (configs/cifar10.py);
+  'smoke': a one-level 8x8 U-Net that only checks that the scripts run
+  (tests/test_benchmarks.py), too small to time anything."""
   from configs import cifar10, digits
   if name == "tiny8":
     return digits.get_config()
@@ -44,6 +46,12 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     return config
   if name == "cifar10":
     return cifar10.get_config()
+  if name == "smoke":
+    config = digits.get_config()
+    config.model.ch_mult = (1,)
+    config.model.num_res_blocks = 1
+    config.model.attn_resolutions = ()
+    return config
   raise ValueError(f"--config must be one of {CONFIG_NAMES}, got {name!r}")
 
 

@@ -69,3 +69,19 @@ def test_table2_rows_are_valid_configs():
   assert cifar10_table2.get_config().training.loss == "mse"
   with pytest.raises(ValueError, match="Table 2 row"):
     cifar10_table2.get_config("eps_hybrid")
+
+
+def test_entry_points_turn_on_the_persistent_compilation_cache(
+    tmp_path, monkeypatch):
+  import jax
+  from ddpm_jax import cli
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    cli.enable_compilation_cache()  # $JAX_COMPILATION_CACHE_DIR (tests) wins
+    assert jax.config.jax_compilation_cache_dir == before
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path))
+    cli.enable_compilation_cache()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

@@ -1,0 +1,30 @@
+"""The benchmark scripts run as the README shows and print the ratio last
+(smallest settings: this checks that they work, it times nothing)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+  p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return p.stdout.strip().splitlines()
+
+
+def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
+  lines = run("benchmarks/train_step.py", "--config", "smoke", "--batch",
+              "8", "--steps", "1", "--repeats", "2")
+  jax_side, torch_side = json.loads(lines[-4]), json.loads(lines[-3])
+  assert jax_side["side"] == "jax" and torch_side["side"] == "torch"
+  assert len(jax_side["runs_s"]) == 2 and jax_side["compile_s"] > 0
+  assert jax_side["gflop_per_step"] > 0
+  assert "ratio jax/torch" in lines[-1]
+  lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
+              "--timesteps", "2", "--repeats", "1")
+  assert json.loads(lines[-4])["timesteps"] == 2
+  assert "ratio jax/torch (speed)" in lines[-1]
