@@ -55,6 +55,36 @@ def get_config(name: str) -> ml_collections.ConfigDict:
   raise ValueError(f"--config must be one of {CONFIG_NAMES}, got {name!r}")
 
 
+def define_shared_flags() -> None:
+  """The flags both benchmark scripts take: --config, --repeats,
+  --torch_mode, --torch_device, --bf16."""
+  from absl import flags
+  flags.DEFINE_enum("config", "tiny8", list(CONFIG_NAMES),
+                    "The benchmark config (see benchmarks/common.py).")
+  flags.DEFINE_integer("repeats", 5, "Alternating timed runs per side.")
+  flags.DEFINE_enum("torch_mode", "eager", ["eager", "compile"],
+                    "PyTorch eager, or the U-Net under torch.compile.")
+  flags.DEFINE_string("torch_device", "auto", "cpu, cuda or auto.")
+  flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
+                    "model.dtype=bfloat16 (float32 parameters and norms), "
+                    "PyTorch under torch.autocast(bfloat16).")
+
+
+def setup_from_flags():
+  """(config, torch device) from the shared flags: the named config, in
+  bfloat16 compute with --bf16; --torch_device auto -> cuda if present."""
+  import torch
+  from absl import flags
+  f = flags.FLAGS
+  device = f.torch_device
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+  config = get_config(f.config)
+  if f.bf16:
+    config.model.dtype = "bfloat16"
+  return config, device
+
+
 def torch_unet(config: ml_collections.ConfigDict):
   """diffusers' UNet2DModel with the architecture of ``config.model`` (the
   same mapping the exporter uses), fp32, train mode."""

@@ -28,17 +28,9 @@ from absl import app, flags
 import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("config", "tiny8", list(common.CONFIG_NAMES),
-                  "The benchmark config (see benchmarks/common.py).")
+common.define_shared_flags()
 flags.DEFINE_integer("num", 64, "Images per run (one batch).")
 flags.DEFINE_integer("timesteps", 100, "Steps of the chain (T).")
-flags.DEFINE_integer("repeats", 5, "Alternating timed runs per side.")
-flags.DEFINE_enum("torch_mode", "eager", ["eager", "compile"],
-                  "PyTorch eager, or the U-Net under torch.compile.")
-flags.DEFINE_string("torch_device", "auto", "cpu, cuda or auto.")
-flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
-                  "model.dtype=bfloat16 (float32 parameters and norms), "
-                  "PyTorch under torch.autocast(bfloat16).")
 
 
 def jax_side(config, num):
@@ -88,13 +80,7 @@ def torch_side(config, num, device):
 
 def main(argv):
   del argv
-  import torch
-  device = FLAGS.torch_device
-  if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-  config = common.get_config(FLAGS.config)
-  if FLAGS.bf16:
-    config.model.dtype = "bfloat16"
+  config, device = common.setup_from_flags()
   config.diffusion.num_timesteps = FLAGS.timesteps
   jax_first, jax_run = jax_side(config, FLAGS.num)
   torch_first, torch_run = torch_side(config, FLAGS.num, device)

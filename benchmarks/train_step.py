@@ -28,17 +28,9 @@ from absl import app, flags
 import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("config", "tiny8", list(common.CONFIG_NAMES),
-                  "The benchmark config (see benchmarks/common.py).")
+common.define_shared_flags()
 flags.DEFINE_integer("batch", None, "Batch size (default: the config's).")
 flags.DEFINE_integer("steps", 10, "Train steps per timed run.")
-flags.DEFINE_integer("repeats", 5, "Alternating timed runs per side.")
-flags.DEFINE_enum("torch_mode", "eager", ["eager", "compile"],
-                  "PyTorch eager, or the model under torch.compile.")
-flags.DEFINE_string("torch_device", "auto", "cpu, cuda or auto.")
-flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
-                  "model.dtype=bfloat16 (float32 parameters and norms), "
-                  "PyTorch under torch.autocast(bfloat16).")
 flags.DEFINE_enum("conv_backward", None, ["auto", "xla", "matmul"],
                   "Override config.model.conv_backward (ddpm_jax/models/"
                   "conv.py), e.g. 'xla' to time XLA's own gradient.")
@@ -137,13 +129,7 @@ def torch_side(config, batch_size, device):
 
 def main(argv):
   del argv
-  import torch
-  device = FLAGS.torch_device
-  if device == "auto":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-  config = common.get_config(FLAGS.config)
-  if FLAGS.bf16:
-    config.model.dtype = "bfloat16"
+  config, device = common.setup_from_flags()
   batch = int(FLAGS.batch or config.training.batch_size)
   config.training.batch_size = batch
   if FLAGS.conv_backward:
