@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import checkpoints, data, training
+from ddpm_jax import checkpoints, compilation, data, training
 from ddpm_jax.diffusion import q_sample
 from ddpm_jax.models.classifier import (NoisyClassifier,
                                         classifier_from_config, log_prob_fn)
@@ -87,7 +87,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str
   classifier = classifier_from_config(config.classifier)
   schedule = training.make_schedule(config)
   tx = optax.adam(config.optim.learning_rate)
-  params = init_params(config, classifier)
+  params = compilation.jit_once(lambda: init_params(config, classifier))()
   opt_state = tx.init(params)
   batches = data.create_input_iter(
       config, num_classes=int(config.classifier.num_classes))

@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ddpm_jax import (checkpoints, data, evaluation, guidance, images,
-                      losses, parallel, self_conditioning)
+from ddpm_jax import (checkpoints, compilation, data, evaluation, guidance,
+                      images, losses, parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
 from ddpm_jax.samplers import get_sampler, sampler_names
@@ -301,9 +301,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
                       ema_params=params, opt_state=tx.init(params))
 
   if mesh is None:
-    return jax.jit(init)()
+    return compilation.jit_once(init)()
   shardings = parallel.state_sharding(jax.eval_shape(init), mesh, fsdp)
-  return jax.jit(init, out_shardings=shardings)()
+  return compilation.jit_once(init, out_shardings=shardings)()
 
 
 def train_step(state: TrainState, batch: Any,

@@ -83,9 +83,13 @@ def test_cfg_is_eq6_of_the_two_passes(trained):
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
   t = jnp.asarray([0, 4, 9])
   labels = jnp.asarray([1, 5, 9])
-  cond = guidance.conditional_fn(model)(guidance.bundle(params, labels), x, t)
-  uncond = guidance.conditional_fn(model)(
-      guidance.bundle(params, jnp.full((3,), 10)), x, t)
+  # The two passes as cfg_fn runs them: one batch of 2B (XLA's CPU
+  # convolutions round differently for a batch of B, by ~1e-6, which eq. 6
+  # multiplies by up to 1 + 2w).
+  both = guidance.conditional_fn(model)(
+      guidance.bundle(params, jnp.concatenate([labels, jnp.full((3,), 10)])),
+      jnp.concatenate([x, x]), jnp.concatenate([t, t]))
+  cond, uncond = both[:3], both[3:]
   assert np.max(np.abs(cond - uncond)) > 1e-3
   for w in (0.0, 1.0, 3.5):
     got = guidance.cfg_fn(model, 1)(guidance.bundle(params, labels, w), x, t)
