@@ -20,9 +20,9 @@ everywhere else. Measured on 2 CPU cores, batch 64 (conv gradient, xla ->
 matmul): 32x32x32 287 -> 154 ms; 16x16x64 124 -> 103 ms; 16x16x32
 37 -> 42 ms; 8x8x64 26 -> 21 ms. Each matmul-backward layer also compiles
 0.3-0.5 s longer, which small layers do not win back in the short runs
-(tests, 8x8 digits) where compile time dominates. The parameters are ``nn.Conv``'s (``kernel``
-[kh, kw, C_in, C_out], ``bias`` [C_out]), so checkpoints do not depend on
-the choice.
+(tests, 8x8 digits) where compile time dominates. The parameters are
+``nn.Conv``'s (``kernel`` [kh, kw, C_in, C_out], ``bias`` [C_out]), so
+checkpoints do not depend on the choice.
 """
 
 from __future__ import annotations
