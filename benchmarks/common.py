@@ -72,9 +72,13 @@ def define_shared_flags() -> None:
 
 def setup_from_flags():
   """(config, torch device) from the shared flags: the named config, in
-  bfloat16 compute with --bf16; --torch_device auto -> cuda if present."""
+  bfloat16 compute with --bf16; --torch_device auto -> cuda if present.
+  JAX's CPU backend gets one device per core, as in the entry points
+  (``ddpm_jax.parallel.use_cpu_cores``; JAX_NUM_CPU_DEVICES=1 for one)."""
   import torch
   from absl import flags
+  from ddpm_jax import parallel
+  parallel.use_cpu_cores()
   f = flags.FLAGS
   device = f.torch_device
   if device == "auto":

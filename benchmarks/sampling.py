@@ -100,10 +100,12 @@ def main(argv):
   out["torch"]["mode"] = FLAGS.torch_mode
   for name in ("jax", "torch"):
     print(json.dumps(out[name]))
-  print(json.dumps(common.environment()))
+  env = common.environment()
+  print(json.dumps(env))
   ratio = out["torch"]["median_s"] / out["jax"]["median_s"]
   print(f"sample {FLAGS.config} {FLAGS.num} images x {FLAGS.timesteps} "
-        f"steps: jax {out['jax']['median_s']:.2f} s, torch "
+        f"steps: jax ({env['jax_devices']}) {out['jax']['median_s']:.2f} s, "
+        f"torch "
         f"({FLAGS.torch_mode}, {device}) {out['torch']['median_s']:.2f} s, "
         f"ratio jax/torch (speed) {ratio:.2f}")
 

@@ -35,8 +35,7 @@ flags.DEFINE_enum("conv_backward", None, ["auto", "xla", "matmul"],
                   "Override config.model.conv_backward (ddpm_jax/models/"
                   "conv.py), e.g. 'xla' to time XLA's own gradient.")
 flags.DEFINE_bool("jax_only", False, "Time the JAX side alone (the scaling "
-                  "check: run it with and without XLA_FLAGS="
-                  "--xla_force_host_platform_device_count=8).")
+                  "check: run it with JAX_NUM_CPU_DEVICES=1 and =8).")
 
 
 def jax_side(config, batch_size):
@@ -170,7 +169,7 @@ def main(argv):
           f"{out['jax']['img_per_s']:.1f} img/s on {env['jax_devices']}")
     return
   ratio = out["jax"]["img_per_s"] / out["torch"]["img_per_s"]
-  print(f"train {FLAGS.config} batch {batch}: jax "
+  print(f"train {FLAGS.config} batch {batch}: jax ({env['jax_devices']}) "
         f"{out['jax']['img_per_s']:.1f} img/s, torch ({FLAGS.torch_mode}, "
         f"{device}) {out['torch']['img_per_s']:.1f} img/s, "
         f"ratio jax/torch {ratio:.2f}")

@@ -1,5 +1,5 @@
-"""Shared plumbing of the command-line entry points: one-line errors and
-JAX's persistent compilation cache."""
+"""Shared plumbing of the command-line entry points: one-line errors,
+JAX's persistent compilation cache and one CPU device per core."""
 
 from __future__ import annotations
 
@@ -51,12 +51,16 @@ def enable_compilation_cache() -> None:
 
 
 def run(main) -> int:
-  """``absl.app.run(main)`` with flag errors reduced to one line and the
-  persistent compilation cache on (:func:`enable_compilation_cache`)."""
+  """``absl.app.run(main)`` with flag errors reduced to one line, the
+  persistent compilation cache on (:func:`enable_compilation_cache`) and
+  the CPU backend split into one device per core
+  (:func:`ddpm_jax.parallel.use_cpu_cores`)."""
   def quiet_main(argv):
     # Orbax logs every save at INFO; keep the console to progress and errors.
     logging.set_verbosity(logging.WARNING)
     enable_compilation_cache()
+    from ddpm_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.use_cpu_cores()
     return main(argv)
 
   def parse_flags(argv):

@@ -12,6 +12,16 @@ CACHE_DIR = os.environ.setdefault(
                  ".pytest_cache", "jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The entry points split the CPU into one JAX device per core
+# (ddpm_jax.parallel.use_cpu_cores). The tests' train.py / sample.py runs
+# keep one device unless a test sets XLA_FLAGS itself, so that they run the
+# same programs whatever the machine's core count; tests/test_parallel.py
+# checks the per-core rule.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS",
+                                                                ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=1"
+                             ).strip()
 # The digits judge (ddpm_jax.digits_classifier) is cached beside it.
 os.environ.setdefault(
     "DDPM_JAX_CACHE",

@@ -95,7 +95,7 @@ def test_checkpoints_move_between_device_counts(tmp_path):
           "--config.parallel.fsdp=True", env=eight)
   assert p.returncode == 0, p.stderr[-3000:]
   p = run("train.py", *common, "--config.training.num_steps=4",
-          env={"XLA_FLAGS": ""})
+          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
   assert p.returncode == 0, p.stderr[-3000:]
   assert "at step 2" in p.stdout
   p = run("train.py", *common, "--config.training.num_steps=6", env=eight)
@@ -103,3 +103,31 @@ def test_checkpoints_move_between_device_counts(tmp_path):
   assert "at step 4" in p.stdout
   assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints"))
                 ) == [2, 4, 6]
+
+
+def test_cpu_device_count_is_a_power_of_two_per_core():
+  assert [parallel.cpu_device_count(c) for c in (1, 2, 3, 4, 6, 8, 12, 64)
+          ] == [1, 2, 2, 4, 4, 8, 8, parallel.MAX_CPU_DEVICES]
+
+
+_COUNT = ("from ddpm_jax import parallel; import jax; "
+          "print(parallel.use_cpu_cores(), jax.device_count())")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "auto"),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, "None 3"),
+    ({"JAX_NUM_CPU_DEVICES": "5"}, "None 5"),
+])
+def test_use_cpu_cores_unless_the_count_is_chosen(env, expected):
+  # What the entry points call before JAX starts (ddpm_jax/cli.py).
+  base = {k: v for k, v in os.environ.items()
+          if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  p = subprocess.run([sys.executable, "-c", _COUNT], cwd=ROOT,
+                     env=dict(base, JAX_PLATFORMS="cpu", **env),
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  if expected == "auto":
+    n = parallel.cpu_device_count(len(os.sched_getaffinity(0)))
+    expected = f"{n} {n}"
+  assert p.stdout.split()[-2:] == expected.split()
