@@ -43,9 +43,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.model.act = "swish"
   config.model.dtype = "float32"
   # How the stride-1 convolutions are differentiated (ddpm_jax/models/
-  # conv.py): 'auto' = 'matmul' on the CPU for layers of 32x32 and more
-  # (about 2x faster there), XLA's own gradient ('xla') elsewhere and on
-  # GPUs and TPUs. Same parameters and output.
+  # conv.py): 'auto' = XLA's own gradient ('xla', the fastest measured on
+  # CPU, GPU and TPU) or 'matmul' (patches^T dy). Same parameters and output.
   config.model.conv_backward = "auto"
   # Self-conditioning: the U-Net also sees its own x_0 estimate (2C input
   # channels); see ddpm_jax/self_conditioning.py.

@@ -55,14 +55,11 @@ def test_module_is_nn_conv_whatever_the_backward():
         jax.random.PRNGKey(2), x)) == jax.tree_util.tree_map(jnp.shape,
                                                              params)
     np.testing.assert_array_equal(mod.apply(params, x), ref.apply(params, x))
-  big = conv.MATMUL_MIN_PIXELS
-  assert conv.resolve_backward("auto", big) == (
-      "matmul" if jax.default_backend() == "cpu" else "xla")
-  assert conv.resolve_backward("auto", big - 1) == "xla"
-  assert conv.resolve_backward("matmul", 1) == "matmul"
-  assert conv.resolve_backward("xla", big) == "xla"
+  assert conv.resolve_backward("auto") == "xla"
+  assert conv.resolve_backward("matmul") == "matmul"
+  assert conv.resolve_backward("xla") == "xla"
   with pytest.raises(ValueError, match="conv backward"):
-    conv.resolve_backward("fast", big)
+    conv.resolve_backward("fast")
 
 
 def test_unet_gradient_is_the_same_with_either_backward():

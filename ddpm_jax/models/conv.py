@@ -1,10 +1,10 @@
-"""Stride-1 'SAME' convolutions whose gradient XLA's CPU backend runs fast.
+"""Stride-1 'SAME' convolutions with a choice of gradient.
 
-XLA on the CPU runs a forward convolution well, but its gradient with
-respect to the kernel (lowered as another convolution, over the batch) is
-several times slower than PyTorch's on the U-Net's 32x32 layers: most of
-a CPU training step went there. ``backward='matmul'`` keeps XLA's forward
-convolution and computes the backward pass from two well-optimised pieces:
+On 2026-11-25 XLA's CPU gradient of a 3x3 convolution with respect to the
+kernel (lowered as another convolution, over the batch) measured several
+times slower than PyTorch's on the U-Net's 32x32 layers.
+``backward='matmul'`` keeps XLA's forward convolution and computes the
+backward pass from two well-optimised pieces:
 
 - d x: the convolution of d y with the kernel flipped in space and with
   its in/out axes swapped (a forward convolution);
@@ -13,16 +13,17 @@ convolution and computes the backward pass from two well-optimised pieces:
 
 Both are the exact gradient (the same sums in another order); the tests
 compare them with ``jax.grad`` of ``lax.conv_general_dilated``.
-``backward='xla'`` is XLA's own gradient (best on GPUs and TPUs, where
-cuDNN / the TPU compiler handle it). ``'auto'`` picks 'matmul' on the CPU
-for layers of at least ``MATMUL_MIN_PIXELS`` (32x32) positions and 'xla'
-everywhere else. Measured on 2 CPU cores, batch 64 (conv gradient, xla ->
-matmul): 32x32x32 287 -> 154 ms; 16x16x64 124 -> 103 ms; 16x16x32
-37 -> 42 ms; 8x8x64 26 -> 21 ms. Each matmul-backward layer also compiles
-0.3-0.5 s longer, which small layers do not win back in the short runs
-(tests, 8x8 digits) where compile time dominates. The parameters are
-``nn.Conv``'s (``kernel`` [kh, kw, C_in, C_out], ``bias`` [C_out]), so
-checkpoints do not depend on the choice.
+``backward='xla'`` is XLA's own gradient. ``'auto'`` (the default) is
+'xla' on every backend: it was 'matmul' on the CPU for 32x32 layers until
+2026-12-02, when an in-process A/B on 2 CPU cores (jax 0.10.2, the same
+version, whose CPU backend runs convolutions through YNNPACK) found XLA's
+gradient faster, against the earlier separate-process figures:
+one conv's gradient (xla / matmul) 56 / 95 ms at 64x32x32x32, 46 / 62 ms at
+64x16x16x64, and the tiny32 U-Net's train step 41.9 / 23.6 img/s
+(docs/benchmarks.md). 'matmul' stays for CPU builds where XLA's kernel
+gradient is the slow part. The parameters are ``nn.Conv``'s (``kernel``
+[kh, kw, C_in, C_out], ``bias`` [C_out]), so checkpoints do not depend on
+the choice.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ import jax
 import jax.numpy as jnp
 
 BACKWARDS = ("auto", "xla", "matmul")
-# 'auto' uses the matmul backward on the CPU from this many positions
-# (H * W) of a layer's input up.
-MATMUL_MIN_PIXELS = 32 * 32
 
 
 def _conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
@@ -80,17 +78,13 @@ def _conv_bwd(res: Tuple[jnp.ndarray, jnp.ndarray], dy: jnp.ndarray):
 conv_matmul_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
-def resolve_backward(backward: str, pixels: int) -> str:
-  """The backward used for a layer whose input has ``pixels`` (H * W)
-  positions: 'auto' -> 'matmul' on the CPU from ``MATMUL_MIN_PIXELS`` up,
-  'xla' otherwise and on other backends."""
+def resolve_backward(backward: str) -> str:
+  """The backward a layer uses: 'auto' -> 'xla' (see the module
+  docstring), 'xla' and 'matmul' as named."""
   if backward not in BACKWARDS:
     raise ValueError(f"conv backward must be one of {BACKWARDS}, got "
                      f"{backward!r}")
-  if backward == "auto":
-    return ("matmul" if jax.default_backend() == "cpu"
-            and pixels >= MATMUL_MIN_PIXELS else "xla")
-  return backward
+  return "xla" if backward == "auto" else backward
 
 
 class Conv(nn.Module):
@@ -112,7 +106,7 @@ class Conv(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,),
                       jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if resolve_backward(self.backward, x.shape[1] * x.shape[2]) == "matmul":
+    if resolve_backward(self.backward) == "matmul":
       y = conv_matmul_grad(x, kernel)
     else:
       y = _conv(x, kernel)
