@@ -543,9 +543,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lead = jax.process_index() == 0
   bs = int(config.training.batch_size)
   if bs % mesh.size:
+    hint = (" (or JAX_NUM_CPU_DEVICES=1 for one CPU device)"
+            if jax.default_backend() == "cpu" else "")
     raise ConfigError(f"config field training.batch_size={bs} is invalid: "
                       f"set --config.training.batch_size to a multiple of "
-                      f"the {mesh.size} devices")
+                      f"the {mesh.size} devices{hint}")
   fsdp = bool(config.get("parallel", {}).get("fsdp", False))
   manager = checkpoints.checkpoint_manager(workdir,
                                            config.training.max_to_keep)

@@ -131,3 +131,15 @@ def test_use_cpu_cores_unless_the_count_is_chosen(env, expected):
     n = parallel.cpu_device_count(len(os.sched_getaffinity(0)))
     expected = f"{n} {n}"
   assert p.stdout.split()[-2:] == expected.split()
+
+
+def test_batch_not_divisible_by_the_devices_is_a_one_line_error(tmp_path):
+  from tests.test_train_cli import TINY, error_line, run
+  wd = tmp_path / "run"
+  p = run("train.py", *TINY, "--workdir", str(wd),
+          "--config.training.batch_size=3",
+          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  line = error_line(p)
+  assert "training.batch_size=3" in line and "2 devices" in line, line
+  assert "JAX_NUM_CPU_DEVICES=1" in line, line
+  assert not (wd / "checkpoints").exists()
