@@ -105,8 +105,8 @@ def main(argv):
   ratio = out["torch"]["median_s"] / out["jax"]["median_s"]
   print(f"sample {FLAGS.config} {FLAGS.num} images x {FLAGS.timesteps} "
         f"steps: jax ({env['jax_devices']}) {out['jax']['median_s']:.2f} s, "
-        f"torch "
-        f"({FLAGS.torch_mode}, {device}) {out['torch']['median_s']:.2f} s, "
+        f"torch ({FLAGS.torch_mode}, {device}) "
+        f"{out['torch']['median_s']:.2f} s, "
         f"ratio jax/torch (speed) {ratio:.2f}")
 
 

@@ -38,6 +38,14 @@ def cpu_device_count(cores: int) -> int:
   return n
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may run on (its affinity mask on Linux)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
 def use_cpu_cores() -> Optional[int]:
   """Makes JAX's CPU backend one device per core (:func:`cpu_device_count`)
   and returns that count; None, changing nothing, where the count is
@@ -55,11 +63,7 @@ def use_cpu_cores() -> Optional[int]:
       or os.environ.get("JAX_NUM_CPU_DEVICES")
       or jax.config.jax_num_cpu_devices >= 0):
     return None
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:  # not on Linux
-    cores = os.cpu_count() or 1
-  n = cpu_device_count(cores)
+  n = cpu_device_count(usable_cores())
   jax.config.update("jax_num_cpu_devices", n)
   return n
 
