@@ -28,7 +28,8 @@ from jax.sharding import Mesh
 from ddpm_jax import (checkpoints, compilation, data, evaluation, guidance,
                       images, losses, parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
-from ddpm_jax.models.unet import ACTIVATIONS, UNet, eps_fn, unet_from_config
+from ddpm_jax.models.unet import (ACTIVATIONS, DROPOUT_RNGS, UNet, eps_fn,
+                                  unet_from_config)
 from ddpm_jax.samplers import get_sampler, sampler_names
 from ddpm_jax.spacing import SPACINGS
 from ddpm_jax.schedules import (DiffusionSchedule, beta_schedule_names,
@@ -136,6 +137,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        f"one of {sorted(ACTIVATIONS)}"),
       ("model.downsample_padding",
        config.model.get("downsample_padding", 0) in (0, 1), "0 or 1"),
+      ("model.dropout_rng_impl",
+       config.model.get("dropout_rng_impl", "threefry4x32") in DROPOUT_RNGS,
+       f"one of {DROPOUT_RNGS} (the generator of the dropout masks)"),
       ("model.dtype", config.model.get("dtype", "float32") in COMPUTE_DTYPES,
        f"one of {COMPUTE_DTYPES} (the compute dtype; params stay float32)"),
   ]

@@ -51,6 +51,7 @@ def test_custom_betas_are_a_valid_schedule():
     ("act", "tanh", "model.act='tanh'"),
     ("downsample_padding", 2, "model.downsample_padding=2"),
     ("attn_head_dim", 48, "model.attn_head_dim=48"),
+    ("dropout_rng_impl", "philox4x32", "model.dropout_rng_impl='philox4x32'"),
 ])
 def test_bad_model_fields(field, value, match):
   config = digits.get_config()

@@ -1,5 +1,6 @@
 """The paper's U-Net: parameter counts, shapes, the original's init."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from configs import celebahq256, cifar10, digits
 from ddpm_jax import training
-from ddpm_jax.models.unet import UNet, eps_fn, timestep_embedding
+from ddpm_jax.models.unet import Dropout, UNet, eps_fn, timestep_embedding
 
 
 def param_count(config):
@@ -86,3 +87,49 @@ def test_bad_resolution_is_refused():
 
 def test_digits_config_is_small():
   assert param_count(digits.get_config()) < 2_000_000
+
+
+class _Block(nn.Module):
+  """A module holding one dropout layer, as the residual blocks do."""
+  layer: type
+  rng_impl: str = ""
+
+  @nn.compact
+  def __call__(self, x):
+    if self.layer is nn.Dropout:
+      return nn.Dropout(0.3)(x, deterministic=False)
+    return Dropout(0.3, self.rng_impl)(x, deterministic=False)
+
+
+def _dropped(layer, rng_impl="", shape=(8, 16, 16, 32), seed=0):
+  x = jnp.ones(shape)
+  return _Block(layer, rng_impl).apply({}, x, rngs={
+      "dropout": jax.random.PRNGKey(seed)})
+
+
+def test_dropout_threefry2x32_is_flax_dropout_bit_for_bit():
+  np.testing.assert_array_equal(_dropped(Dropout, "threefry2x32"),
+                                _dropped(nn.Dropout))
+
+
+def test_dropout_threefry4x32_masks():
+  y = np.asarray(_dropped(Dropout, "threefry4x32"))
+  kept = y != 0
+  # Kept values are scaled by 1 / keep_prob, as nn.Dropout's.
+  np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
+  # 65536 Bernoulli(0.7) draws: the kept fraction within 5 sigma.
+  n = y.size
+  assert abs(kept.mean() - 0.7) < 5 * np.sqrt(0.7 * 0.3 / n)
+  # Another generator than nn.Dropout's, and it follows the key.
+  assert (kept != (np.asarray(_dropped(nn.Dropout)) != 0)).mean() > 0.3
+  assert (kept != (np.asarray(_dropped(Dropout, "threefry4x32", seed=1))
+                   != 0)).mean() > 0.3
+  # Independent across positions: neighbours agree as often as chance does.
+  flat = kept.reshape(-1)
+  agree = (flat[1:] == flat[:-1]).mean()
+  assert abs(agree - (0.7**2 + 0.3**2)) < 0.02
+
+
+def test_dropout_rng_impl_is_checked():
+  with pytest.raises(ValueError, match="model.dropout_rng_impl"):
+    _dropped(Dropout, "philox4x32")

@@ -65,6 +65,50 @@ def activation(name: str):
   return ACTIVATIONS[name]
 
 
+DROPOUT_RNGS = ("threefry4x32", "threefry2x32")
+
+
+def _is_typed_key(key: jax.Array) -> bool:
+  return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout (``nn.Dropout``'s semantics and rng stream) whose
+  keep-mask bits come from the PRNG ``rng_impl``.
+
+  The key is the one ``nn.Dropout`` would draw (``make_rng('dropout')`` of a
+  module of the same name). 'threefry2x32' uses it as it is: ``nn.Dropout``
+  bit for bit. 'threefry4x32' (the default: Threefry-4x32-20, the 4-word
+  member of the same Random123 family) takes the 128 bits of its
+  ``split`` into two keys. JAX lowers threefry2x32 on the CPU as a rolled
+  loop that XLA cannot fuse; on 2 CPU cores the mask of a 64x32x32x32
+  activation costs 14.5 ms with it and 3.2 ms with threefry4x32
+  (docs/benchmarks.md). Both are counter-based, so the mask does not
+  depend on how the batch is sharded. (JAX's Philox generators, as fast,
+  fail to compile on a sharded batch in jax 0.10.2.)
+  """
+  rate: float
+  rng_impl: str = "threefry4x32"
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+    if self.rng_impl not in DROPOUT_RNGS:
+      raise ValueError(f"model.dropout_rng_impl must be one of "
+                       f"{DROPOUT_RNGS}, got {self.rng_impl!r}")
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    key = self.make_rng("dropout")
+    if self.rng_impl == "threefry4x32":
+      pair = jax.random.split(key)
+      data = jax.random.key_data(pair) if _is_typed_key(pair) else pair
+      key = jax.random.wrap_key_data(data.reshape(4), impl="threefry4x32")
+    keep_prob = 1.0 - self.rate
+    keep = jax.random.bernoulli(key, keep_prob, x.shape)
+    return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
+
 def _norm(num_groups: int, eps: float, name: str) -> GroupNorm:
   # Two-pass variance, as PyTorch and TF compute it (ddpm_jax/models/norm.py).
   return GroupNorm(num_groups=num_groups, epsilon=eps, name=name)
@@ -80,6 +124,7 @@ class ResnetBlock(nn.Module):
   act: str = "swish"
   dtype: Any = jnp.float32
   conv_backward: str = "auto"
+  dropout_rng_impl: str = "threefry4x32"
 
   @nn.compact
   def __call__(self, x, temb, train: bool = False):
@@ -90,7 +135,8 @@ class ResnetBlock(nn.Module):
     h = h + nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
                      name="temb_proj")(act(temb))[:, None, None, :]
     h = act(_norm(self.num_groups, self.norm_eps, "norm2")(h))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dropout(self.dropout, self.dropout_rng_impl)(
+        h, deterministic=not train)
     h = Conv(self.out_ch, kernel_init=zeros_init, dtype=self.dtype,
              backward=self.conv_backward, name="conv2")(h)
     if x.shape[-1] != self.out_ch:
@@ -183,7 +229,9 @@ class UNet(nn.Module):
   embedding, ``downsample_padding`` and the residual blocks' ``act``.
 
   ``conv_backward`` chooses how the stride-1 convolutions are
-  differentiated (:mod:`ddpm_jax.models.conv`; same parameters and output).
+  differentiated (:mod:`ddpm_jax.models.conv`; same parameters and output),
+  ``dropout_rng_impl`` the generator of the dropout masks
+  (:class:`Dropout`).
 
   ``num_classes`` > 0 makes it class-conditional: a learned embedding of
   the label (``num_classes`` rows, plus a null class at index
@@ -207,6 +255,7 @@ class UNet(nn.Module):
   dtype: Any = jnp.float32
   num_classes: int = 0
   conv_backward: str = "auto"
+  dropout_rng_impl: str = "threefry4x32"
 
   @nn.compact
   def __call__(self, x, t, train: bool = False, labels=None):
@@ -219,7 +268,8 @@ class UNet(nn.Module):
                               num_groups=self.num_groups,
                               norm_eps=self.norm_eps, act=self.act,
                               dtype=self.dtype,
-                              conv_backward=self.conv_backward)
+                              conv_backward=self.conv_backward,
+                              dropout_rng_impl=self.dropout_rng_impl)
     attn = functools.partial(AttnBlock, num_groups=self.num_groups,
                              norm_eps=self.norm_eps,
                              head_dim=self.attn_head_dim, dtype=self.dtype)
@@ -292,7 +342,9 @@ def unet_from_config(model_cfg, image_channels: int,
               act=model_cfg.get("act", "swish"),
               dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
               num_classes=int(model_cfg.get("num_classes", 0)),
-              conv_backward=model_cfg.get("conv_backward", "auto"))
+              conv_backward=model_cfg.get("conv_backward", "auto"),
+              dropout_rng_impl=model_cfg.get("dropout_rng_impl",
+                                             "threefry4x32"))
 
 
 @functools.lru_cache(maxsize=None)
