@@ -43,6 +43,9 @@ def jax_side(config, num):
       config, model, training.make_optimizer(config)).ema_params
   apply_fn, betas = training.eps_fn(model), training.make_betas(config)
   draw, mesh = get_sampler("ddpm"), parallel.make_mesh()
+  # On the devices before timing, as the PyTorch U-Net is (and as
+  # training.generate places them once for all its batches).
+  params = parallel.on_mesh(params, mesh)
   shape = (num, config.data.image_size, config.data.image_size,
            config.data.channels)
 

@@ -488,6 +488,8 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   betas, options = make_betas(config), sampler_options(config)
   batch = -(-int(batch_size) // mesh.size) * mesh.size
   key = jax.random.PRNGKey(seed)
+  # Placed once, not once per batch (the sampler leaves placed arrays be).
+  params = parallel.on_mesh(params, mesh)
   apply_fn, inputs_for = _guided(config, model, params)
   if config.sampling.get("classifier", ""):
     options["clip_denoised"] = False  # the guided apply_fn clips first
