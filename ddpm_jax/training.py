@@ -23,12 +23,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from ddpm_jax import (checkpoints, compilation, data, evaluation, guidance,
                       images, losses, parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
-from ddpm_jax.models.unet import (ACTIVATIONS, DROPOUT_RNGS, UNet, eps_fn,
+from ddpm_jax.models.unet import (ACTIVATIONS, DROPOUT_RNGS, UNet,
+                                  dropout_over_batch_shards, eps_fn,
                                   unet_from_config)
 from ddpm_jax.samplers import get_sampler, sampler_names
 from ddpm_jax.spacing import SPACINGS
@@ -315,7 +317,7 @@ def train_step(state: TrainState, batch: Any,
                skip_nonfinite: bool = False,
                loss_options: Optional[Dict[str, Any]] = None,
                self_condition: bool = False, num_classes: int = 0,
-               label_dropout: float = 0.0
+               label_dropout: float = 0.0, grad_mesh: Optional[Mesh] = None
                ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
   """One Adam step on the objective and one EMA update. Pure; jit it with
   ``apply_fn``, ``tx``, ``ema_decay`` and ``loss_options`` bound.
@@ -328,6 +330,10 @@ def train_step(state: TrainState, batch: Any,
   :func:`ddpm_jax.guidance.conditional_fn`) takes ``batch`` as
   ``{'image', 'label'}``; each label becomes the null class with
   probability ``label_dropout``.
+
+  With ``grad_mesh`` (replicated params, the batch split over its data
+  axis) each device differentiates the loss of its slice and the gradients
+  are summed as one flat buffer (:func:`_flat_reduced_grads`).
 
   ``metrics['finite']`` says whether the loss and gradient were finite; with
   ``skip_nonfinite`` a non-finite step leaves params, EMA and optimizer
@@ -345,18 +351,27 @@ def train_step(state: TrainState, batch: Any,
   t = jax.random.randint(key_t, (batch.shape[0],), 0, schedule.num_timesteps)
   noise = jax.random.normal(key_n, batch.shape, jnp.float32)
 
-  def objective(model_params):
+  # The arrays every example shares (passed explicitly, for shard_map).
+  shared = (schedule, key_dropout, jax.random.fold_in(key, 2))
+
+  def per_example(model_params, shared, batch, t, noise, labels):
+    schedule, key_dropout, key_coin = shared
     params = (model_params if labels is None else
               guidance.bundle(model_params, labels))
     if self_condition:
-      return jnp.mean(self_conditioning.loss_per_example(
+      return self_conditioning.loss_per_example(
           params, apply_fn, schedule, batch, t, noise, key_dropout,
-          jax.random.fold_in(key, 2), **(loss_options or {})))
-    return jnp.mean(losses.loss_per_example(
+          key_coin, **(loss_options or {}))
+    return losses.loss_per_example(
         params, apply_fn, schedule, batch, t, noise, key_dropout,
-        **(loss_options or {})))
+        **(loss_options or {}))
 
-  loss, grads = jax.value_and_grad(objective)(state.params)
+  if grad_mesh is None or grad_mesh.size == 1:
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean(per_example(
+        p, shared, batch, t, noise, labels)))(state.params)
+  else:
+    loss, grads = _flat_reduced_grads(per_example, grad_mesh, state.params,
+                                      shared, (batch, t, noise, labels))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = jax.tree_util.tree_map(
@@ -371,6 +386,49 @@ def train_step(state: TrainState, batch: Any,
         lambda new, old: jnp.where(finite, new, old), new_state,
         state.replace(step=state.step + 1))
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+
+def _flat_reduced_grads(per_example, mesh: Mesh, params: Any, shared: Any,
+                        batch_args: Tuple[Any, ...]):
+  """(mean loss, its gradient) over a batch split on ``mesh``'s data axis:
+  each device differentiates the sum of its examples' losses / the batch
+  size, and one all-reduce sums the gradients raveled into one buffer.
+
+  XLA's own placement all-reduces every parameter's gradient apart; the CPU
+  backend's in-process collectives then meet once per array. For the
+  digits U-Net's 208 arrays on 2 CPU devices that was 11-16 ms against
+  3-4 ms for the flat buffer (docs/benchmarks.md). The dropout masks are
+  the unsharded step's (``unet.dropout_over_batch_shards``), t and the
+  noise come in split, so the result is the 1-device step's up to the
+  order of the float32 sums (tests/test_parallel.py)."""
+  axis = parallel.DATA_AXIS
+  shards = mesh.shape[axis]
+  total = batch_args[0].shape[0]
+  present = tuple(a is not None for a in batch_args)
+  spec = jax.sharding.PartitionSpec(axis)
+
+  def local(params, shared, *args):
+    it = iter(args)
+    full = [next(it) if p else None for p in present]
+    with dropout_over_batch_shards(axis, shards):
+      loss, grads = jax.value_and_grad(
+          lambda p: jnp.sum(per_example(p, shared, *full)) / total)(params)
+    flat, unravel = ravel_pytree(grads)
+    loss, flat = jax.lax.psum((loss, flat), axis)
+    return loss, unravel(flat)
+
+  rep = jax.sharding.PartitionSpec()
+  args = tuple(a for a in batch_args if a is not None)
+  return jax.shard_map(local, mesh=mesh,
+                       in_specs=(rep, rep) + (spec,) * len(args),
+                       out_specs=(rep, rep), check_vma=False)(
+                           params, shared, *args)
+
+
+def _is_split(shardings: Any) -> bool:
+  """Whether any array of a pytree of shardings is split (FSDP)."""
+  return any(not s.is_fully_replicated
+             for s in jax.tree_util.tree_leaves(shardings))
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: UNet,
@@ -389,7 +447,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                          self_condition=self_conditioned(config),
                          num_classes=classes,
                          label_dropout=float(config.training.get(
-                             "label_dropout", 0.0)))
+                             "label_dropout", 0.0)),
+                         grad_mesh=None if _is_split(state_shardings)
+                         else mesh)
   rep = parallel.replicated(mesh)
   return jax.jit(fn,
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),

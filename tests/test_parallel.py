@@ -35,6 +35,11 @@ def test_sharded_params_equal_one_device(sharded_result, run):
     assert r["split_arrays"] > 0  # some arrays really are split
   else:
     assert r["split_arrays"] == 0
+    # Data-parallel: the gradients are summed as one flat buffer (plus the
+    # loss), not array by array; and with dropout on, so that the masks
+    # drawn inside the shard_map must be the 1-device step's.
+    assert r["reduced_arrays"] <= 2 < r["num_params"], r["reduced_arrays"]
+    assert r["dropout"] > 0
   for what in ("params", "ema"):
     for i, (diff, scale) in enumerate(r[what]):
       # 1e-5 relative to each array's scale. Gradients that are analytically

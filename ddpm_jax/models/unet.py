@@ -10,9 +10,10 @@ in the google/ddpm-* configuration (35,746,307 for CIFAR-10).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -72,6 +73,25 @@ def _is_typed_key(key: jax.Array) -> bool:
   return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
 
 
+# (axis name, shard count) while a shard_map over the batch is traced.
+_BATCH_SHARDS: List[Tuple[str, int]] = []
+
+
+@contextlib.contextmanager
+def dropout_over_batch_shards(axis_name: str, num_shards: int
+                              ) -> Iterator[None]:
+  """Within this context (entered while a ``shard_map`` body that holds
+  one of ``num_shards`` equal slices of the batch along ``axis_name`` is
+  traced), each :class:`Dropout` draws its mask for the whole batch and
+  keeps its own slice: the masks of the unsharded step, bit for bit. XLA
+  computes only the slice (the generators are counter-based)."""
+  _BATCH_SHARDS.append((axis_name, int(num_shards)))
+  try:
+    yield
+  finally:
+    _BATCH_SHARDS.pop()
+
+
 class Dropout(nn.Module):
   """Inverted dropout (``nn.Dropout``'s semantics and rng stream) whose
   keep-mask bits come from the PRNG ``rng_impl``.
@@ -105,7 +125,15 @@ class Dropout(nn.Module):
       data = jax.random.key_data(pair) if _is_typed_key(pair) else pair
       key = jax.random.wrap_key_data(data.reshape(4), impl="threefry4x32")
     keep_prob = 1.0 - self.rate
-    keep = jax.random.bernoulli(key, keep_prob, x.shape)
+    if _BATCH_SHARDS:
+      axis, shards = _BATCH_SHARDS[-1]
+      rows = x.shape[0]
+      keep = jax.random.bernoulli(key, keep_prob,
+                                  (shards * rows,) + x.shape[1:])
+      keep = jax.lax.dynamic_slice_in_dim(
+          keep, jax.lax.axis_index(axis) * rows, rows, axis=0)
+    else:
+      keep = jax.random.bernoulli(key, keep_prob, x.shape)
     return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
 
 

@@ -5,6 +5,7 @@ with the config's Adam. Prints one JSON line: per parameter array, the
 largest difference to the 1-device run and the array's scale; the losses."""
 
 import json
+import re
 import sys
 
 import jax
@@ -37,11 +38,20 @@ def run(config, devices, fsdp, batches, optimizer):
   step = training.make_train_step(config, model, tx, mesh, shardings)
   schedule = jax.device_put(training.make_schedule(config),
                             parallel.replicated(mesh))
+  hlo = step.lower(state, parallel.global_batch(batches[0], mesh),
+                   schedule).compile().as_text()
   losses = []
   for b in batches:
     state, metrics = step(state, parallel.global_batch(b, mesh), schedule)
     losses.append(float(metrics["loss"]))
-  return jax.device_get(state), losses, split
+  return jax.device_get(state), losses, split, reduced_arrays(hlo)
+
+
+def reduced_arrays(hlo):
+  """How many arrays the compiled step's all-reduces sum, in all."""
+  return sum(len(re.findall(r"%[\w.-]+", line.split("all-reduce(", 1)[1]
+                            .split(")", 1)[0]))
+             for line in hlo.splitlines() if " all-reduce(" in line)
 
 
 def leaf_errors(a, b):
@@ -61,16 +71,18 @@ def main():
              for _ in range(num_steps)]
   result = {}
   for optimizer in ("sgd", "adam"):
-    ref, ref_losses, _ = run(config, jax.devices()[:1], False, batches,
-                             optimizer)
+    ref, ref_losses, _, _ = run(config, jax.devices()[:1], False, batches,
+                                optimizer)
     for name, fsdp in [("dp8", False), ("fsdp8", True)]:
-      state, losses, split = run(config, jax.devices(), fsdp, batches,
-                                 optimizer)
+      state, losses, split, reduced = run(config, jax.devices(), fsdp,
+                                          batches, optimizer)
       result[f"{optimizer}_{name}"] = {
           "params": leaf_errors(state.params, ref.params),
           "ema": leaf_errors(state.ema_params, ref.ema_params),
           "losses": losses, "ref_losses": ref_losses,
-          "split_arrays": split, "step": int(state.step)}
+          "split_arrays": split, "step": int(state.step),
+          "reduced_arrays": reduced, "dropout": config.model.dropout,
+          "num_params": len(jax.tree_util.tree_leaves(state.params))}
   print(json.dumps(result))
 
 
