@@ -425,10 +425,17 @@ def _flat_reduced_grads(per_example, mesh: Mesh, params: Any, shared: Any,
                            params, shared, *args)
 
 
-def _is_split(shardings: Any) -> bool:
-  """Whether any array of a pytree of shardings is split (FSDP)."""
-  return any(not s.is_fully_replicated
-             for s in jax.tree_util.tree_leaves(shardings))
+def _flat_grads_pay(mesh: Mesh, state_shardings: Any) -> bool:
+  """Whether the train step sums its gradients as one flat buffer
+  (:func:`_flat_reduced_grads`): on CPU devices, with the state replicated.
+  Not with FSDP (its gradients are reduce-scattered, not all-reduced), and
+  not on GPUs and TPUs, whose collectives take many arrays at once and
+  where XLA overlaps the per-array all-reduces with the backward pass
+  (one buffer at the end would wait for the whole backward pass)."""
+  split = any(not s.is_fully_replicated
+              for s in jax.tree_util.tree_leaves(state_shardings))
+  return (mesh.size > 1 and not split and
+          all(d.platform == "cpu" for d in mesh.devices.flat))
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: UNet,
@@ -448,8 +455,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                          num_classes=classes,
                          label_dropout=float(config.training.get(
                              "label_dropout", 0.0)),
-                         grad_mesh=None if _is_split(state_shardings)
-                         else mesh)
+                         grad_mesh=mesh if _flat_grads_pay(
+                             mesh, state_shardings) else None)
   rep = parallel.replicated(mesh)
   return jax.jit(fn,
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),
