@@ -795,8 +795,19 @@ class _StopOnSignal:
 
 
 def _summary_writer(workdir: str):
+  """A TensorBoard writer for ``workdir/tensorboard``, or None without
+  tensorboardX."""
+  # tensorboardX imports torch, when installed, only to accept its tensors
+  # (1.2 s and several hundred MB at every start); this writer is given
+  # Python floats, so torch is hidden while it loads.
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
+  finally:
+    if hide:
+      del sys.modules["torch"]
   return SummaryWriter(os.path.join(workdir, "tensorboard"))

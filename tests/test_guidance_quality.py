@@ -18,10 +18,14 @@ def short_config(num_classes):
   from configs import digits
   config = digits.get_config()
   config.model.num_classes = num_classes
+  config.model.num_res_blocks = 1
   config.training.num_steps = STEPS
   config.training.checkpoint_every = STEPS
   config.training.log_every = STEPS
   config.optim.warmup_steps = 50
+  # The end-of-training grid: one image (the judge samples its own).
+  config.sampling.num_samples = 1
+  config.sampling.batch_size = 1
   # Ancestral sampling with the betas respaced to 100 steps: DDIM at eta 0
   # judges worse on these 8x8 digits (docs/guidance.md).
   config.sampling.sampler = "ddpm"

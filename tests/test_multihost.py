@@ -107,48 +107,8 @@ def assert_same_losses(ref, job):
 
 @pytest.mark.slow
 def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
-  # 1. A 4-step job on 2 hosts x 2 devices against 1 host x 4 devices: the
-  # same program on the same mesh shape, but the cross-process sums go
-  # through gloo in another order, so gradients differ by rounding.
-  # The per-step losses agree to 1e-5. The parameters are held to 2e-4 of
-  # each array's scale (measured: 6.6e-5, in biases whose gradient is a
-  # sum with heavy cancellation); a wrong batch or a missing gradient
-  # all-reduce moves the zero-initialised arrays by O(1) of their scale.
-  # With Adam's default eps=1e-8, rounding noise in near-zero gradient
-  # entries becomes +-lr updates whose sign is chance (test_parallel.py
-  # explains it), so the config raises eps to 1e-3; test_parallel.py holds
-  # the sharded step itself to 1e-5 elementwise under SGD.
-  job, ref = str(tmp_path / "job"), str(tmp_path / "ref")
-  # The job also evaluates bits/dim at step 4 over both hosts' devices: 10
-  # images in batches of 6 and 4 (the 6 padded to 8 over 4 devices).
-  finish(start_job(job, "--config.training.num_steps=4",
-                   "--config.training.checkpoint_every=2",
-                   "--config.training.eval_every=4",
-                   "--config.training.eval_examples=10",
-                   "--config.training.eval_batch_size=6"))
-  single_process(ref, "--config.training.num_steps=4",
-                 "--config.training.checkpoint_every=2")
-  assert_same_state(saved_state(ref, 4), saved_state(job, 4), rel=2e-4)
-  assert_same_losses(ref, job)
-  # The same EMA params evaluated by one process: the bound agrees.
-  from tests.test_train_cli import read_scalars
-  logged = read_scalars(os.path.join(job, "tensorboard"))
-  p = subprocess.run([sys.executable, "evaluate.py", "--workdir", job,
-                      "--num=10", "--batch_size=6"], cwd=ROOT, env=env(4),
-                     capture_output=True, text=True, timeout=600)
-  assert p.returncode == 0, p.stderr[-3000:]
-  alone = json.loads(p.stdout.strip().splitlines()[-1])
-  assert alone["num_examples"] == 10 and logged["eval/num_examples"][4] == 10
-  for part in ("total", "prior", "decoder", "kl"):
-    np.testing.assert_allclose(logged[f"eval/bpd_{part}"][4], alone[part],
-                               rtol=1e-5, err_msg=part)
-  # Process 0 alone wrote the sample grid.
-  assert sorted(os.listdir(os.path.join(job, "samples"))) == [
-      "step_00000004.npz", "step_00000004.png"]
-
-  # 2. SIGTERM to the second host only: both agree on a step, save it and
-  # exit 0; the same command then ends where an uninterrupted job ends,
-  # exactly (same processes, same reduction order).
+  # 1. SIGTERM to the second host only, mid-run: both agree on a step,
+  # save it and exit 0.
   pre = str(tmp_path / "preempted")
   procs = start_job(pre, "--config.training.num_steps=100000",
                     "--config.training.checkpoint_every=100000",
@@ -169,11 +129,56 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
   assert step > 0
   assert os.listdir(os.path.join(pre, "checkpoints")) == [str(step)]
   total = step + 2
-  args = [f"--config.training.num_steps={total}",
-          "--config.training.checkpoint_every=100000",
-          "--config.training.sample_every=0"]
-  finish(start_job(pre, *args))
-  straight = str(tmp_path / "straight")
-  finish(start_job(straight, *args))
-  assert_same_state(saved_state(straight, total), saved_state(pre, total),
+
+  # 2. An uninterrupted job of `total` steps on 2 hosts x 2 devices against
+  # 1 host x 4 devices: the same program on the same mesh shape, but the
+  # cross-process sums go through gloo in another order, so gradients
+  # differ by rounding. The per-step losses agree to 1e-5. The parameters
+  # are held to 2e-4 of each array's scale (measured: 6.6e-5 after 4
+  # steps, in biases whose gradient is a sum with heavy cancellation); a
+  # wrong batch or a missing gradient all-reduce moves the zero-initialised
+  # arrays by O(1) of their scale. With Adam's default eps=1e-8, rounding
+  # noise in near-zero gradient entries becomes +-lr updates whose sign is
+  # chance (test_parallel.py explains it), so the config raises eps to
+  # 1e-3; test_parallel.py holds the sharded step itself to 1e-5
+  # elementwise under SGD.
+  # The job also evaluates bits/dim at its last step over both hosts'
+  # devices: 10 images in batches of 6 and 4 (the 6 padded to 8 over 4
+  # devices).
+  job, ref = str(tmp_path / "job"), str(tmp_path / "ref")
+  finish(start_job(job, f"--config.training.num_steps={total}",
+                   "--config.training.checkpoint_every=2",
+                   f"--config.training.eval_every={total}",
+                   "--config.training.eval_examples=10",
+                   "--config.training.eval_batch_size=6"))
+  single_process(ref, f"--config.training.num_steps={total}",
+                 "--config.training.checkpoint_every=2")
+  assert_same_state(saved_state(ref, total), saved_state(job, total),
+                    rel=2e-4)
+  assert_same_losses(ref, job)
+  # The same EMA params evaluated by one process: the bound agrees.
+  from tests.test_train_cli import read_scalars
+  logged = read_scalars(os.path.join(job, "tensorboard"))
+  p = subprocess.run([sys.executable, "evaluate.py", "--workdir", job,
+                      "--num=10", "--batch_size=6"], cwd=ROOT, env=env(4),
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  alone = json.loads(p.stdout.strip().splitlines()[-1])
+  assert alone["num_examples"] == 10
+  assert logged["eval/num_examples"][total] == 10
+  for part in ("total", "prior", "decoder", "kl"):
+    np.testing.assert_allclose(logged[f"eval/bpd_{part}"][total],
+                               alone[part], rtol=1e-5, err_msg=part)
+  # Process 0 alone wrote the sample grid.
+  assert sorted(os.listdir(os.path.join(job, "samples"))) == [
+      f"step_{total:08d}.npz", f"step_{total:08d}.png"]
+
+  # 3. The preempted job's command, run again to `total`, ends where the
+  # uninterrupted job of step 2 ends, exactly (same processes, same
+  # reduction order; its checkpoint, eval and sample settings do not touch
+  # the training state).
+  finish(start_job(pre, f"--config.training.num_steps={total}",
+                   "--config.training.checkpoint_every=100000",
+                   "--config.training.sample_every=0"))
+  assert_same_state(saved_state(job, total), saved_state(pre, total),
                     rel=1e-6)
