@@ -63,10 +63,10 @@ def test_guided_eps_is_algorithm_2(classifier_dir):
   b = {"params": params, "classifier": clf_params, "labels": y,
        "guidance": jnp.float32(3.0),
        "sqrt_one_minus_alphas_cumprod": sched.sqrt_one_minus_alphas_cumprod}
-  got = guidance.classifier_guided_fn(model, classifier, 1)(b, x, t)
-  eps = model.apply({"params": params}, x, t)
-  grad = jax.grad(lambda z: jnp.sum(log_prob_fn(classifier)(
-      clf_params, z, t, y)))(x)
+  got = jax.jit(guidance.classifier_guided_fn(model, classifier, 1))(b, x, t)
+  eps = jax.jit(model.apply)({"params": params}, x, t)
+  grad = jax.jit(jax.grad(lambda z: jnp.sum(log_prob_fn(classifier)(
+      clf_params, z, t, y))))(x)
   sigma = np.sqrt(1 - np.cumprod(1 - training.make_betas(config)))[
       np.asarray(t)].reshape(-1, 1, 1, 1)
   assert float(jnp.max(jnp.abs(grad))) > 0
@@ -91,10 +91,12 @@ def test_guided_eps_clips_x0_before_guidance(classifier_dir):
        "guidance": jnp.float32(2.0),
        "sqrt_alphas_cumprod": sched.sqrt_alphas_cumprod,
        "sqrt_one_minus_alphas_cumprod": sched.sqrt_one_minus_alphas_cumprod}
-  got = guidance.classifier_guided_fn(model, classifier, 1, True)(b, x, t)
-  eps = np.asarray(model.apply({"params": params}, x, t), np.float64)
-  grad = np.asarray(jax.grad(lambda z: jnp.sum(log_prob_fn(classifier)(
-      clf_params, z, t, y)))(x), np.float64)
+  got = jax.jit(guidance.classifier_guided_fn(model, classifier, 1, True))(
+      b, x, t)
+  eps = np.asarray(jax.jit(model.apply)({"params": params}, x, t),
+                   np.float64)
+  grad = np.asarray(jax.jit(jax.grad(lambda z: jnp.sum(log_prob_fn(
+      classifier)(clf_params, z, t, y))))(x), np.float64)
   abar = np.cumprod(1 - training.make_betas(config))[
       np.asarray(t)].reshape(-1, 1, 1, 1)
   xt = np.asarray(x, np.float64)

@@ -249,8 +249,9 @@ def test_every_objective_trains_and_samples(combo):
   model, tx = training.make_model(config), training.make_optimizer(config)
   schedule = training.make_schedule(config)
   state = training.create_train_state(config, model, tx)
-  out_ch = model.apply({"params": state.params}, jnp.zeros((1, 8, 8, 1)),
-                       jnp.zeros((1,), jnp.int32)).shape[-1]
+  out_ch = jax.eval_shape(model.apply, {"params": state.params},
+                          jnp.zeros((1, 8, 8, 1)),
+                          jnp.zeros((1,), jnp.int32)).shape[-1]
   assert out_ch == (2 if combo[1] else 1)
   step = jax.jit(functools.partial(
       training.train_step, apply_fn=eps_fn(model), tx=tx, ema_decay=0.5,

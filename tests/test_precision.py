@@ -37,8 +37,9 @@ def test_bf16_computes_in_bf16_and_keeps_fp32_where_it_matters():
                                         jnp.dtype(jnp.int32)}
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   t = jnp.array([3, 17])
-  out, inter = model.apply({"params": state.params}, x, t,
-                           capture_intermediates=True, mutable=True)
+  out, inter = jax.jit(lambda p: model.apply(
+      {"params": p}, x, t, capture_intermediates=True, mutable=True))(
+          state.params)
   assert out.dtype == jnp.float32
   kinds = {}
   for path, value in jax.tree_util.tree_flatten_with_path(
@@ -71,8 +72,8 @@ def test_bf16_output_and_step_close_to_fp32():
   keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
   params = jax.tree_util.tree_unflatten(treedef, [
       l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
-  a = eps_fn(model32)(params, x, t)
-  b = eps_fn(model16)(params, x, t)
+  a = jax.jit(eps_fn(model32))(params, x, t)  # eager: many seconds more
+  b = jax.jit(eps_fn(model16))(params, x, t)
   rel = float(jnp.linalg.norm(b - a) / jnp.linalg.norm(a))
   assert 1e-4 < rel < 3e-2, rel  # bf16 (8-bit mantissa) rounding, not fp32
 

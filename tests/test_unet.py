@@ -34,14 +34,14 @@ def test_forward_shapes_init_and_dropout():
                attn_resolutions=(4,), dropout=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
   t = jnp.array([0, 999])
-  params = model.init(jax.random.PRNGKey(1), x, t)["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x, t)["params"]
   names = set(params)
   assert {"down_1_attn_0", "mid_attn_1", "up_1_attn_0", "up_1_upsample",
           "down_0_downsample", "temb_dense0", "conv_out"} <= names
   assert "down_0_attn_0" not in names  # 8x8 is not an attention resolution
   # The original zero-initialises the output conv (and each branch's last
   # layer): the untrained network predicts eps = 0.
-  out = model.apply({"params": params}, x, t)
+  out = jax.jit(model.apply)({"params": params}, x, t)  # eager: ~4 s more
   assert out.shape == x.shape and out.dtype == jnp.float32
   assert float(jnp.abs(out).max()) == 0.0
   assert float(jnp.abs(params["down_0_block_0"]["conv2"]["kernel"]).max()) == 0
@@ -52,9 +52,10 @@ def test_forward_shapes_init_and_dropout():
       params)
   f = eps_fn(model)
   assert eps_fn(model) is f  # cached: jit sees one static function
-  a = f(params, x, t, None)
-  b = f(params, x, t, None)
-  c = f(params, x, t, jax.random.PRNGKey(3))
+  g = jax.jit(f)
+  a = g(params, x, t, None)
+  b = g(params, x, t, None)
+  c = g(params, x, t, jax.random.PRNGKey(3))
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
 
