@@ -1,8 +1,9 @@
 """Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8
 by tests/test_parallel.py: N train steps on 1 device, on 8 (batch split),
-and on 8 with FSDP, from the same state and batches, with SGD+momentum and
-with the config's Adam. Prints one JSON line: per parameter array, the
-largest difference to the 1-device run and the array's scale; the losses."""
+and on 8 with FSDP, from the same state and batches, with SGD+momentum
+behind the config's clipping and warmup; and the config's Adam on 1 and 8
+devices. Prints one JSON line: per parameter array, the largest difference
+to the 1-device run and the array's scale; the losses."""
 
 import json
 import re
@@ -29,8 +30,10 @@ def run(config, devices, fsdp, batches, optimizer):
   model = training.make_model(config)
   if optimizer == "adam":
     tx = training.make_optimizer(config)
-  else:
-    tx = optax.sgd(config.optim.learning_rate, momentum=0.9)
+  else:  # the config's optimizer with Adam swapped for SGD
+    tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip),
+                     optax.sgd(training.learning_rate_fn(config),
+                               momentum=0.9))
   state = training.create_train_state(config, model, tx, mesh, fsdp)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   split = sum(1 for s in jax.tree_util.tree_leaves(shardings)
@@ -73,10 +76,13 @@ def main():
   batches = [rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32)
              for _ in range(num_steps)]
   result = {}
-  for optimizer in ("sgd", "adam"):
+  # Adam with FSDP adds nothing that SGD with FSDP does not check: its
+  # update is elementwise on the same sharded arrays.
+  for optimizer, sharded in (("sgd", [("dp8", False), ("fsdp8", True)]),
+                             ("adam", [("dp8", False)])):
     ref, ref_losses, _, _ = run(config, jax.devices()[:1], False, batches,
                                 optimizer)
-    for name, fsdp in [("dp8", False), ("fsdp8", True)]:
+    for name, fsdp in sharded:
       state, losses, split, reduced = run(config, jax.devices(), fsdp,
                                           batches, optimizer)
       result[f"{optimizer}_{name}"] = {
