@@ -22,6 +22,11 @@ from kill_resume import flat, read_state  # pylint: disable=g-import-not-at-top,
 TINY = [
     "--config", "configs/digits.py", "--config.model.ch=32",
     "--config.model.num_res_blocks=1", "--config.diffusion.num_timesteps=20",
+    # One resolution level (with attention): what is tested is the job's
+    # distribution, and process 1 compiles every program at each start
+    # (JAX's persistent cache is written by process 0 alone, and on CPU
+    # its key differs between processes).
+    "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)",
     "--config.training.batch_size=8", "--config.training.log_every=1",
     "--config.sampling.num_samples=2", "--config.sampling.batch_size=2",
     "--config.optim.warmup_steps=2", "--config.training.max_to_keep=2",

@@ -94,7 +94,10 @@ def test_checkpoints_move_between_device_counts(tmp_path):
   from tests.test_train_cli import TINY, run
   wd = str(tmp_path / "run")
   eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  common = [*TINY, "--workdir", wd, "--config.training.sample_every=0",
+  # One resolution level (with attention): restoring is what is tested.
+  common = [*TINY, "--config.model.ch_mult=(1,)",
+            "--config.model.attn_resolutions=(8,)", "--workdir", wd,
+            "--config.training.sample_every=0",
             "--config.sampling.num_samples=1", "--config.sampling.batch_size=1"]
   p = run("train.py", *common, "--config.training.num_steps=2",
           "--config.parallel.fsdp=True", env=eight)

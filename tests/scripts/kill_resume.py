@@ -27,6 +27,8 @@ STEPS = 60  # --steps
 BASE_ARGS = [
     "--config", "configs/digits.py", "--config.model.ch=32",
     "--config.model.num_res_blocks=1", "--config.diffusion.num_timesteps=20",
+    # One resolution level: the kills and restarts are what is tested.
+    "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)",
     "--config.training.batch_size=8", "--config.training.log_every=1",
     "--config.training.checkpoint_every=1", "--config.training.max_to_keep=2",
     "--config.sampling.num_samples=1", "--config.sampling.batch_size=1",
