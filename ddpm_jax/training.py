@@ -285,15 +285,9 @@ def make_optimizer(config: ml_collections.ConfigDict
   return optax.chain(*chain)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: UNet,
-                       tx: optax.GradientTransformation,
-                       mesh: Optional[Mesh] = None,
-                       fsdp: bool = False) -> TrainState:
-  """Fresh parameters from ``config.seed``; EMA starts equal to them.
-
-  With ``mesh`` the state is created directly in its sharding (replicated,
-  or split over the data axis with ``fsdp``), never whole on one device.
-  """
+def _init_fn(config: ml_collections.ConfigDict, model: UNet,
+             tx: optax.GradientTransformation):
+  """The function that builds the initial :class:`TrainState`."""
   size, ch = config.data.image_size, config.data.channels
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x1417)
 
@@ -306,10 +300,39 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
                       rng=jax.random.PRNGKey(config.seed), params=params,
                       ema_params=params, opt_state=tx.init(params))
 
+  return init
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: UNet,
+                       tx: optax.GradientTransformation,
+                       mesh: Optional[Mesh] = None,
+                       fsdp: bool = False) -> TrainState:
+  """Fresh parameters from ``config.seed``; EMA starts equal to them.
+
+  With ``mesh`` the state is created directly in its sharding (replicated,
+  or split over the data axis with ``fsdp``), never whole on one device.
+  """
+  init = _init_fn(config, model, tx)
   if mesh is None:
     return compilation.jit_once(init)()
   shardings = parallel.state_sharding(jax.eval_shape(init), mesh, fsdp)
   return compilation.jit_once(init, out_shardings=shardings)()
+
+
+def train_state_shapes(config: ml_collections.ConfigDict, model: UNet,
+                       tx: optax.GradientTransformation,
+                       mesh: Optional[Mesh] = None,
+                       fsdp: bool = False) -> TrainState:
+  """The :class:`TrainState` that :func:`create_train_state` would build,
+  as ``jax.ShapeDtypeStruct`` leaves carrying their shardings (on the first
+  device without ``mesh``): a restore template that computes nothing."""
+  shapes = jax.eval_shape(_init_fn(config, model, tx))
+  if mesh is None:
+    mesh = parallel.make_mesh(jax.local_devices()[:1])
+  shardings = parallel.state_sharding(shapes, mesh, fsdp)
+  return jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      shapes, shardings)
 
 
 def train_step(state: TrainState, batch: Any,

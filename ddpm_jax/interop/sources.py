@@ -40,7 +40,7 @@ def load_workdir(workdir: str, use_ema: bool = True
           f"--workdir {workdir}) or pass another --workdir")
     model, tx = training.make_model(config), training.make_optimizer(config)
     state = checkpoints.restore_latest(
-        manager, training.create_train_state(config, model, tx)).state
+        manager, training.train_state_shapes(config, model, tx)).state
   finally:
     manager.close()
   params = state.ema_params if use_ema else state.params
