@@ -69,6 +69,13 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
   failures = []
   for step in steps:
     try:
+      # A checkpoint of another model is refused from its metadata, before
+      # a restore starts reads that would outlive the error.
+      mismatch = params_mismatch(
+          template, os.path.join(str(manager.directory), str(step),
+                                 STATE_ITEM))
+      if mismatch:
+        raise ValueError(mismatch)
       items = {STATE_ITEM: ocp.args.StandardRestore(template)}
       if os.path.isdir(os.path.join(str(manager.directory), str(step),
                                     DATA_ITEM)):
@@ -94,6 +101,46 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
     step, reason, e = failures[0]
     raise ValueError(f"checkpoint {step} in {manager.directory} cannot be "
                      f"restored: {reason[:300]}") from e
+  return None
+
+
+def _named_shapes(tree: Any) -> dict:
+  """{'a.b.c': shape} for every array of a nested dict."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return {".".join(str(getattr(k, "key", k)) for k in path):
+          tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def params_mismatch(template: Any, state_dir: str) -> Optional[str]:
+  """How the parameters saved in ``state_dir`` (a checkpoint's state item)
+  differ in names or shapes from ``template.params``, in one sentence; None
+  where they agree, or where the metadata cannot be read (the restore
+  itself then decides)."""
+  want = getattr(template, "params", None)
+  if want is None:
+    return None
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(state_dir).item_metadata["params"]
+    saved = _named_shapes(saved)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  want = _named_shapes(want)
+  only_saved = sorted(set(saved) - set(want))
+  only_want = sorted(set(want) - set(saved))
+  if only_saved or only_want:
+    parts = [f"{len(names)} only {where} (e.g. params.{names[0]})"
+             for names, where in ((only_saved, "in the checkpoint"),
+                                  (only_want, "in the config's model"))
+             if names]
+    return (f"its parameters are not those of the config's model: "
+            f"{'; '.join(parts)}; use the config that trained it")
+  for name in sorted(want):
+    if saved[name] != want[name]:
+      return (f"params.{name} has shape {saved[name]} in the checkpoint and "
+              f"{want[name]} in the config's model; use the config that "
+              f"trained it")
   return None
 
 

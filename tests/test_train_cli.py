@@ -3,6 +3,7 @@ resume, sample grids, and one-line errors for bad arguments."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,3 +233,27 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
   steps = os.listdir(os.path.join(wd, "checkpoints"))
   assert len(steps) == 1 and int(steps[0]) > 0, steps
   assert f"SIGTERM: saved the checkpoint of step {steps[0]}" in out + err
+  # The same workdir with another model: one line naming the array and the
+  # fix, before any read starts (no stray traceback at exit); the
+  # checkpoint and config.json are left as they were.
+  with open(os.path.join(wd, "config.json")) as f:
+    config_before = f.read()
+  line = error_line(run("train.py", *TINY, "--config.model.ch=64",
+                        "--workdir", wd, "--config.training.num_steps=3"))
+  assert "params.conv_in.bias has shape (32,)" in line, line
+  assert "use the config that trained it" in line
+  assert os.listdir(os.path.join(wd, "checkpoints")) == steps
+  with open(os.path.join(wd, "config.json")) as f:
+    assert f.read() == config_before
+  # sample.py on a workdir whose config.json names another model: the
+  # same line (restoring it used to leave asyncio tracebacks at exit).
+  other = str(tmp_path / "other")
+  shutil.copytree(wd, other)
+  edited = json.loads(config_before)
+  edited["model"]["ch"] = 64
+  with open(os.path.join(other, "config.json"), "w") as f:
+    json.dump(edited, f)
+  line = error_line(run("sample.py", "--workdir", other, "--out",
+                        str(tmp_path / "never")))
+  assert "params.conv_in.bias has shape (32,)" in line, line
+  assert not os.path.exists(str(tmp_path / "never") + ".npz")
