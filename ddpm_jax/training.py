@@ -821,7 +821,7 @@ def _summary_writer(workdir: str):
   """A TensorBoard writer for ``workdir/tensorboard``, or None without
   tensorboardX."""
   # tensorboardX imports torch, when installed, only to accept its tensors
-  # (1.2 s and several hundred MB at every start); this writer is given
+  # (1.2 s at every start on the CI machine); this writer is given
   # Python floats, so torch is hidden while it loads.
   hide = "torch" not in sys.modules
   if hide:
