@@ -18,6 +18,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "scripts"))
 from kill_resume import flat, read_state  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.test_train_cli import ONE_LEVEL  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = [
     "--config", "configs/digits.py", "--config.model.ch=32",
@@ -26,7 +27,7 @@ TINY = [
     # distribution, and process 1 compiles every program at each start
     # (JAX's persistent cache is written by process 0 alone, and on CPU
     # its key differs between processes).
-    "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)",
+    *ONE_LEVEL,
     "--config.training.batch_size=8", "--config.training.log_every=1",
     "--config.sampling.num_samples=2", "--config.sampling.batch_size=2",
     "--config.optim.warmup_steps=2", "--config.training.max_to_keep=2",
@@ -179,7 +180,7 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
       f"step_{total:08d}.npz", f"step_{total:08d}.png"]
 
   # 3. The preempted job's command, run again to `total`, ends where the
-  # uninterrupted job of step 2 ends, exactly (same processes, same
+  # uninterrupted job of part 2 ends, exactly (same processes, same
   # reduction order; its checkpoint, eval and sample settings do not touch
   # the training state).
   finish(start_job(pre, f"--config.training.num_steps={total}",

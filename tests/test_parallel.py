@@ -91,12 +91,11 @@ def test_fsdp_spec_picks_the_largest_divisible_axis():
 def test_checkpoints_move_between_device_counts(tmp_path):
   # Written by 8 devices with FSDP, resumed on 1, then on 8 again
   # (replicated): the checkpoint restores onto whatever mesh runs.
-  from tests.test_train_cli import TINY, run
+  from tests.test_train_cli import ONE_LEVEL, TINY, run
   wd = str(tmp_path / "run")
   eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   # One resolution level (with attention): restoring is what is tested.
-  common = [*TINY, "--config.model.ch_mult=(1,)",
-            "--config.model.attn_resolutions=(8,)", "--workdir", wd,
+  common = [*TINY, *ONE_LEVEL, "--workdir", wd,
             "--config.training.sample_every=0",
             "--config.sampling.num_samples=1", "--config.sampling.batch_size=1"]
   p = run("train.py", *common, "--config.training.num_steps=2",

@@ -20,6 +20,10 @@ TINY = [
     "--config.training.checkpoint_every=2", "--config.sampling.num_samples=4",
     "--config.sampling.batch_size=4", "--config.optim.warmup_steps=2"
 ]
+# TINY's U-Net with one resolution level (with attention), for tests of
+# distribution and restoring, where compile time is most of the cost.
+ONE_LEVEL = ["--config.model.ch_mult=(1,)",
+             "--config.model.attn_resolutions=(8,)"]
 
 
 def run(script, *args, env=None):
