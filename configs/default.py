@@ -116,6 +116,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.training.batch_size = 128
   config.training.num_steps = 800_000
   config.training.ema_decay = 0.9999
+  # Examples per forward/backward pass on each device, the gradient summed
+  # over the passes: -1 auto (CPU devices: a few at a time, which keeps
+  # the activations in cache, 1.7x faster on the tiny32 step; GPU/TPU: all
+  # at once), 0 all at once, n > 0 n at a time (one device, or CPU devices
+  # without fsdp). Same gradient up to float32 summation order.
+  config.training.microbatch_size = -1
   config.training.log_every = 100
   config.training.checkpoint_every = 10_000
   config.training.sample_every = 50_000  # 0: only at the end

@@ -30,7 +30,7 @@ from ddpm_jax import (checkpoints, compilation, data, evaluation, guidance,
                       images, losses, parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.models.unet import (ACTIVATIONS, DROPOUT_RNGS, UNet,
-                                  dropout_over_batch_shards, eps_fn,
+                                  dropout_over_batch_slice, eps_fn,
                                   unet_from_config)
 from ddpm_jax.samplers import get_sampler, sampler_names
 from ddpm_jax.spacing import SPACINGS
@@ -110,6 +110,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "guidance)"),
       ("training.label_dropout",
        0 <= config.training.get("label_dropout", 0.0) < 1, "in [0, 1)"),
+      ("training.microbatch_size",
+       config.training.get("microbatch_size", -1) >= -1,
+       "-1 (auto), 0 (each device's examples in one pass) or a positive "
+       "int"),
       ("sampling.sampler", config.sampling.get("sampler", "ddpm") in
        sampler_names(), f"one of {sampler_names()}"),
       ("sampling.steps", 0 <= config.sampling.get("steps", 0) <=
@@ -340,7 +344,8 @@ def train_step(state: TrainState, batch: Any,
                skip_nonfinite: bool = False,
                loss_options: Optional[Dict[str, Any]] = None,
                self_condition: bool = False, num_classes: int = 0,
-               label_dropout: float = 0.0, grad_mesh: Optional[Mesh] = None
+               label_dropout: float = 0.0, grad_mesh: Optional[Mesh] = None,
+               microbatch: int = 0
                ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
   """One Adam step on the objective and one EMA update. Pure; jit it with
   ``apply_fn``, ``tx``, ``ema_decay`` and ``loss_options`` bound.
@@ -357,6 +362,10 @@ def train_step(state: TrainState, batch: Any,
   With ``grad_mesh`` (replicated params, the batch split over its data
   axis) each device differentiates the loss of its slice and the gradients
   are summed as one flat buffer (:func:`_flat_reduced_grads`).
+  ``microbatch`` > 0 (one device, or with ``grad_mesh``): each device
+  takes its examples ``microbatch`` at a time and accumulates the gradient
+  (:func:`_slice_value_and_grad`); the same gradient up to the order of
+  its float32 sums.
 
   ``metrics['finite']`` says whether the loss and gradient were finite; with
   ``skip_nonfinite`` a non-finite step leaves params, EMA and optimizer
@@ -389,12 +398,17 @@ def train_step(state: TrainState, batch: Any,
         params, apply_fn, schedule, batch, t, noise, key_dropout,
         **(loss_options or {}))
 
-  if grad_mesh is None or grad_mesh.size == 1:
+  if grad_mesh is not None and grad_mesh.size > 1:
+    loss, grads = _flat_reduced_grads(per_example, grad_mesh, state.params,
+                                      shared, (batch, t, noise, labels),
+                                      microbatch)
+  elif microbatch:
+    loss, grads = _slice_value_and_grad(
+        per_example, state.params, shared, (batch, t, noise, labels),
+        total=batch.shape[0], first_row=0, microbatch=microbatch)
+  else:
     loss, grads = jax.value_and_grad(lambda p: jnp.mean(per_example(
         p, shared, batch, t, noise, labels)))(state.params)
-  else:
-    loss, grads = _flat_reduced_grads(per_example, grad_mesh, state.params,
-                                      shared, (batch, t, noise, labels))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = jax.tree_util.tree_map(
@@ -411,31 +425,77 @@ def train_step(state: TrainState, batch: Any,
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
+def _slice_value_and_grad(per_example, params: Any, shared: Any,
+                          batch_args: Tuple[Any, ...], *, total: int,
+                          first_row: Any, microbatch: int):
+  """(sum of the losses of the examples ``batch_args`` hold / ``total``,
+  its gradient): rows ``first_row`` onwards of a batch of ``total`` rows
+  (``None`` entries of ``batch_args`` stay None).
+
+  With ``0 < microbatch`` < the rows held, the rows go through the U-Net
+  ``microbatch`` at a time in one ``lax.scan`` and the gradients are
+  summed. On the CPU, where a pass over a few images keeps its
+  activations in cache, this is the fastest way through a large batch:
+  the tiny32 train step on 2 cores, 64 rows per device: 16-19 img/s in
+  one pass, 32-33 img/s in passes of 1-4 (docs/benchmarks.md). Dropout
+  masks are the whole batch's, sliced (``dropout_over_batch_slice``)."""
+  rows = jax.tree_util.tree_leaves(batch_args)[0].shape[0]
+
+  def value_and_grad(args, first):
+    def loss(p):
+      return jnp.sum(per_example(p, shared, *args)) / total
+    if rows == total and not microbatch:
+      return jax.value_and_grad(loss)(params)
+    with dropout_over_batch_slice(total, first):
+      return jax.value_and_grad(loss)(params)
+
+  if not microbatch or microbatch >= rows:
+    return value_and_grad(batch_args, first_row)
+  if rows % microbatch:
+    raise ValueError(f"microbatch {microbatch} does not divide the {rows} "
+                     f"rows of a device")
+  passes = rows // microbatch
+  split = jax.tree_util.tree_map(
+      lambda a: a.reshape((passes, microbatch) + a.shape[1:]), batch_args)
+
+  def one_pass(acc, xs):
+    i, args = xs
+    part = value_and_grad(args, first_row + i * microbatch)
+    return jax.tree_util.tree_map(jnp.add, acc, part), None
+
+  zero = (jnp.zeros((), jnp.float32),
+          jax.tree_util.tree_map(jnp.zeros_like, params))
+  (loss, grads), _ = jax.lax.scan(one_pass, zero,
+                                  (jnp.arange(passes), split))
+  return loss, grads
+
+
 def _flat_reduced_grads(per_example, mesh: Mesh, params: Any, shared: Any,
-                        batch_args: Tuple[Any, ...]):
+                        batch_args: Tuple[Any, ...], microbatch: int = 0):
   """(mean loss, its gradient) over a batch split on ``mesh``'s data axis:
   each device differentiates the sum of its examples' losses / the batch
-  size, and one all-reduce sums the gradients raveled into one buffer.
+  size (in passes of ``microbatch`` examples if > 0), and one all-reduce
+  sums the gradients raveled into one buffer.
 
   XLA's own placement all-reduces every parameter's gradient apart; the CPU
   backend's in-process collectives then meet once per array. For the
   digits U-Net's 208 arrays on 2 CPU devices that was 11-16 ms against
   3-4 ms for the flat buffer (docs/benchmarks.md). The dropout masks are
-  the unsharded step's (``unet.dropout_over_batch_shards``), t and the
+  the unsharded step's (``unet.dropout_over_batch_slice``), t and the
   noise come in split, so the result is the 1-device step's up to the
   order of the float32 sums (tests/test_parallel.py)."""
   axis = parallel.DATA_AXIS
-  shards = mesh.shape[axis]
   total = batch_args[0].shape[0]
   present = tuple(a is not None for a in batch_args)
   spec = jax.sharding.PartitionSpec(axis)
 
   def local(params, shared, *args):
     it = iter(args)
-    full = [next(it) if p else None for p in present]
-    with dropout_over_batch_shards(axis, shards):
-      loss, grads = jax.value_and_grad(
-          lambda p: jnp.sum(per_example(p, shared, *full)) / total)(params)
+    full = tuple(next(it) if p else None for p in present)
+    rows = full[0].shape[0]
+    loss, grads = _slice_value_and_grad(
+        per_example, params, shared, full, total=total,
+        first_row=jax.lax.axis_index(axis) * rows, microbatch=microbatch)
     flat, unravel = ravel_pytree(grads)
     loss, flat = jax.lax.psum((loss, flat), axis)
     return loss, unravel(flat)
@@ -461,12 +521,67 @@ def _flat_grads_pay(mesh: Mesh, state_shardings: Any) -> bool:
           all(d.platform == "cpu" for d in mesh.devices.flat))
 
 
+# The auto microbatch: at most this many bytes of a U-Net activation at
+# full resolution per pass.
+AUTO_MICROBATCH_BYTES = 256 << 10
+
+
+def microbatch_size(config: ml_collections.ConfigDict, mesh: Mesh,
+                    flat: bool) -> int:
+  """Examples per forward/backward pass on each device (0: all of the
+  device's examples in one pass); see :func:`_slice_value_and_grad`.
+
+  ``training.microbatch_size`` -1 (auto): on CPU devices, the largest
+  divisor of the examples per device that keeps one full-resolution
+  activation of the pass within ``AUTO_MICROBATCH_BYTES`` (at least 1;
+  0 when all of them fit); elsewhere 0 (GPUs and TPUs want large passes).
+  On 2 CPU cores: tiny32 (128 KiB per image) in passes of 2, 33 against
+  16-19 img/s in one pass of 64; tiny8 (8 KiB per image, 32 per device)
+  in one pass, where passes of 8 were slower (docs/benchmarks.md). ``flat``: whether the step differentiates
+  per device (one device, or :func:`_flat_grads_pay`); a positive size
+  needs it."""
+  size = int(config.training.get("microbatch_size", -1))
+  rows = int(config.training.batch_size) // mesh.size
+  per_device = mesh.size == 1 or flat
+  if size == -1:
+    if not per_device or any(d.platform != "cpu" for d in mesh.devices.flat):
+      return 0
+    m = config.model
+    per_example = (config.data.image_size**2 * m.ch * m.ch_mult[0] *
+                   jnp.dtype(m.get("dtype", "float32")).itemsize)
+    target = max(1, AUTO_MICROBATCH_BYTES // per_example)
+    size = max(d for d in range(1, min(target, rows) + 1) if rows % d == 0)
+    return 0 if size >= rows else size
+  if size and not per_device:
+    raise ConfigError(f"config field training.microbatch_size={size} is "
+                      f"invalid here: it applies to one device or CPU "
+                      f"devices without parallel.fsdp; set "
+                      f"--config.training.microbatch_size to -1 or 0")
+  if size and rows % size:
+    raise ConfigError(f"config field training.microbatch_size={size} is "
+                      f"invalid: it must divide the {rows} examples per "
+                      f"device (training.batch_size / {mesh.size} devices);"
+                      f" set --config.training.microbatch_size to a "
+                      f"divisor of {rows}, or -1")
+  return 0 if size >= rows else size
+
+
 def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                     tx: optax.GradientTransformation, mesh: Mesh,
                     state_shardings: Any):
   """:func:`train_step` jitted over ``mesh``: the batch split over the data
   axis, the state in ``state_shardings`` and donated, metrics replicated.
-  Call it as ``step(state, batch, schedule)``."""
+  Call it as ``step(state, batch, schedule)``.
+
+  With microbatches (:func:`microbatch_size`), a U-Net whose
+  ``conv_backward`` is 'auto' is differentiated by 'matmul': XLA's own
+  kernel gradient inside the ``lax.scan`` of the passes ran 10x slower on
+  the CPU (jax 0.10.2: 14.2 s against 1.4 s for 4 passes of 8 tiny32
+  images; docs/benchmarks.md). Same parameters, same function."""
+  flat = _flat_grads_pay(mesh, state_shardings)
+  micro = microbatch_size(config, mesh, flat)
+  if micro and getattr(model, "conv_backward", None) == "auto":
+    model = model.clone(conv_backward="matmul")
   classes = num_classes(config)
   fn = functools.partial(train_step, apply_fn=guidance.conditional_fn(model)
                          if classes else eps_fn(model), tx=tx,
@@ -478,8 +593,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                          num_classes=classes,
                          label_dropout=float(config.training.get(
                              "label_dropout", 0.0)),
-                         grad_mesh=mesh if _flat_grads_pay(
-                             mesh, state_shardings) else None)
+                         grad_mesh=mesh if flat else None,
+                         microbatch=micro)
   rep = parallel.replicated(mesh)
   return jax.jit(fn,
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),

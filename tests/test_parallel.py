@@ -27,7 +27,7 @@ def sharded_result():
   return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("run", ["sgd_dp8", "sgd_fsdp8"])
+@pytest.mark.parametrize("run", ["sgd_dp8", "sgd_fsdp8", "sgd_dp8_micro"])
 def test_sharded_params_equal_one_device(sharded_result, run):
   r = sharded_result[run]
   assert r["step"] == STEPS

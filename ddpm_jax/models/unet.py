@@ -73,23 +73,24 @@ def _is_typed_key(key: jax.Array) -> bool:
   return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
 
 
-# (axis name, shard count) while a shard_map over the batch is traced.
-_BATCH_SHARDS: List[Tuple[str, int]] = []
+# (batch rows, first row) of the slice of a batch being traced.
+_BATCH_SLICES: List[Tuple[int, Any]] = []
 
 
 @contextlib.contextmanager
-def dropout_over_batch_shards(axis_name: str, num_shards: int
-                              ) -> Iterator[None]:
-  """Within this context (entered while a ``shard_map`` body that holds
-  one of ``num_shards`` equal slices of the batch along ``axis_name`` is
-  traced), each :class:`Dropout` draws its mask for the whole batch and
-  keeps its own slice: the masks of the unsharded step, bit for bit. XLA
-  computes only the slice (the generators are counter-based)."""
-  _BATCH_SHARDS.append((axis_name, int(num_shards)))
+def dropout_over_batch_slice(total_rows: int, first_row: Any
+                             ) -> Iterator[None]:
+  """Within this context (entered while a function of rows ``first_row``
+  onwards of a batch of ``total_rows`` is traced: a ``shard_map`` body's
+  slice, or one pass of a microbatched gradient), each :class:`Dropout`
+  draws its mask for the whole batch and keeps the rows it holds: the
+  masks of the unsliced step, bit for bit. ``first_row`` may be traced;
+  XLA computes only the slice (the generators are counter-based)."""
+  _BATCH_SLICES.append((int(total_rows), first_row))
   try:
     yield
   finally:
-    _BATCH_SHARDS.pop()
+    _BATCH_SLICES.pop()
 
 
 class Dropout(nn.Module):
@@ -125,13 +126,10 @@ class Dropout(nn.Module):
       data = jax.random.key_data(pair) if _is_typed_key(pair) else pair
       key = jax.random.wrap_key_data(data.reshape(4), impl="threefry4x32")
     keep_prob = 1.0 - self.rate
-    if _BATCH_SHARDS:
-      axis, shards = _BATCH_SHARDS[-1]
-      rows = x.shape[0]
-      keep = jax.random.bernoulli(key, keep_prob,
-                                  (shards * rows,) + x.shape[1:])
-      keep = jax.lax.dynamic_slice_in_dim(
-          keep, jax.lax.axis_index(axis) * rows, rows, axis=0)
+    if _BATCH_SLICES:
+      total, first = _BATCH_SLICES[-1]
+      keep = jax.random.bernoulli(key, keep_prob, (total,) + x.shape[1:])
+      keep = jax.lax.dynamic_slice_in_dim(keep, first, x.shape[0], axis=0)
     else:
       keep = jax.random.bernoulli(key, keep_prob, x.shape)
     return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))

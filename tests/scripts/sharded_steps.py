@@ -78,13 +78,20 @@ def main():
   result = {}
   # Adam with FSDP adds nothing that SGD with FSDP does not check: its
   # update is elementwise on the same sharded arrays.
-  for optimizer, sharded in (("sgd", [("dp8", False), ("fsdp8", True)]),
+  # dp8_micro: each device's 2 examples in 2 passes of 1
+  # (training.microbatch_size), the dropout masks sliced at
+  # device * 2 + pass.
+  micro = config.copy_and_resolve_references()
+  micro.training.microbatch_size = 1
+  for optimizer, sharded in (("sgd", [("dp8", False), ("fsdp8", True),
+                                      ("dp8_micro", False)]),
                              ("adam", [("dp8", False)])):
     ref, ref_losses, _, _ = run(config, jax.devices()[:1], False, batches,
                                 optimizer)
     for name, fsdp in sharded:
-      state, losses, split, reduced = run(config, jax.devices(), fsdp,
-                                          batches, optimizer)
+      state, losses, split, reduced = run(
+          micro if name.endswith("micro") else config, jax.devices(), fsdp,
+          batches, optimizer)
       result[f"{optimizer}_{name}"] = {
           "params": leaf_errors(state.params, ref.params),
           "ema": leaf_errors(state.ema_params, ref.ema_params),
