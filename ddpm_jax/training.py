@@ -573,14 +573,15 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
   axis, the state in ``state_shardings`` and donated, metrics replicated.
   Call it as ``step(state, batch, schedule)``.
 
-  With microbatches (:func:`microbatch_size`), a U-Net whose
-  ``conv_backward`` is 'auto' is differentiated by 'matmul': XLA's own
+  With microbatches (:func:`microbatch_size`) on CPU devices, a U-Net
+  whose ``conv_backward`` is 'auto' is differentiated by 'matmul': XLA's own
   kernel gradient inside the ``lax.scan`` of the passes ran 10x slower on
   the CPU (jax 0.10.2: 14.2 s against 1.4 s for 4 passes of 8 tiny32
   images; docs/benchmarks.md). Same parameters, same function."""
   flat = _flat_grads_pay(mesh, state_shardings)
   micro = microbatch_size(config, mesh, flat)
-  if micro and getattr(model, "conv_backward", None) == "auto":
+  if (micro and getattr(model, "conv_backward", None) == "auto" and
+      all(d.platform == "cpu" for d in mesh.devices.flat)):
     model = model.clone(conv_backward="matmul")
   classes = num_classes(config)
   fn = functools.partial(train_step, apply_fn=guidance.conditional_fn(model)

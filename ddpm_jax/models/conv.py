@@ -21,7 +21,9 @@ gradient faster, against the earlier separate-process figures:
 one conv's gradient (xla / matmul) 56 / 95 ms at 64x32x32x32, 46 / 62 ms at
 64x16x16x64, and the tiny32 U-Net's train step 41.9 / 23.6 img/s
 (docs/benchmarks.md). 'matmul' stays for CPU builds where XLA's kernel
-gradient is the slow part. The parameters are ``nn.Conv``'s (``kernel``
+gradient is the slow part, and the microbatched train step uses it
+(``training.make_train_step``): inside a ``lax.scan`` XLA's kernel
+gradient ran 10x slower than outside one on the CPU (2026-12-03). The parameters are ``nn.Conv``'s (``kernel``
 [kh, kw, C_in, C_out], ``bias`` [C_out]), so checkpoints do not depend on
 the choice.
 """
