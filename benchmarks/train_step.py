@@ -70,10 +70,20 @@ def jax_side(config, batch_size):
 
   compile_s = common.timed(compile_step)
   first_s = common.timed(lambda: steps(1))
-  flops = (compiled.cost_analysis() or {}).get("flops") if hasattr(
-      compiled, "cost_analysis") else None
+  counted = compiled
+  micro = training.microbatch_size(
+      config, mesh, training._flat_grads_pay(mesh, shardings))  # pylint: disable=protected-access
+  if micro:
+    # XLA's cost analysis counts a loop body once: count the FLOPs of the
+    # same step in one pass (compiled here, never timed).
+    one = config.copy_and_resolve_references()
+    one.training.microbatch_size = 0
+    counted = training.make_train_step(one, model, tx, mesh, shardings).lower(
+        holder["state"], batch, schedule).compile()
+  flops = (counted.cost_analysis() or {}).get("flops") if hasattr(
+      counted, "cost_analysis") else None
   return compile_s, first_s, lambda: common.timed(lambda: steps(
-      FLAGS.steps)), flops
+      FLAGS.steps)), flops, micro
 
 
 def torch_side(config, batch_size, device):
@@ -133,7 +143,7 @@ def main(argv):
   config.training.batch_size = batch
   if FLAGS.conv_backward:
     config.model.conv_backward = FLAGS.conv_backward
-  compile_s, jax_first, jax_run, flops = jax_side(config, batch)
+  compile_s, jax_first, jax_run, flops, micro = jax_side(config, batch)
   runs, firsts = {"jax": jax_run}, {"jax": jax_first}
   if not FLAGS.jax_only:
     firsts["torch"], runs["torch"] = torch_side(config, batch, device)
@@ -151,6 +161,7 @@ def main(argv):
         "first_call_s": round(first, 3)}
   out["jax"]["compile_s"] = round(compile_s, 3)
   out["jax"]["conv_backward"] = config.model.conv_backward
+  out["jax"]["microbatch"] = micro  # per device; 0: one pass
   if flops:
     # XLA's count for one device's program, times the devices: the FLOPs
     # the step does; MFU is achieved / the hardware's peak.
