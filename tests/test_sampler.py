@@ -1,7 +1,5 @@
 """The lax.scan sampler: equals repeated p_sample_step, compiles once."""
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,25 +47,17 @@ def test_scan_equals_step_by_step_chain():
   np.testing.assert_array_equal(tail[0], x[-1])
 
 
-def _compile_seconds(num_timesteps):
+def _compiled_lines(num_timesteps):
   sched = schedules.make_schedule(schedules.get_betas("linear", num_timesteps))
-  start = time.perf_counter()
-  sample.lower(toy(), toy_apply_jax, sched, jax.random.PRNGKey(0),
-               SHAPE).compile()
-  return time.perf_counter() - start
+  return len(sample.lower(toy(), toy_apply_jax, sched, jax.random.PRNGKey(0),
+                          SHAPE).compile().as_text().splitlines())
 
 
 def test_sampler_compiles_once_whatever_t():
-  # The persistent cache would hide compile time: turn it off here.
-  prev = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  try:
-    _compile_seconds(7)  # warm up tracing machinery
-    short = min(_compile_seconds(10) for _ in range(2))
-    long = min(_compile_seconds(1000) for _ in range(2))
-  finally:
-    jax.config.update("jax_enable_compilation_cache", prev)
-  assert long < 2 * short, (short, long)
+  # The compiled program is the same size for T = 10 and T = 1000: the
+  # chain is one loop, not unrolled. (A compile-time comparison stood here
+  # until 2026-12-03; at ~1 ms per compile it failed under load.)
+  assert _compiled_lines(1000) == _compiled_lines(10)
   # And the program does not grow with T: one model call in the loop body.
   s10 = schedules.make_schedule(schedules.get_betas("linear", 10))
   s1000 = schedules.make_schedule(schedules.get_betas("linear", 1000))
