@@ -71,8 +71,7 @@ def jax_side(config, batch_size):
   compile_s = common.timed(compile_step)
   first_s = common.timed(lambda: steps(1))
   counted = compiled
-  micro = training.microbatch_size(
-      config, mesh, training._flat_grads_pay(mesh, shardings))  # pylint: disable=protected-access
+  micro = training.step_microbatch_size(config, mesh, shardings)
   if micro:
     # XLA's cost analysis counts a loop body once: count the FLOPs of the
     # same step in one pass (compiled here, never timed).

@@ -566,6 +566,14 @@ def microbatch_size(config: ml_collections.ConfigDict, mesh: Mesh,
   return 0 if size >= rows else size
 
 
+def step_microbatch_size(config: ml_collections.ConfigDict, mesh: Mesh,
+                         state_shardings: Any) -> int:
+  """The pass size (:func:`microbatch_size`) of the step
+  :func:`make_train_step` builds for this mesh and state placement."""
+  return microbatch_size(config, mesh,
+                         _flat_grads_pay(mesh, state_shardings))
+
+
 def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                     tx: optax.GradientTransformation, mesh: Mesh,
                     state_shardings: Any):
@@ -579,7 +587,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
   the CPU (jax 0.10.2: 14.2 s against 1.4 s for 4 passes of 8 tiny32
   images; docs/benchmarks.md). Same parameters, same function."""
   flat = _flat_grads_pay(mesh, state_shardings)
-  micro = microbatch_size(config, mesh, flat)
+  micro = step_microbatch_size(config, mesh, state_shardings)
   if (micro and getattr(model, "conv_backward", None) == "auto" and
       all(d.platform == "cpu" for d in mesh.devices.flat)):
     model = model.clone(conv_backward="matmul")
