@@ -50,6 +50,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   # 'threefry4x32' (Threefry-4x32-20, fused by XLA: 4x cheaper on the CPU)
   # or 'threefry2x32' (nn.Dropout's own masks, JAX's default generator).
   config.model.dropout_rng_impl = "threefry4x32"
+  # How upsample-then-conv3x3 is computed (ddpm_jax/models/conv.py):
+  # 'subpixel' = one 2x2 convolution per output phase at the low
+  # resolution (2.25x fewer FLOPs), 'repeat' = convolve the repeated image.
+  # Same parameters; the outputs agree to float32 rounding.
+  config.model.upsample_conv = "subpixel"
   # Self-conditioning: the U-Net also sees its own x_0 estimate (2C input
   # channels); see ddpm_jax/self_conditioning.py.
   config.model.self_condition = False

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from ddpm_jax import (checkpoints, compilation, data, evaluation, guidance,
                       images, losses, parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
+from ddpm_jax.models.conv import UPSAMPLE_CONVS
 from ddpm_jax.models.unet import (ACTIVATIONS, DROPOUT_RNGS, UNet,
                                   dropout_over_batch_slice, eps_fn,
                                   unet_from_config)
@@ -146,6 +147,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       ("model.dropout_rng_impl",
        config.model.get("dropout_rng_impl", "threefry4x32") in DROPOUT_RNGS,
        f"one of {DROPOUT_RNGS} (the generator of the dropout masks)"),
+      ("model.upsample_conv",
+       config.model.get("upsample_conv", "subpixel") in UPSAMPLE_CONVS,
+       f"one of {UPSAMPLE_CONVS} (how upsample-then-conv is computed)"),
       ("model.dtype", config.model.get("dtype", "float32") in COMPUTE_DTYPES,
        f"one of {COMPUTE_DTYPES} (the compute dtype; params stay float32)"),
   ]

@@ -82,3 +82,58 @@ def test_unet_gradient_is_the_same_with_either_backward():
   for a, b in zip(flat_x, flat_m):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(
         jnp.max(jnp.abs(a))) + 1e-12)
+
+
+def _repeat_then_conv(x, kernel):
+  return _lax_conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), kernel)
+
+
+@pytest.mark.parametrize("backward", ["xla", "matmul"])
+@pytest.mark.parametrize("shape,cout", [((2, 4, 4, 3), 5), ((1, 3, 5, 4), 2),
+                                        ((2, 8, 8, 16), 16)])
+def test_subpixel_upsample_conv_is_repeat_then_conv(shape, cout, backward):
+  """Same products, the weights of taps on one input pixel added first:
+  equal to float32 rounding (a relative 1e-5 of the output's scale)."""
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(6), 3)
+  x = jax.random.normal(kx, shape)
+  kernel = jax.random.normal(kk, (3, 3, shape[-1], cout))
+  probe = jax.random.normal(kg, (shape[0], 2 * shape[1], 2 * shape[2], cout))
+
+  def loss(fn):
+    return lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * probe)
+
+  want = _repeat_then_conv(x, kernel)
+  got = jax.jit(conv.upsample_conv, static_argnums=2)(x, kernel, backward)
+  assert got.shape == want.shape
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+  want_g = jax.grad(loss(_repeat_then_conv), argnums=(0, 1))(x, kernel)
+  got_g = jax.jit(jax.grad(loss(
+      lambda x, k: conv.upsample_conv(x, k, backward)), argnums=(0, 1)))(
+          x, kernel)
+  for g, w in zip(got_g, want_g):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(
+        jnp.max(jnp.abs(w))))
+
+
+def test_upsample_conv_module_has_conv_parameters_and_either_method():
+  x = jax.random.normal(jax.random.PRNGKey(7), (2, 4, 4, 6))
+  ref = conv.Conv(6)
+  up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  params = ref.init(jax.random.PRNGKey(8), up)
+  params = jax.tree_util.tree_map(
+      lambda p: p + jax.random.normal(jax.random.PRNGKey(9), p.shape), params)
+  want = ref.apply(params, up)
+  for method in conv.UPSAMPLE_CONVS:
+    mod = conv.UpsampleConv(6, method=method)
+    assert jax.tree_util.tree_map(jnp.shape, mod.init(
+        jax.random.PRNGKey(8), x)) == jax.tree_util.tree_map(jnp.shape,
+                                                             params)
+    got = mod.apply(params, x)
+    if method == "repeat":  # the former computation, bit for bit
+      np.testing.assert_array_equal(got, want)
+    else:
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(
+          jnp.max(jnp.abs(want))))
+  with pytest.raises(ValueError, match="model.upsample_conv"):
+    conv.UpsampleConv(6, method="pixelshuffle").init(jax.random.PRNGKey(8), x)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.models.conv import Conv
+from ddpm_jax.models.conv import Conv, UpsampleConv
 from ddpm_jax.models.norm import GroupNorm
 
 # The original initialises every layer with variance_scaling(1, 'fan_avg',
@@ -229,18 +229,22 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-  """Nearest-neighbour 2x upsampling, then a 3x3 conv."""
+  """Nearest-neighbour 2x upsampling, then a 3x3 conv: by default computed
+  as one 2x2 convolution per output phase at the input's size
+  (``conv.upsample_conv``, 2.25x fewer FLOPs; ``method='repeat'``
+  convolves the repeated image)."""
   with_conv: bool = True
   dtype: Any = jnp.float32
   conv_backward: str = "auto"
+  method: str = "subpixel"
 
   @nn.compact
   def __call__(self, x):
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    if self.with_conv:
-      x = Conv(x.shape[-1], kernel_init=default_init, dtype=self.dtype,
-               backward=self.conv_backward, name="conv")(x)
-    return x
+    if not self.with_conv:
+      return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return UpsampleConv(x.shape[-1], kernel_init=default_init,
+                        dtype=self.dtype, backward=self.conv_backward,
+                        method=self.method, name="conv")(x)
 
 
 class UNet(nn.Module):
@@ -257,7 +261,9 @@ class UNet(nn.Module):
   ``conv_backward`` chooses how the stride-1 convolutions are
   differentiated (:mod:`ddpm_jax.models.conv`; same parameters and output),
   ``dropout_rng_impl`` the generator of the dropout masks
-  (:class:`Dropout`).
+  (:class:`Dropout`), ``upsample_conv`` how the upsampling convolution is
+  computed (:class:`Upsample`; same parameters, same output up to float
+  rounding).
 
   ``num_classes`` > 0 makes it class-conditional: a learned embedding of
   the label (``num_classes`` rows, plus a null class at index
@@ -282,6 +288,7 @@ class UNet(nn.Module):
   num_classes: int = 0
   conv_backward: str = "auto"
   dropout_rng_impl: str = "threefry4x32"
+  upsample_conv: str = "subpixel"
 
   @nn.compact
   def __call__(self, x, t, train: bool = False, labels=None):
@@ -340,7 +347,7 @@ class UNet(nn.Module):
           h = attn(name=f"up_{i}_attn_{j}")(h)
       if i != 0:
         h = Upsample(self.resamp_with_conv, self.dtype, self.conv_backward,
-                     name=f"up_{i}_upsample")(h)
+                     self.upsample_conv, name=f"up_{i}_upsample")(h)
     assert not hs
 
     h = nn.swish(_norm(self.num_groups, self.norm_eps, "norm_out")(h))
@@ -370,7 +377,8 @@ def unet_from_config(model_cfg, image_channels: int,
               num_classes=int(model_cfg.get("num_classes", 0)),
               conv_backward=model_cfg.get("conv_backward", "auto"),
               dropout_rng_impl=model_cfg.get("dropout_rng_impl",
-                                             "threefry4x32"))
+                                             "threefry4x32"),
+              upsample_conv=model_cfg.get("upsample_conv", "subpixel"))
 
 
 @functools.lru_cache(maxsize=None)
