@@ -62,6 +62,66 @@ def test_module_is_nn_conv_whatever_the_backward():
     conv.resolve_backward("fast")
 
 
+@pytest.mark.parametrize("shape,ksize,cout,padding,stride", [
+    ((2, 8, 8, 3), 3, 5, ((0, 1), (0, 1)), 2),   # the U-Net's (TF 'SAME')
+    ((2, 8, 8, 3), 3, 5, ((1, 1), (1, 1)), 2),   # diffusers' padding=1
+    ((3, 7, 9, 4), 3, 2, ((1, 1), (0, 1)), 2),   # odd sizes, mixed padding
+    ((1, 9, 10, 2), 5, 3, ((2, 1), (0, 2)), 3),
+    ((2, 6, 6, 3), 2, 4, ((1, 1), (1, 1)), 1)])  # the sub-pixel 2x2 kernel
+def test_matmul_backward_of_a_padded_or_strided_convolution(
+    shape, ksize, cout, padding, stride):
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(10), 3)
+  x = jax.random.normal(kx, shape)
+  kernel = jax.random.normal(kk, (ksize, ksize, shape[-1], cout))
+
+  def ref(x, k):
+    return jax.lax.conv_general_dilated(x, k, (stride, stride), padding,
+                                        dimension_numbers=("NHWC", "HWIO",
+                                                           "NHWC"))
+
+  def ours(x, k):
+    return conv.conv_matmul_grad(x, k, padding, stride)
+
+  want_y = ref(x, kernel)
+  np.testing.assert_array_equal(ours(x, kernel), want_y)
+  probe = jax.random.normal(kg, want_y.shape)
+
+  def loss(fn):
+    return lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * probe)
+
+  want = jax.grad(loss(ref), argnums=(0, 1))(x, kernel)
+  got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, kernel)
+  for g, w in zip(got, want):  # the same sums in another order
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(
+        jnp.max(jnp.abs(w))))
+
+
+def test_strided_module_is_nn_conv_whatever_the_backward():
+  """The U-Net's Downsample convolution: nn.Conv's parameters and output."""
+  x = jax.random.normal(jax.random.PRNGKey(11), (2, 8, 8, 4))
+  for pad in ((0, 1), (1, 1)):
+    ref = nn.Conv(4, (3, 3), strides=(2, 2), padding=(pad, pad))
+    params = ref.init(jax.random.PRNGKey(12), x)
+    params = jax.tree_util.tree_map(
+        lambda p: p + jax.random.normal(jax.random.PRNGKey(13), p.shape),
+        params)
+    want = ref.apply(params, x)
+    want_g = jax.grad(lambda p: jnp.sum(ref.apply(p, x) ** 2))(params)
+    for backward in conv.BACKWARDS:
+      mod = conv.Conv(4, strides=2, padding=(pad, pad), backward=backward)
+      assert jax.tree_util.tree_map(jnp.shape, mod.init(
+          jax.random.PRNGKey(12), x)) == jax.tree_util.tree_map(jnp.shape,
+                                                               params)
+      np.testing.assert_array_equal(mod.apply(params, x), want)
+      got_g = jax.grad(lambda p: jnp.sum(mod.apply(p, x) ** 2))(params)
+      for g, w in zip(jax.tree_util.tree_leaves(got_g),
+                      jax.tree_util.tree_leaves(want_g)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(
+            jnp.max(jnp.abs(w))))
+  with pytest.raises(ValueError, match="odd kernel"):
+    conv.Conv(4, kernel_size=(2, 2)).init(jax.random.PRNGKey(12), x)
+
+
 def test_unet_gradient_is_the_same_with_either_backward():
   config = digits.get_config()
   config.model.conv_backward = "xla"

@@ -1,4 +1,6 @@
-"""Stride-1 'SAME' convolutions with a choice of gradient.
+"""The U-Net's convolutions with a choice of gradient: stride-1 'SAME'
+(:class:`Conv`), stride 2 (the same class, for Downsample) and
+upsample-then-conv as a sub-pixel convolution (:class:`UpsampleConv`).
 
 On 2026-11-25 XLA's CPU gradient of a 3x3 convolution with respect to the
 kernel (lowered as another convolution, over the batch) measured several
@@ -7,7 +9,8 @@ times slower than PyTorch's on the U-Net's 32x32 layers.
 backward pass from two well-optimised pieces:
 
 - d x: the convolution of d y with the kernel flipped in space and with
-  its in/out axes swapped (a forward convolution);
+  its in/out axes swapped (a forward convolution); with a stride, d y @
+  kernel^T added back to the pixels each window read;
 - d kernel: patches(x)^T @ d y, one matrix product, where patches(x)
   [B*H*W, kh*kw*C] holds each output position's receptive field.
 
@@ -23,7 +26,10 @@ one conv's gradient (xla / matmul) 56 / 95 ms at 64x32x32x32, 46 / 62 ms at
 (docs/benchmarks.md). 'matmul' stays for CPU builds where XLA's kernel
 gradient is the slow part, and the microbatched train step uses it
 (``training.make_train_step``): inside a ``lax.scan`` XLA's kernel
-gradient ran 10x slower than outside one on the CPU (2026-12-03). The parameters are ``nn.Conv``'s (``kernel``
+gradient ran 10x slower than outside one on the CPU (2026-12-03), and so
+did its gradients of the stride-2 convolution (in 'matmul' since
+2026-12-03, second session: tiny32 train step 35.7 -> 43-47 img/s). The
+parameters are ``nn.Conv``'s (``kernel``
 [kh, kw, C_in, C_out], ``bias`` [C_out]), so checkpoints do not depend on
 the choice.
 """
@@ -49,53 +55,98 @@ def _same(kernel: jnp.ndarray) -> Padding:
 
 
 def _conv(x: jnp.ndarray, kernel: jnp.ndarray,
-          padding: Optional[Padding] = None) -> jnp.ndarray:
-  """Stride-1 convolution, NHWC x HWIO; ``padding`` None is 'SAME' for
-  odd kernels."""
+          padding: Optional[Padding] = None, stride: int = 1) -> jnp.ndarray:
+  """Convolution with ``stride`` in both directions, NHWC x HWIO;
+  ``padding`` None is 'SAME' for odd kernels."""
   return jax.lax.conv_general_dilated(
-      x, kernel, (1, 1), _same(kernel) if padding is None else padding,
+      x, kernel, (stride, stride),
+      _same(kernel) if padding is None else padding,
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _out_size(size: int, k: int, pad: Tuple[int, int], stride: int) -> int:
+  return (size + pad[0] + pad[1] - k) // stride + 1
+
+
 def patches(x: jnp.ndarray, kh: int, kw: int,
-            padding: Optional[Padding] = None) -> jnp.ndarray:
-  """[B, H', W', kh*kw*C]: at each output position of a stride-1 kh x kw
-  convolution with ``padding`` (None: 'SAME', odd sizes) the zero-padded
-  window of ``x`` it reads, ordered (row, column, channel) as a HWIO
-  kernel's flattened leading axes."""
+            padding: Optional[Padding] = None, stride: int = 1
+            ) -> jnp.ndarray:
+  """[B, H', W', kh*kw*C]: at each output position of a kh x kw
+  convolution with ``padding`` (None: 'SAME', odd sizes) and ``stride``
+  the zero-padded window of ``x`` it reads, ordered (row, column, channel)
+  as a HWIO kernel's flattened leading axes."""
   if padding is None:
     padding = ((kh // 2, kh // 2), (kw // 2, kw // 2))
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-  return jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(kh)
-                          for j in range(kw)], axis=-1)
+  h = _out_size(x.shape[1], kh, padding[0], stride)
+  w = _out_size(x.shape[2], kw, padding[1], stride)
+  return jnp.concatenate(
+      [xp[:, i:i + stride * (h - 1) + 1:stride,
+          j:j + stride * (w - 1) + 1:stride, :]
+       for i in range(kh) for j in range(kw)], axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _fold_patches(cols: jnp.ndarray, x_shape: Tuple[int, ...], kh: int,
+                  kw: int, padding: Padding, stride: int) -> jnp.ndarray:
+  """The adjoint of :func:`patches`: [B, H', W', kh*kw*C] -> [B, H, W, C],
+  each window's entries added back to the pixels they were read from
+  (every tap's slice spread by interior padding, then summed)."""
+  b, h, w, _ = cols.shape
+  c = x_shape[-1]
+  hp = x_shape[1] + padding[0][0] + padding[0][1]
+  wp = x_shape[2] + padding[1][0] + padding[1][1]
+  cols = cols.reshape(b, h, w, kh, kw, c)
+  total = None
+  for i in range(kh):
+    for j in range(kw):
+      rows = (i, hp - i - stride * (h - 1) - 1, stride - 1)
+      colz = (j, wp - j - stride * (w - 1) - 1, stride - 1)
+      part = jax.lax.pad(cols[:, :, :, i, j, :], jnp.zeros((), cols.dtype),
+                         ((0, 0, 0), rows, colz, (0, 0, 0)))
+      total = part if total is None else total + part
+  return total[:, padding[0][0]:padding[0][0] + x_shape[1],
+               padding[1][0]:padding[1][0] + x_shape[2], :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_matmul_grad(x: jnp.ndarray, kernel: jnp.ndarray,
-                     padding: Optional[Padding] = None) -> jnp.ndarray:
-  """The stride-1 convolution of NHWC ``x`` with an HWIO ``kernel``
-  (``padding`` None: 'SAME' for odd sizes; else ((top, bottom), (left,
-  right))), differentiated by convolution and one matrix product."""
-  return _conv(x, kernel, padding)
+                     padding: Optional[Padding] = None,
+                     stride: int = 1) -> jnp.ndarray:
+  """The convolution of NHWC ``x`` with an HWIO ``kernel`` (``padding``
+  None: 'SAME' for odd sizes; else ((top, bottom), (left, right));
+  ``stride`` in both directions), differentiated by convolutions and
+  matrix products."""
+  return _conv(x, kernel, padding, stride)
 
 
-def _conv_fwd(x, kernel, padding):
-  return _conv(x, kernel, padding), (x, kernel)
+def _conv_fwd(x, kernel, padding, stride):
+  return _conv(x, kernel, padding, stride), (x, kernel)
 
 
-def _conv_bwd(padding: Optional[Padding],
+def _conv_bwd(padding: Optional[Padding], stride: int,
               res: Tuple[jnp.ndarray, jnp.ndarray], dy: jnp.ndarray):
   x, kernel = res
   kh, kw, cin, cout = kernel.shape
-  (top, bottom), (left, right) = padding or _same(kernel)
-  # The transposed convolution: d y padded so that every input position
-  # sees the kernel taps that read it.
-  dx = _conv(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2),
-             ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
-  cols = patches(x, kh, kw, padding).reshape(-1, kh * kw * cin)
-  dk = jnp.matmul(cols.T, dy.reshape(-1, cout),
-                  preferred_element_type=jnp.float32)
+  padding = padding or _same(kernel)
+  (top, bottom), (left, right) = padding
+  flat_dy = dy.reshape(-1, cout)
+  if stride == 1:
+    # The transposed convolution: d y padded so that every input position
+    # sees the kernel taps that read it.
+    dx = _conv(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2),
+               ((kh - 1 - top, kh - 1 - bottom),
+                (kw - 1 - left, kw - 1 - right)))
+  else:
+    # Strided: d patches = d y @ kernel^T, added back to the pixels each
+    # window read. (XLA's own input gradient, a convolution of d y dilated
+    # by the stride, ran ~10x slower than this inside a lax.scan on the
+    # CPU, 2026-12-03.)
+    dcols = jnp.matmul(flat_dy, kernel.reshape(-1, cout).T,
+                       preferred_element_type=jnp.float32)
+    dx = _fold_patches(dcols.reshape(dy.shape[:3] + (kh * kw * cin,)),
+                       x.shape, kh, kw, padding, stride)
+  cols = patches(x, kh, kw, padding, stride).reshape(-1, kh * kw * cin)
+  dk = jnp.matmul(cols.T, flat_dy, preferred_element_type=jnp.float32)
   return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -112,28 +163,36 @@ def resolve_backward(backward: str) -> str:
 
 
 class Conv(nn.Module):
-  """A stride-1 'SAME' ``nn.Conv`` (same parameters, same output) with the
-  gradient chosen by ``backward`` (see the module docstring)."""
+  """``nn.Conv`` (same parameters, same output) with the gradient chosen by
+  ``backward`` (see the module docstring): stride 1 with 'SAME' padding
+  and an odd kernel by default, or ``strides`` s with explicit
+  ``padding`` ((top, bottom), (left, right)), as the U-Net's stride-2
+  downsampling uses it."""
   features: int
   kernel_size: Tuple[int, int] = (3, 3)
   kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
   backward: str = "auto"
+  strides: int = 1
+  padding: Optional[Padding] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     kh, kw = self.kernel_size
-    if kh % 2 == 0 or kw % 2 == 0:
-      raise ValueError(f"Conv takes odd kernel sizes, got {self.kernel_size}")
+    if self.padding is None and (kh % 2 == 0 or kw % 2 == 0):
+      raise ValueError(f"Conv with 'SAME' padding takes odd kernel sizes, "
+                       f"got {self.kernel_size}")
     kernel = self.param("kernel", self.kernel_init,
                         (kh, kw, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,),
                       jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    padding = None if self.padding is None else tuple(
+        tuple(p) for p in self.padding)
     if resolve_backward(self.backward) == "matmul":
-      y = conv_matmul_grad(x, kernel)
+      y = conv_matmul_grad(x, kernel, padding, self.strides)
     else:
-      y = _conv(x, kernel)
+      y = _conv(x, kernel, padding, self.strides)
     return y + bias.astype(self.dtype)
 
 

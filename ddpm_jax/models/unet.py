@@ -209,11 +209,13 @@ class Downsample(nn.Module):
 
   ``padding=0`` pads as TF's 'SAME' does on even sizes (0 before, 1 after:
   the original code, diffusers' ``downsample_padding=0``); ``padding=1``
-  pads 1 on both sides (diffusers' default).
+  pads 1 on both sides (diffusers' default). The parameters are
+  ``nn.Conv``'s; ``conv_backward`` as in :class:`Conv`.
   """
   with_conv: bool = True
   padding: int = 0
   dtype: Any = jnp.float32
+  conv_backward: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -223,9 +225,9 @@ class Downsample(nn.Module):
       raise ValueError(f"downsample padding must be 0 or 1, got "
                        f"{self.padding}")
     pad = (0, 1) if self.padding == 0 else (1, 1)
-    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=(pad, pad),
-                   kernel_init=default_init, dtype=self.dtype,
-                   name="conv")(x)
+    return Conv(x.shape[-1], strides=2, padding=(pad, pad),
+                kernel_init=default_init, dtype=self.dtype,
+                backward=self.conv_backward, name="conv")(x)
 
 
 class Upsample(nn.Module):
@@ -258,7 +260,7 @@ class UNet(nn.Module):
   (None: one head), ``flip_sin_to_cos``/``freq_shift`` of the timestep
   embedding, ``downsample_padding`` and the residual blocks' ``act``.
 
-  ``conv_backward`` chooses how the stride-1 convolutions are
+  ``conv_backward`` chooses how the convolutions are
   differentiated (:mod:`ddpm_jax.models.conv`; same parameters and output),
   ``dropout_rng_impl`` the generator of the dropout masks
   (:class:`Dropout`), ``upsample_conv`` how the upsampling convolution is
@@ -332,7 +334,8 @@ class UNet(nn.Module):
         hs.append(h)
       if i != levels - 1:
         hs.append(Downsample(self.resamp_with_conv, self.downsample_padding,
-                             self.dtype, name=f"down_{i}_downsample")(hs[-1]))
+                             self.dtype, self.conv_backward,
+                             name=f"down_{i}_downsample")(hs[-1]))
 
     h = hs[-1]
     h = block(h.shape[-1], name="mid_block_1")(h, temb, train)
