@@ -81,8 +81,9 @@ def jax_side(config, batch_size):
         holder["state"], batch, schedule).compile()
   flops = (counted.cost_analysis() or {}).get("flops") if hasattr(
       counted, "cost_analysis") else None
+  backward = training.step_conv_backward(model, micro, mesh)
   return compile_s, first_s, lambda: common.timed(lambda: steps(
-      FLAGS.steps)), flops, micro
+      FLAGS.steps)), flops, micro, backward
 
 
 def torch_side(config, batch_size, device):
@@ -142,7 +143,8 @@ def main(argv):
   config.training.batch_size = batch
   if FLAGS.conv_backward:
     config.model.conv_backward = FLAGS.conv_backward
-  compile_s, jax_first, jax_run, flops, micro = jax_side(config, batch)
+  compile_s, jax_first, jax_run, flops, micro, backward = jax_side(
+      config, batch)
   runs, firsts = {"jax": jax_run}, {"jax": jax_first}
   if not FLAGS.jax_only:
     firsts["torch"], runs["torch"] = torch_side(config, batch, device)
@@ -159,7 +161,8 @@ def main(argv):
         "runs_s": [round(t, 4) for t in times[name]],
         "first_call_s": round(first, 3)}
   out["jax"]["compile_s"] = round(compile_s, 3)
-  out["jax"]["conv_backward"] = config.model.conv_backward
+  # What the step runs ('auto' resolved as make_train_step resolves it).
+  out["jax"]["conv_backward"] = backward
   out["jax"]["microbatch"] = micro  # per device; 0: one pass
   if flops:
     # XLA's count for one device's program, times the devices: the FLOPs

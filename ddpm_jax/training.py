@@ -578,6 +578,18 @@ def step_microbatch_size(config: ml_collections.ConfigDict, mesh: Mesh,
                          _flat_grads_pay(mesh, state_shardings))
 
 
+def step_conv_backward(model: Any, micro: int, mesh: Mesh) -> Optional[str]:
+  """The ``conv_backward`` the train step differentiates ``model`` with:
+  'matmul' where the step is microbatched (``micro`` > 0) on CPU devices
+  and the model says 'auto' (see :func:`make_train_step`), else the
+  model's own (None for a model without the field)."""
+  own = getattr(model, "conv_backward", None)
+  if (micro and own == "auto" and
+      all(d.platform == "cpu" for d in mesh.devices.flat)):
+    return "matmul"
+  return own
+
+
 def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                     tx: optax.GradientTransformation, mesh: Mesh,
                     state_shardings: Any):
@@ -592,9 +604,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
   images; docs/benchmarks.md). Same parameters, same function."""
   flat = _flat_grads_pay(mesh, state_shardings)
   micro = step_microbatch_size(config, mesh, state_shardings)
-  if (micro and getattr(model, "conv_backward", None) == "auto" and
-      all(d.platform == "cpu" for d in mesh.devices.flat)):
-    model = model.clone(conv_backward="matmul")
+  backward = step_conv_backward(model, micro, mesh)
+  if backward != getattr(model, "conv_backward", backward):
+    model = model.clone(conv_backward=backward)
   classes = num_classes(config)
   fn = functools.partial(train_step, apply_fn=guidance.conditional_fn(model)
                          if classes else eps_fn(model), tx=tx,

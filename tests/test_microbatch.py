@@ -90,6 +90,14 @@ def test_auto_microbatch_rule():
   # Explicit sizes as given; 0 and the whole slice mean one pass.
   assert training.microbatch_size(tiny(4), cpu, flat=False) == 4
   assert training.microbatch_size(tiny(8), cpu, flat=False) == 0
+  # Passes on CPU devices differentiate 'auto' convolutions by 'matmul'
+  # (XLA's own gradients inside the scan are slow there); an explicit
+  # choice stands.
+  model = training.make_model(tiny(-1))
+  assert training.step_conv_backward(model, 2, cpu) == "matmul"
+  assert training.step_conv_backward(model, 0, cpu) == "auto"
+  assert training.step_conv_backward(model.clone(conv_backward="xla"), 2,
+                                     cpu) == "xla"
 
 
 @pytest.mark.parametrize("size, words", [
