@@ -11,8 +11,9 @@ backward pass from two well-optimised pieces:
 - d x: the convolution of d y with the kernel flipped in space and with
   its in/out axes swapped (a forward convolution); with a stride, d y @
   kernel^T added back to the pixels each window read;
-- d kernel: patches(x)^T @ d y, one matrix product, where patches(x)
-  [B*H*W, kh*kw*C] holds each output position's receptive field.
+- d kernel: patches(x)^T @ d y, one matrix product, where patches(x)^T
+  [kh*kw*C, B*H*W] (:func:`patches_t`) holds each output position's
+  receptive field.
 
 Both are the exact gradient (the same sums in another order); the tests
 compare them with ``jax.grad`` of ``lax.conv_general_dilated``.
@@ -68,27 +69,33 @@ def _out_size(size: int, k: int, pad: Tuple[int, int], stride: int) -> int:
   return (size + pad[0] + pad[1] - k) // stride + 1
 
 
-def patches(x: jnp.ndarray, kh: int, kw: int,
-            padding: Optional[Padding] = None, stride: int = 1
-            ) -> jnp.ndarray:
-  """[B, H', W', kh*kw*C]: at each output position of a kh x kw
-  convolution with ``padding`` (None: 'SAME', odd sizes) and ``stride``
-  the zero-padded window of ``x`` it reads, ordered (row, column, channel)
-  as a HWIO kernel's flattened leading axes."""
+def patches_t(x: jnp.ndarray, kh: int, kw: int,
+              padding: Optional[Padding] = None, stride: int = 1
+              ) -> jnp.ndarray:
+  """[kh*kw*C, B*H'*W']: column p holds the zero-padded window of ``x``
+  that output position p of a kh x kw convolution with ``padding`` (None:
+  'SAME', odd sizes) and ``stride`` reads, rows ordered (row, column,
+  channel) as a HWIO kernel's flattened leading axes. Built from ``x`` in
+  channel-major order, so that patches^T @ d y is a plain matrix product
+  (the tiny32 train step 40.5-41.7 -> 46.3-46.4 img/s against the
+  [B*H'*W', kh*kw*C] layout, in-process A/Bs on 2 cores, 2026-12-03)."""
   if padding is None:
     padding = ((kh // 2, kh // 2), (kw // 2, kw // 2))
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  xt = jnp.pad(x.transpose(3, 0, 1, 2),
+               ((0, 0), (0, 0), padding[0], padding[1]))
   h = _out_size(x.shape[1], kh, padding[0], stride)
   w = _out_size(x.shape[2], kw, padding[1], stride)
-  return jnp.concatenate(
-      [xp[:, i:i + stride * (h - 1) + 1:stride,
-          j:j + stride * (w - 1) + 1:stride, :]
-       for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.stack(
+      [xt[:, :, i:i + stride * (h - 1) + 1:stride,
+          j:j + stride * (w - 1) + 1:stride]
+       for i in range(kh) for j in range(kw)]).reshape(kh * kw * x.shape[-1],
+                                                       -1)
 
 
 def _fold_patches(cols: jnp.ndarray, x_shape: Tuple[int, ...], kh: int,
                   kw: int, padding: Padding, stride: int) -> jnp.ndarray:
-  """The adjoint of :func:`patches`: [B, H', W', kh*kw*C] -> [B, H, W, C],
+  """The adjoint of the patches (:func:`patches_t`, transposed):
+  [B, H', W', kh*kw*C] -> [B, H, W, C],
   each window's entries added back to the pixels they were read from
   (every tap's slice spread by interior padding, then summed)."""
   b, h, w, _ = cols.shape
@@ -145,8 +152,8 @@ def _conv_bwd(padding: Optional[Padding], stride: int,
                        preferred_element_type=jnp.float32)
     dx = _fold_patches(dcols.reshape(dy.shape[:3] + (kh * kw * cin,)),
                        x.shape, kh, kw, padding, stride)
-  cols = patches(x, kh, kw, padding, stride).reshape(-1, kh * kw * cin)
-  dk = jnp.matmul(cols.T, flat_dy, preferred_element_type=jnp.float32)
+  dk = jnp.matmul(patches_t(x, kh, kw, padding, stride), flat_dy,
+                  preferred_element_type=jnp.float32)
   return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
