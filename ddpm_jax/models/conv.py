@@ -50,8 +50,7 @@ UPSAMPLE_CONVS = ("subpixel", "repeat")
 Padding = Tuple[Tuple[int, int], Tuple[int, int]]
 
 
-def _same(kernel: jnp.ndarray) -> Padding:
-  kh, kw = kernel.shape[:2]
+def _same(kh: int, kw: int) -> Padding:
   return ((kh // 2, kh // 2), (kw // 2, kw // 2))
 
 
@@ -61,7 +60,7 @@ def _conv(x: jnp.ndarray, kernel: jnp.ndarray,
   ``padding`` None is 'SAME' for odd kernels."""
   return jax.lax.conv_general_dilated(
       x, kernel, (stride, stride),
-      _same(kernel) if padding is None else padding,
+      _same(*kernel.shape[:2]) if padding is None else padding,
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -79,8 +78,7 @@ def patches_t(x: jnp.ndarray, kh: int, kw: int,
   channel-major order, so that patches^T @ d y is a plain matrix product
   (the tiny32 train step 40.5-41.7 -> 46.3-46.4 img/s against the
   [B*H'*W', kh*kw*C] layout, in-process A/Bs on 2 cores, 2026-12-03)."""
-  if padding is None:
-    padding = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+  padding = padding or _same(kh, kw)
   xt = jnp.pad(x.transpose(3, 0, 1, 2),
                ((0, 0), (0, 0), padding[0], padding[1]))
   h = _out_size(x.shape[1], kh, padding[0], stride)
@@ -134,7 +132,7 @@ def _conv_bwd(padding: Optional[Padding], stride: int,
               res: Tuple[jnp.ndarray, jnp.ndarray], dy: jnp.ndarray):
   x, kernel = res
   kh, kw, cin, cout = kernel.shape
-  padding = padding or _same(kernel)
+  padding = padding or _same(kh, kw)
   (top, bottom), (left, right) = padding
   flat_dy = dy.reshape(-1, cout)
   if stride == 1:
@@ -169,6 +167,16 @@ def resolve_backward(backward: str) -> str:
   return "xla" if backward == "auto" else backward
 
 
+def convolve(x: jnp.ndarray, kernel: jnp.ndarray, backward: str,
+             padding: Optional[Padding] = None, stride: int = 1
+             ) -> jnp.ndarray:
+  """:func:`_conv` differentiated as ``backward`` says ('auto' resolved by
+  :func:`resolve_backward`)."""
+  if resolve_backward(backward) == "matmul":
+    return conv_matmul_grad(x, kernel, padding, stride)
+  return _conv(x, kernel, padding, stride)
+
+
 class Conv(nn.Module):
   """``nn.Conv`` (same parameters, same output) with the gradient chosen by
   ``backward`` (see the module docstring): stride 1 with 'SAME' padding
@@ -196,10 +204,7 @@ class Conv(nn.Module):
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     padding = None if self.padding is None else tuple(
         tuple(p) for p in self.padding)
-    if resolve_backward(self.backward) == "matmul":
-      y = conv_matmul_grad(x, kernel, padding, self.strides)
-    else:
-      y = _conv(x, kernel, padding, self.strides)
+    y = convolve(x, kernel, self.backward, padding, self.strides)
     return y + bias.astype(self.dtype)
 
 
@@ -242,11 +247,7 @@ def upsample_conv(x: jnp.ndarray, kernel: jnp.ndarray,
   pad = ((1, 1), (1, 1))
   if backward == "auto" and jax.default_backend() == "cpu":
     backward = "matmul"
-  if resolve_backward(backward) == "matmul":
-    y = conv_matmul_grad(x, k2, pad)
-  else:
-    y = _conv(x, k2, pad)
-  y = y.reshape(b, h + 1, w + 1, 2, 2, out)
+  y = convolve(x, k2, backward, pad).reshape(b, h + 1, w + 1, 2, 2, out)
   # Phase (a, c) of output pixel (i, j) is window (i + a, j + c).
   rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in range(2)], 3)
           for a in range(2)]
@@ -278,7 +279,5 @@ class UpsampleConv(nn.Module):
       y = upsample_conv(x, kernel, self.backward)
     else:
       x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-      y = (conv_matmul_grad(x, kernel)
-           if resolve_backward(self.backward) == "matmul" else
-           _conv(x, kernel))
+      y = convolve(x, kernel, self.backward)
     return y + bias.astype(self.dtype)
