@@ -81,7 +81,7 @@ def jax_side(config, batch_size):
         holder["state"], batch, schedule).compile()
   flops = (counted.cost_analysis() or {}).get("flops") if hasattr(
       counted, "cost_analysis") else None
-  backward = training.step_conv_backward(model, micro, mesh)
+  backward = training.step_backward_plan(model, micro, mesh)
   return compile_s, first_s, lambda: common.timed(lambda: steps(
       FLAGS.steps)), flops, micro, backward
 
@@ -161,7 +161,8 @@ def main(argv):
         "runs_s": [round(t, 4) for t in times[name]],
         "first_call_s": round(first, 3)}
   out["jax"]["compile_s"] = round(compile_s, 3)
-  # What the step runs ('auto' resolved as make_train_step resolves it).
+  # What the step runs, per layer kind ('auto' resolved as the step
+  # resolves it).
   out["jax"]["conv_backward"] = backward
   out["jax"]["microbatch"] = micro  # per device; 0: one pass
   if flops:

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from ddpm_jax import (checkpoints, compilation, data, evaluation, guidance,
                       images, losses, parallel, self_conditioning)
 from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
+from ddpm_jax.models import conv
 from ddpm_jax.models.conv import UPSAMPLE_CONVS
 from ddpm_jax.models.unet import (ACTIVATIONS, DROPOUT_RNGS, UNet,
                                   dropout_over_batch_slice, eps_fn,
@@ -578,16 +579,34 @@ def step_microbatch_size(config: ml_collections.ConfigDict, mesh: Mesh,
                          _flat_grads_pay(mesh, state_shardings))
 
 
+def step_platform(mesh: Mesh) -> str:
+  """The platform of ``mesh``'s devices ('cpu', 'gpu', 'tpu')."""
+  return next(iter(mesh.devices.flat)).platform
+
+
 def step_conv_backward(model: Any, micro: int, mesh: Mesh) -> Optional[str]:
   """The ``conv_backward`` the train step differentiates ``model`` with:
-  'matmul' where the step is microbatched (``micro`` > 0) on CPU devices
-  and the model says 'auto' (see :func:`make_train_step`), else the
-  model's own (None for a model without the field)."""
+  the model's own, with 'auto' resolved by
+  :func:`ddpm_jax.models.conv.resolve_backward` where the step is
+  microbatched (``micro`` > 0: the layers run inside a ``lax.scan``);
+  None for a model without the field."""
   own = getattr(model, "conv_backward", None)
-  if (micro and own == "auto" and
-      all(d.platform == "cpu" for d in mesh.devices.flat)):
-    return "matmul"
-  return own
+  if own is None or not micro:
+    return own
+  return conv.resolve_backward(own, in_scan=True,
+                               platform=step_platform(mesh))
+
+
+def step_backward_plan(model: Any, micro: int,
+                       mesh: Mesh) -> Optional[Dict[str, str]]:
+  """{layer kind: backward} that the train step runs for ``model``
+  (:func:`ddpm_jax.models.conv.backward_plan`); None for a model without
+  ``conv_backward``."""
+  own = getattr(model, "conv_backward", None)
+  if own is None:
+    return None
+  return conv.backward_plan(own, in_scan=bool(micro),
+                            platform=step_platform(mesh))
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: UNet,

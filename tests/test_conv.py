@@ -55,11 +55,29 @@ def test_module_is_nn_conv_whatever_the_backward():
         jax.random.PRNGKey(2), x)) == jax.tree_util.tree_map(jnp.shape,
                                                              params)
     np.testing.assert_array_equal(mod.apply(params, x), ref.apply(params, x))
-  assert conv.resolve_backward("auto") == "xla"
-  assert conv.resolve_backward("matmul") == "matmul"
-  assert conv.resolve_backward("xla") == "xla"
+
+
+def test_auto_backward_is_resolved_by_one_rule():
+  # 'auto': 'matmul' on the CPU for sub-pixel layers and inside a scan,
+  # else 'xla'; explicit choices stand everywhere.
+  for platform in ("cpu", "gpu", "tpu"):
+    for layer in conv.LAYERS:
+      for in_scan in (False, True):
+        want = "matmul" if platform == "cpu" and (
+            in_scan or layer == "subpixel") else "xla"
+        assert conv.resolve_backward("auto", layer, in_scan,
+                                     platform) == want
+        for named in ("xla", "matmul"):
+          assert conv.resolve_backward(named, layer, in_scan,
+                                       platform) == named
+  assert conv.backward_plan("auto", False, "cpu") == {
+      "conv": "xla", "subpixel": "matmul"}
+  assert conv.backward_plan("auto", True, "gpu") == {
+      "conv": "xla", "subpixel": "xla"}
   with pytest.raises(ValueError, match="conv backward"):
     conv.resolve_backward("fast")
+  with pytest.raises(ValueError, match="conv layer"):
+    conv.resolve_backward("auto", "transposed")
 
 
 @pytest.mark.parametrize("shape,ksize,cout,padding,stride", [

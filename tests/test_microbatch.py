@@ -98,6 +98,12 @@ def test_auto_microbatch_rule():
   assert training.step_conv_backward(model, 0, cpu) == "auto"
   assert training.step_conv_backward(model.clone(conv_backward="xla"), 2,
                                      cpu) == "xla"
+  # What the benchmark reports: the one-pass step runs XLA's gradient in
+  # plain convolutions and 'matmul' in the sub-pixel upsampling.
+  assert training.step_backward_plan(model, 0, cpu) == {
+      "conv": "xla", "subpixel": "matmul"}
+  assert training.step_backward_plan(model, 2, cpu) == {
+      "conv": "matmul", "subpixel": "matmul"}
 
 
 @pytest.mark.parametrize("size, words", [

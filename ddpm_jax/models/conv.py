@@ -18,7 +18,10 @@ backward pass from two well-optimised pieces:
 Both are the exact gradient (the same sums in another order); the tests
 compare them with ``jax.grad`` of ``lax.conv_general_dilated``.
 ``backward='xla'`` is XLA's own gradient. ``'auto'`` (the default) is
-'xla' on every backend: it was 'matmul' on the CPU for 32x32 layers until
+resolved in one place, :func:`resolve_backward`: 'matmul' on the CPU for
+the sub-pixel upsampling layers and for every layer inside the
+microbatched train step's ``lax.scan``, else 'xla'. A plain 3x3 layer's
+'auto' was 'matmul' on the CPU for 32x32 layers until
 2026-12-02, when an in-process A/B on 2 CPU cores (jax 0.10.2, the same
 version, whose CPU backend runs convolutions through YNNPACK) found XLA's
 gradient faster, against the earlier separate-process figures:
@@ -38,7 +41,7 @@ the choice.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -158,21 +161,46 @@ def _conv_bwd(padding: Optional[Padding], stride: int,
 conv_matmul_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
-def resolve_backward(backward: str) -> str:
-  """The backward a layer uses: 'auto' -> 'xla' (see the module
-  docstring), 'xla' and 'matmul' as named."""
+LAYERS = ("conv", "subpixel")
+
+
+def resolve_backward(backward: str, layer: str = "conv",
+                     in_scan: bool = False,
+                     platform: Optional[str] = None) -> str:
+  """The backward a ``layer`` ('conv': stride 1 or 2; 'subpixel':
+  :func:`upsample_conv`'s 2x2 kernel) runs, the one place 'auto' is
+  resolved. 'xla' and 'matmul' stand as named. 'auto' is 'matmul' on the
+  CPU (``platform``, default JAX's default backend) for sub-pixel layers
+  and for every layer differentiated inside a ``lax.scan`` (``in_scan``:
+  the microbatched train step), where XLA's own CPU gradients measured
+  slow; else 'xla' (see the module docstring and docs/benchmarks.md)."""
   if backward not in BACKWARDS:
     raise ValueError(f"conv backward must be one of {BACKWARDS}, got "
                      f"{backward!r}")
-  return "xla" if backward == "auto" else backward
+  if layer not in LAYERS:
+    raise ValueError(f"conv layer must be one of {LAYERS}, got {layer!r}")
+  if backward != "auto":
+    return backward
+  if (platform or jax.default_backend()) == "cpu" and (
+      in_scan or layer == "subpixel"):
+    return "matmul"
+  return "xla"
+
+
+def backward_plan(backward: str, in_scan: bool = False,
+                  platform: Optional[str] = None) -> Dict[str, str]:
+  """{layer: the backward it runs} for a model whose ``conv_backward`` is
+  ``backward`` (:func:`resolve_backward` for each of :data:`LAYERS`)."""
+  return {layer: resolve_backward(backward, layer, in_scan, platform)
+          for layer in LAYERS}
 
 
 def convolve(x: jnp.ndarray, kernel: jnp.ndarray, backward: str,
-             padding: Optional[Padding] = None, stride: int = 1
-             ) -> jnp.ndarray:
+             padding: Optional[Padding] = None, stride: int = 1,
+             layer: str = "conv") -> jnp.ndarray:
   """:func:`_conv` differentiated as ``backward`` says ('auto' resolved by
-  :func:`resolve_backward`)."""
-  if resolve_backward(backward) == "matmul":
+  :func:`resolve_backward` for ``layer``)."""
+  if resolve_backward(backward, layer) == "matmul":
     return conv_matmul_grad(x, kernel, padding, stride)
   return _conv(x, kernel, padding, stride)
 
@@ -237,17 +265,16 @@ def upsample_conv(x: jnp.ndarray, kernel: jnp.ndarray,
   It reads each input pixel once per tap that touches it, 16 products per
   4 output pixels against 36: 2.25x fewer FLOPs (sub-pixel convolution).
   The sums are the same up to float rounding (a few taps' weights are
-  added first). ``backward`` as in :class:`Conv`, except that 'auto' is
-  'matmul' on the CPU: there XLA's gradient of this 2x2 kernel took the
-  digits U-Net's train step from 545 to 397 img/s, 'matmul' to 554
-  (docs/benchmarks.md, 2026-12-03)."""
+  added first). ``backward`` as in :class:`Conv`, with 'auto' resolved for
+  the 'subpixel' layer (:func:`resolve_backward`): 'matmul' on the CPU,
+  where XLA's gradient of this 2x2 kernel took the digits U-Net's train
+  step from 545 to 397 img/s, 'matmul' to 554 (docs/benchmarks.md,
+  2026-12-03)."""
   b, h, w, _ = x.shape
   out = kernel.shape[-1]
   k2 = subpixel_kernel(kernel)
   pad = ((1, 1), (1, 1))
-  if backward == "auto" and jax.default_backend() == "cpu":
-    backward = "matmul"
-  y = convolve(x, k2, backward, pad).reshape(b, h + 1, w + 1, 2, 2, out)
+  y = convolve(x, k2, backward, pad, layer="subpixel").reshape(b, h + 1, w + 1, 2, 2, out)
   # Phase (a, c) of output pixel (i, j) is window (i + a, j + c).
   rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in range(2)], 3)
           for a in range(2)]
