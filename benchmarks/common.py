@@ -57,7 +57,7 @@ def get_config(name: str) -> ml_collections.ConfigDict:
 
 def define_shared_flags() -> None:
   """The flags both benchmark scripts take: --config, --repeats,
-  --torch_mode, --torch_device, --bf16."""
+  --torch_mode, --torch_device, --bf16, --jax_only."""
   from absl import flags
   flags.DEFINE_enum("config", "tiny8", list(CONFIG_NAMES),
                     "The benchmark config (see benchmarks/common.py).")
@@ -68,6 +68,9 @@ def define_shared_flags() -> None:
   flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
                     "model.dtype=bfloat16 (float32 parameters and norms), "
                     "PyTorch under torch.autocast(bfloat16).")
+  flags.DEFINE_bool("jax_only", False, "Time the JAX side alone (the "
+                    "scaling check, with JAX_NUM_CPU_DEVICES=1 and =8; "
+                    "a GPU goal that has no PyTorch counterpart).")
 
 
 def setup_from_flags():

@@ -34,8 +34,6 @@ flags.DEFINE_integer("steps", 10, "Train steps per timed run.")
 flags.DEFINE_enum("conv_backward", None, ["auto", "xla", "matmul"],
                   "Override config.model.conv_backward (ddpm_jax/models/"
                   "conv.py), e.g. 'xla' to time XLA's own gradient.")
-flags.DEFINE_bool("jax_only", False, "Time the JAX side alone (the scaling "
-                  "check: run it with JAX_NUM_CPU_DEVICES=1 and =8).")
 
 
 def jax_side(config, batch_size):

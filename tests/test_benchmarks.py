@@ -23,8 +23,14 @@ def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
   assert jax_side["side"] == "jax" and torch_side["side"] == "torch"
   assert len(jax_side["runs_s"]) == 2 and jax_side["compile_s"] > 0
   assert jax_side["gflop_per_step"] > 0
+  assert set(jax_side["conv_backward"]) == {"conv", "subpixel"}
   assert "ratio jax/torch" in lines[-1]
   lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
               "--timesteps", "2", "--repeats", "1")
   assert json.loads(lines[-4])["timesteps"] == 2
   assert "ratio jax/torch (speed)" in lines[-1]
+  # --jax_only: no PyTorch side, the JAX time last.
+  lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
+              "--timesteps", "2", "--repeats", "1", "--jax_only")
+  assert json.loads(lines[-3])["side"] == "jax"
+  assert "torch" not in lines[-1] and lines[-1].endswith("cpu")
