@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of docs/benchmarks.md in one run, sized for one call
+# of the device tool (10 minutes at most; about 9 with every part on an
+# H100/H200 and the cifar10 config). In the repository root:
+#
+#   bash benchmarks/gpu_wheels.sh            # here, once: fills .whl/
+#   bash benchmarks/gpu.sh [PART ...]        # there, with carry [".whl"]
+#
+# PARTs (default: all, in this order), each under its own time limit so
+# that one slow part leaves the others' results:
+#   train    train step, cifar10 batch 128, bf16, vs PyTorch eager (170 s)
+#   ratio    sampling 256 images x 100 steps, bf16, vs DDPMPipeline (130 s)
+#   sample   sampling 256 images x 1000 steps, bf16, JAX alone: the
+#            paper-sized goal's absolute time (100 s)
+#   compile  train step vs PyTorch under torch.compile (160 s)
+# Logs go to $OUT (the device tool's folder that comes back) or
+# /tmp/ddpm_jax_gpu; each part's last lines are printed.
+# GPU_BENCH_CONFIG=tiny8 GPU_BENCH_FLAGS= runs the same parts on the CPU
+# with a tiny config (a check of this script, not a benchmark).
+set -u
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/ddpm_jax_gpu}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/ddpm_jax_site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/ddpm_jax_site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+config=${GPU_BENCH_CONFIG:-cifar10}
+extra=${GPU_BENCH_FLAGS---bf16}
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+    2>/dev/null || echo "no nvidia-smi"
+  python3 -c "import jax, torch; print('jax', jax.__version__, \
+jax.devices(), 'torch', torch.__version__, torch.cuda.is_available())"
+} > "$out/env.log" 2>&1
+cat "$out/env.log"
+
+part() {  # name, time limit (s), benchmark arguments
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name: $*"
+  timeout "$limit" python3 "$@" > "$out/$name.log" 2>&1
+  echo "rc=$? (124: over its ${limit} s)"
+  grep -v '^[WI][0-9]\{4\} ' "$out/$name.log" | tail -4
+}
+
+parts=${*:-train ratio sample compile}
+for p in $parts; do
+  case $p in
+    train) part train 170 benchmarks/train_step.py --config "$config" \
+             --batch 128 $extra ;;
+    ratio) part ratio 130 benchmarks/sampling.py --config "$config" \
+             --num 256 --timesteps 100 $extra ;;
+    sample) part sample 100 benchmarks/sampling.py --config "$config" \
+              --num 256 --timesteps 1000 --repeats 3 --jax_only $extra ;;
+    compile) part compile 160 benchmarks/train_step.py --config "$config" \
+               --batch 128 --torch_mode compile $extra ;;
+    *) echo "gpu.sh: unknown part '$p' (train, ratio, sample, compile)" >&2
+       exit 2 ;;
+  esac
+done
