@@ -274,7 +274,8 @@ def upsample_conv(x: jnp.ndarray, kernel: jnp.ndarray,
   out = kernel.shape[-1]
   k2 = subpixel_kernel(kernel)
   pad = ((1, 1), (1, 1))
-  y = convolve(x, k2, backward, pad, layer="subpixel").reshape(b, h + 1, w + 1, 2, 2, out)
+  y = convolve(x, k2, backward, pad, layer="subpixel").reshape(
+      b, h + 1, w + 1, 2, 2, out)
   # Phase (a, c) of output pixel (i, j) is window (i + a, j + c).
   rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in range(2)], 3)
           for a in range(2)]
