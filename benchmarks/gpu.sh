@@ -9,9 +9,9 @@
 # PARTs (default: all, in this order), each under its own time limit so
 # that one slow part leaves the others' results:
 #   train    train step, cifar10 batch 128, bf16, vs PyTorch eager (170 s)
-#   ratio    sampling 256 images x 100 steps, bf16, vs DDPMPipeline (130 s)
+#   ratio    sampling 256 images x 100 steps, bf16, vs DDPMPipeline (110 s)
 #   sample   sampling 256 images x 1000 steps, bf16, JAX alone: the
-#            paper-sized goal's absolute time (100 s)
+#            paper-sized goal's absolute time (130 s)
 #   compile  train step vs PyTorch under torch.compile (160 s)
 # Logs go to $OUT (the device tool's folder that comes back) or
 # /tmp/ddpm_jax_gpu; each part's last lines are printed.
@@ -52,9 +52,9 @@ for p in $parts; do
   case $p in
     train) part train 170 benchmarks/train_step.py --config "$config" \
              --batch 128 $extra ;;
-    ratio) part ratio 130 benchmarks/sampling.py --config "$config" \
+    ratio) part ratio 110 benchmarks/sampling.py --config "$config" \
              --num 256 --timesteps 100 $extra ;;
-    sample) part sample 100 benchmarks/sampling.py --config "$config" \
+    sample) part sample 130 benchmarks/sampling.py --config "$config" \
               --num 256 --timesteps 1000 --repeats 3 --jax_only $extra ;;
     compile) part compile 160 benchmarks/train_step.py --config "$config" \
                --batch 128 --torch_mode compile $extra ;;
