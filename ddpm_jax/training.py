@@ -602,10 +602,10 @@ def step_backward_plan(model: Any, micro: int,
   """{layer kind: backward} that the train step runs for ``model``
   (:func:`ddpm_jax.models.conv.backward_plan`); None for a model without
   ``conv_backward``."""
-  own = getattr(model, "conv_backward", None)
-  if own is None:
+  backward = step_conv_backward(model, micro, mesh)
+  if backward is None:
     return None
-  return conv.backward_plan(own, in_scan=bool(micro),
+  return conv.backward_plan(backward, in_scan=bool(micro),
                             platform=step_platform(mesh))
 
 

@@ -104,6 +104,8 @@ def test_auto_microbatch_rule():
       "conv": "xla", "subpixel": "matmul"}
   assert training.step_backward_plan(model, 2, cpu) == {
       "conv": "matmul", "subpixel": "matmul"}
+  assert training.step_backward_plan(model.clone(conv_backward="xla"), 2,
+                                     cpu) == {"conv": "xla", "subpixel": "xla"}
 
 
 @pytest.mark.parametrize("size, words", [
