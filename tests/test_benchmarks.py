@@ -34,3 +34,17 @@ def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
               "--timesteps", "2", "--repeats", "1", "--jax_only")
   assert json.loads(lines[-3])["side"] == "jax"
   assert "torch" not in lines[-1] and lines[-1].endswith("cpu")
+
+
+def test_compile_time_reports_the_step_and_its_parts():
+  lines = run("benchmarks/compile_time.py", "--config", "smoke", "--batch",
+              "4")
+  parts = [json.loads(l) for l in lines[-6:-2]]
+  assert [p["part"] for p in parts] == ["forward", "gradient", "update",
+                                        "step"]
+  for p in parts:
+    assert p["compile_s"] > 0 and p["fusions"] > 0, p
+    assert p["instructions"] > p["fusions"], p
+  assert parts[-1]["param_arrays"] > 0
+  assert "jax_devices" in json.loads(lines[-2])
+  assert lines[-1].startswith("compile seconds: step ")

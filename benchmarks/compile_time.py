@@ -1,0 +1,138 @@
+"""Where the train step's compilation time goes: the step itself and its
+parts compiled alone, each with the persistent compilation cache off.
+
+  python benchmarks/compile_time.py --config tiny8
+  python benchmarks/compile_time.py --config cifar10 --batch 128 --bf16
+
+Parts: 'forward' (the U-Net in training mode, dropout on), 'gradient' (the
+gradient of a mean square of its output with respect to the parameters),
+'update' (gradient clipping, Adam, the parameter update, the EMA and the
+gradient's norm over every parameter array), each jitted for one device
+with one device's share of the batch; 'step' is
+:func:`ddpm_jax.training.make_train_step` on every device, as train.py
+compiles it. One JSON line per part (seconds to lower and to compile, XLA's
+fusions and instructions after its passes), one line with the machine and
+versions, and the summary last. Times nothing that runs: the speed
+benchmarks are train_step.py and sampling.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
+
+import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("config", "tiny8", list(common.CONFIG_NAMES),
+                  "The benchmark config (see benchmarks/common.py).")
+flags.DEFINE_integer("batch", None, "Batch size (default: the config's).")
+flags.DEFINE_bool("bf16", False, "bfloat16 compute (model.dtype).")
+
+
+def compile_stats(jitted, *args):
+  """{lower_s, compile_s, fusions, instructions} of the jitted function
+  ``jitted`` for ``args``."""
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  lowered_at = time.perf_counter()
+  text = lowered.compile().as_text()
+  done = time.perf_counter()
+  return {"lower_s": round(lowered_at - start, 2),
+          "compile_s": round(done - lowered_at, 2),
+          "fusions": len(re.findall(r"\sfusion\(", text)),
+          "instructions": len(re.findall(r"^\s+(?:ROOT )?%\S+ = ", text,
+                                         re.M))}
+
+
+def parts(config, batch_size):
+  """[(part name, stats)] for the config at ``batch_size``."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from ddpm_jax import parallel, training
+  model, tx = training.make_model(config), training.make_optimizer(config)
+  mesh = parallel.make_mesh()
+  d = config.data
+  shape = (batch_size, d.image_size, d.image_size, d.channels)
+  per_device = (max(1, batch_size // mesh.size),) + shape[1:]
+  x = jnp.zeros(per_device, jnp.float32)
+  t = jnp.zeros(per_device[:1], jnp.int32)
+  key = jax.random.PRNGKey(0)
+  state = training.create_train_state(config, model, tx)
+
+  def forward(params):
+    return model.apply({"params": params}, x, t, train=True,
+                       rngs={"dropout": key})
+
+  def gradient(params):
+    return jax.grad(lambda p: jnp.mean(jnp.square(forward(p))))(params)
+
+  def update(state, grads):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree_util.tree_map(lambda e, p: 0.99 * e + 0.01 * p,
+                                 state.ema_params, params)
+    return params, ema, opt_state, optax.tree.norm(grads)
+
+  out = [("forward", compile_stats(jax.jit(forward), state.params)),
+         ("gradient", compile_stats(jax.jit(gradient), state.params)),
+         ("update", compile_stats(jax.jit(update), state, state.params))]
+  placed = training.create_train_state(config, model, tx, mesh)
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, placed)
+  step = training.make_train_step(config, model, tx, mesh, shardings)
+  schedule = jax.device_put(training.make_schedule(config),
+                            parallel.replicated(mesh))
+  batch = jax.device_put(np.zeros(shape, np.float32),
+                         parallel.batch_sharding(mesh))
+  out.append(("step", {
+      **compile_stats(step, placed, batch, schedule),
+      "param_arrays": len(jax.tree_util.tree_leaves(placed.params))}))
+  return out
+
+
+def main(argv):
+  del argv
+  from ddpm_jax import parallel
+  parallel.use_cpu_cores()
+  import flax
+  import jax
+  import optax
+  # A cache hit would time a file read, not the compiler.
+  jax.config.update("jax_enable_compilation_cache", False)
+  config = common.get_config(FLAGS.config)
+  if FLAGS.bf16:
+    config.model.dtype = "bfloat16"
+  batch = FLAGS.batch or config.training.batch_size
+  results = parts(config, batch)
+  for name, stats in results:
+    print(json.dumps({"part": name, "config": FLAGS.config, "batch": batch,
+                      "bf16": FLAGS.bf16, **stats}), flush=True)
+  devices = jax.devices()
+  print(json.dumps({
+      "date": datetime.date.today().isoformat(),
+      "machine": f"{platform.machine()} {os.cpu_count()} cores",
+      "jax_devices": f"{len(devices)} x {devices[0].device_kind}",
+      "versions": f"python {platform.python_version()}, jax "
+                  f"{jax.__version__}, flax {flax.__version__}, optax "
+                  f"{optax.__version__}"}))
+  s = dict(results)
+  print(f"compile seconds: step {s['step']['compile_s']:.1f} (alone: "
+        f"forward {s['forward']['compile_s']:.1f}, gradient "
+        f"{s['gradient']['compile_s']:.1f}, update "
+        f"{s['update']['compile_s']:.1f})")
+
+
+if __name__ == "__main__":
+  app.run(main)
