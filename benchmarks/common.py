@@ -55,40 +55,53 @@ def get_config(name: str) -> ml_collections.ConfigDict:
   raise ValueError(f"--config must be one of {CONFIG_NAMES}, got {name!r}")
 
 
-def define_shared_flags() -> None:
-  """The flags both benchmark scripts take: --config, --repeats,
-  --torch_mode, --torch_device, --bf16, --jax_only."""
+def define_config_flags() -> None:
+  """--config and --bf16, which every benchmark script takes."""
   from absl import flags
   flags.DEFINE_enum("config", "tiny8", list(CONFIG_NAMES),
                     "The benchmark config (see benchmarks/common.py).")
+  flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
+                    "model.dtype=bfloat16 (float32 parameters and norms), "
+                    "PyTorch under torch.autocast(bfloat16).")
+
+
+def define_shared_flags() -> None:
+  """The flags both timing scripts take: --config, --bf16
+  (:func:`define_config_flags`), --repeats, --torch_mode, --torch_device,
+  --jax_only."""
+  from absl import flags
+  define_config_flags()
   flags.DEFINE_integer("repeats", 5, "Alternating timed runs per side.")
   flags.DEFINE_enum("torch_mode", "eager", ["eager", "compile"],
                     "PyTorch eager, or the U-Net under torch.compile.")
   flags.DEFINE_string("torch_device", "auto", "cpu, cuda or auto.")
-  flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
-                    "model.dtype=bfloat16 (float32 parameters and norms), "
-                    "PyTorch under torch.autocast(bfloat16).")
   flags.DEFINE_bool("jax_only", False, "Time the JAX side alone (the "
                     "scaling check, with JAX_NUM_CPU_DEVICES=1 and =8; "
                     "a GPU goal that has no PyTorch counterpart).")
 
 
-def setup_from_flags():
-  """(config, torch device) from the shared flags: the named config, in
-  bfloat16 compute with --bf16; --torch_device auto -> cuda if present.
-  JAX's CPU backend gets one device per core, as in the entry points
+def config_from_flags() -> ml_collections.ConfigDict:
+  """The config --config names, in bfloat16 compute with --bf16. JAX's CPU
+  backend gets one device per core first, as in the entry points
   (``ddpm_jax.parallel.use_cpu_cores``; JAX_NUM_CPU_DEVICES=1 for one)."""
-  import torch
   from absl import flags
   from ddpm_jax import parallel
   parallel.use_cpu_cores()
-  f = flags.FLAGS
-  device = f.torch_device
+  config = get_config(flags.FLAGS.config)
+  if flags.FLAGS.bf16:
+    config.model.dtype = "bfloat16"
+  return config
+
+
+def setup_from_flags():
+  """(config, torch device) from the shared flags: :func:`config_from_flags`,
+  and --torch_device auto -> cuda if present."""
+  import torch
+  from absl import flags
+  config = config_from_flags()
+  device = flags.FLAGS.torch_device
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
-  config = get_config(f.config)
-  if f.bf16:
-    config.model.dtype = "bfloat16"
   return config, device
 
 
@@ -137,24 +150,33 @@ def timed(fn: Callable[[], object]) -> float:
   return time.perf_counter() - start
 
 
-def environment() -> Dict[str, str]:
-  """Date, machine and library versions, for docs/benchmarks.md."""
-  import diffusers
+def jax_environment() -> Dict[str, str]:
+  """Date, machine, JAX's devices and the JAX libraries' versions."""
   import flax
   import jax
   import optax
-  import torch
   devices = jax.devices()
   return {
       "date": datetime.date.today().isoformat(),
       "machine": f"{platform.machine()} {platform.processor() or ''} "
                  f"{os.cpu_count()} cores".replace("  ", " "),
       "jax_devices": f"{len(devices)} x {devices[0].device_kind}",
-      "torch_device": ("cuda: " + torch.cuda.get_device_name(0)
-                       if torch.cuda.is_available() else
-                       f"cpu ({torch.get_num_threads()} threads)"),
       "versions": f"python {platform.python_version()}, jax "
                   f"{jax.__version__}, flax {flax.__version__}, optax "
-                  f"{optax.__version__}, torch {torch.__version__}, "
-                  f"diffusers {diffusers.__version__}",
+                  f"{optax.__version__}",
   }
+
+
+def environment() -> Dict[str, str]:
+  """:func:`jax_environment` with PyTorch's device and the PyTorch
+  libraries' versions, for docs/benchmarks.md."""
+  import diffusers
+  import torch
+  env = jax_environment()
+  versions = env.pop("versions")
+  env["torch_device"] = ("cuda: " + torch.cuda.get_device_name(0)
+                         if torch.cuda.is_available() else
+                         f"cpu ({torch.get_num_threads()} threads)")
+  env["versions"] = (f"{versions}, torch {torch.__version__}, "
+                     f"diffusers {diffusers.__version__}")
+  return env

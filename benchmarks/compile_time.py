@@ -18,10 +18,8 @@ benchmarks are train_step.py and sampling.py.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -34,10 +32,8 @@ from absl import app, flags
 import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("config", "tiny8", list(common.CONFIG_NAMES),
-                  "The benchmark config (see benchmarks/common.py).")
+common.define_config_flags()
 flags.DEFINE_integer("batch", None, "Batch size (default: the config's).")
-flags.DEFINE_bool("bf16", False, "bfloat16 compute (model.dtype).")
 
 
 def compile_stats(jitted, *args):
@@ -104,29 +100,16 @@ def parts(config, batch_size):
 
 def main(argv):
   del argv
-  from ddpm_jax import parallel
-  parallel.use_cpu_cores()
-  import flax
+  config = common.config_from_flags()
   import jax
-  import optax
   # A cache hit would time a file read, not the compiler.
   jax.config.update("jax_enable_compilation_cache", False)
-  config = common.get_config(FLAGS.config)
-  if FLAGS.bf16:
-    config.model.dtype = "bfloat16"
   batch = FLAGS.batch or config.training.batch_size
   results = parts(config, batch)
   for name, stats in results:
     print(json.dumps({"part": name, "config": FLAGS.config, "batch": batch,
                       "bf16": FLAGS.bf16, **stats}), flush=True)
-  devices = jax.devices()
-  print(json.dumps({
-      "date": datetime.date.today().isoformat(),
-      "machine": f"{platform.machine()} {os.cpu_count()} cores",
-      "jax_devices": f"{len(devices)} x {devices[0].device_kind}",
-      "versions": f"python {platform.python_version()}, jax "
-                  f"{jax.__version__}, flax {flax.__version__}, optax "
-                  f"{optax.__version__}"}))
+  print(json.dumps(common.jax_environment()))
   s = dict(results)
   print(f"compile seconds: step {s['step']['compile_s']:.1f} (alone: "
         f"forward {s['forward']['compile_s']:.1f}, gradient "
