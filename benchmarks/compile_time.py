@@ -6,7 +6,8 @@ parts compiled alone, each with the persistent compilation cache off.
 
 Parts: 'forward' (the U-Net in training mode, dropout on), 'gradient' (the
 gradient of a mean square of its output with respect to the parameters),
-'update' (gradient clipping, Adam, the parameter update, the EMA and the
+'update' (:func:`ddpm_jax.training.apply_gradients`, what the step runs
+after the gradient: clipping, Adam, the parameter update, the EMA and the
 gradient's norm over every parameter array), each jitted for one device
 with one device's share of the batch; 'step' is
 :func:`ddpm_jax.training.make_train_step` on every device, as train.py
@@ -56,7 +57,6 @@ def parts(config, batch_size):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import optax
   from ddpm_jax import parallel, training
   model, tx = training.make_model(config), training.make_optimizer(config)
   mesh = parallel.make_mesh()
@@ -76,11 +76,10 @@ def parts(config, batch_size):
     return jax.grad(lambda p: jnp.mean(jnp.square(forward(p))))(params)
 
   def update(state, grads):
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: 0.99 * e + 0.01 * p,
-                                 state.ema_params, params)
-    return params, ema, opt_state, optax.tree.norm(grads)
+    return training.apply_gradients(
+        state, grads, jnp.zeros((), jnp.float32), tx=tx,
+        ema_decay=float(config.training.ema_decay),
+        skip_nonfinite=bool(config.training.get("skip_nonfinite", False)))
 
   out = [("forward", compile_stats(jax.jit(forward), state.params)),
          ("gradient", compile_stats(jax.jit(gradient), state.params)),

@@ -414,11 +414,30 @@ def train_step(state: TrainState, batch: Any,
   else:
     loss, grads = jax.value_and_grad(lambda p: jnp.mean(per_example(
         p, shared, batch, t, noise, labels)))(state.params)
+  return apply_gradients(state, grads, loss, tx=tx, ema_decay=ema_decay,
+                         skip_nonfinite=skip_nonfinite)
+
+
+def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
+  """The exponential moving average of the weights that the paper samples
+  from (appendix B, decay 0.9999): ``decay * ema + (1 - decay) * params``,
+  leaf by leaf."""
+  return jax.tree_util.tree_map(
+      lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def apply_gradients(state: TrainState, grads: Any, loss: jnp.ndarray, *,
+                    tx: optax.GradientTransformation, ema_decay: float,
+                    skip_nonfinite: bool = False
+                    ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
+  """The update half of :func:`train_step`: ``tx`` (clipping and Adam)
+  on ``grads``, the new parameters, their EMA (:func:`ema_update`) and the
+  step counter, with the metrics ``loss``, ``grad_norm`` and ``finite``.
+  With ``skip_nonfinite`` a non-finite loss or gradient leaves params, EMA
+  and optimizer state unchanged (the step counter still advances)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema = jax.tree_util.tree_map(
-      lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params,
-      params)
+  ema = ema_update(state.ema_params, params, ema_decay)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = state.replace(step=state.step + 1, params=params,
