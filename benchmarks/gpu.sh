@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of docs/benchmarks.md in one run, sized for one call
-# of the device tool (10 minutes at most; about 9 with every part on an
-# H100/H200 and the cifar10 config). In the repository root:
+# of the device tool (10 minutes at most). On an H200 on 2026-12-04 the
+# parts took about 121, 96, 85 and 207 s (8.5 minutes). In the repository
+# root:
 #
 #   bash benchmarks/gpu_wheels.sh            # here, once: fills .whl/
 #   bash benchmarks/gpu.sh [PART ...]        # there, with carry [".whl"]
@@ -12,11 +13,14 @@
 #   ratio    sampling 256 images x 100 steps, bf16, vs DDPMPipeline (110 s)
 #   sample   sampling 256 images x 1000 steps, bf16, JAX alone: the
 #            paper-sized goal's absolute time (130 s)
-#   compile  train step vs PyTorch under torch.compile (160 s)
+#   compile  train step vs PyTorch under torch.compile, whose first call
+#            alone took 91 s (250 s)
 # Logs go to $OUT (the device tool's folder that comes back) or
-# /tmp/ddpm_jax_gpu; each part's last lines are printed.
-# GPU_BENCH_CONFIG=tiny8 GPU_BENCH_FLAGS= runs the same parts on the CPU
-# with a tiny config (a check of this script, not a benchmark).
+# /tmp/ddpm_jax_gpu; each part's last lines are printed. The train parts
+# print the MFU against GPU_BENCH_PEAK TFLOP/s (default 989).
+# GPU_BENCH_CONFIG=tiny8 GPU_BENCH_FLAGS= GPU_BENCH_PEAK= runs the same
+# parts on the CPU with a tiny config (a check of this script, not a
+# benchmark).
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/ddpm_jax_gpu}
@@ -32,6 +36,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-.5}
 config=${GPU_BENCH_CONFIG:-cifar10}
 extra=${GPU_BENCH_FLAGS---bf16}
+# One device's peak for the train parts' MFU: H100/H200 SXM dense bf16.
+peak=${GPU_BENCH_PEAK-989}
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
@@ -54,13 +60,14 @@ parts=${*:-train ratio sample compile}
 for p in $parts; do
   case $p in
     train) part train 170 benchmarks/train_step.py --config "$config" \
-             --batch 128 $extra ;;
+             --batch 128 ${peak:+--peak_tflops $peak} $extra ;;
     ratio) part ratio 110 benchmarks/sampling.py --config "$config" \
              --num 256 --timesteps 100 $extra ;;
     sample) part sample 130 benchmarks/sampling.py --config "$config" \
               --num 256 --timesteps 1000 --repeats 3 --jax_only $extra ;;
-    compile) part compile 160 benchmarks/train_step.py --config "$config" \
-               --batch 128 --torch_mode compile $extra ;;
+    compile) part compile 250 benchmarks/train_step.py --config "$config" \
+               --batch 128 --torch_mode compile ${peak:+--peak_tflops $peak} \
+               $extra ;;
     *) echo "gpu.sh: unknown part '$p' (train, ratio, sample, compile)" >&2
        exit 2 ;;
   esac

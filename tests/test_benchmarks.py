@@ -18,11 +18,15 @@ def run(*args):
 
 def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
   lines = run("benchmarks/train_step.py", "--config", "smoke", "--batch",
-              "8", "--steps", "1", "--repeats", "2")
+              "8", "--steps", "1", "--repeats", "2", "--peak_tflops", "2")
   jax_side, torch_side = json.loads(lines[-4]), json.loads(lines[-3])
   assert jax_side["side"] == "jax" and torch_side["side"] == "torch"
   assert len(jax_side["runs_s"]) == 2 and jax_side["compile_s"] > 0
   assert jax_side["gflop_per_step"] > 0
+  # MFU: achieved FLOP/s over the peak of every device (2 TFLOP/s each).
+  devices = int(json.loads(lines[-2])["jax_devices"].split(" x ")[0])
+  assert abs(jax_side["mfu"] - jax_side["achieved_gflop_per_s"] / (
+      2000 * devices)) < 1e-4, jax_side
   assert set(jax_side["conv_backward"]) == {"conv", "subpixel"}
   assert "ratio jax/torch" in lines[-1]
   lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
