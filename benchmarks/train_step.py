@@ -58,11 +58,12 @@ def jax_side(config, batch_size):
                           d.channels)).astype(np.float32),
       parallel.batch_sharding(mesh))
   holder = {"state": state}
-  compiled = None
+  lowered = compiled = None
 
-  def compile_step():
-    nonlocal compiled
-    compiled = step.lower(holder["state"], batch, schedule).compile()
+  def compile_step():  # tracing and lowering counted in the compile time
+    nonlocal lowered, compiled
+    lowered = step.lower(holder["state"], batch, schedule)
+    compiled = lowered.compile()
 
   def steps(n):
     for _ in range(n):
@@ -77,26 +78,24 @@ def jax_side(config, batch_size):
   # convolutions: 445 of 4,209 GFLOP for the cifar10 step), so MFU comes
   # from this count. The analysis counts a loop body once, so a microbatched
   # step is counted as the same step in one pass (lowered, never compiled).
-  counting = step
+  # Both counts are one device's program, times the devices.
+  counted = lowered
   micro = training.step_microbatch_size(config, mesh, shardings)
   if micro:
     one = config.copy_and_resolve_references()
     one.training.microbatch_size = 0
-    counting = training.make_train_step(one, model, tx, mesh, shardings)
-  flops = _flops(counting.lower(holder["state"], batch, schedule))
-  compiled_flops = _flops(compiled) if not micro else None
+    counted = training.make_train_step(one, model, tx, mesh, shardings).lower(
+        holder["state"], batch, schedule)
+  flops = _flops(counted) * jax.device_count()
+  compiled_flops = None if micro else _flops(compiled) * jax.device_count()
   backward = training.step_backward_plan(model, micro, mesh)
   return compile_s, first_s, lambda: common.timed(lambda: steps(
       FLAGS.steps)), (flops, compiled_flops), micro, backward
 
 
 def _flops(program):
-  """XLA's FLOP count for a jax Lowered or Compiled program, or None."""
-  analysis = program.cost_analysis() if hasattr(
-      program, "cost_analysis") else None
-  if isinstance(analysis, list):  # older jax: one dict per module
-    analysis = analysis[0] if analysis else None
-  return (analysis or {}).get("flops")
+  """XLA's FLOP count for a jax Lowered or Compiled program (0: none)."""
+  return (program.cost_analysis() or {}).get("flops", 0.0)
 
 
 def torch_side(config, batch_size, device):
@@ -179,20 +178,17 @@ def main(argv):
   out["jax"]["conv_backward"] = backward
   out["jax"]["microbatch"] = micro  # per device; 0: one pass
   if flops:
-    # XLA's count for one device's program, times the devices: the FLOPs
-    # the step does; MFU is achieved / the peak of every device.
+    # The FLOPs the step does on all devices; MFU is achieved / the peak
+    # of every device.
     import jax
-    total = flops * jax.device_count()
-    achieved = total / (out["jax"]["step_ms"] / 1000)
-    out["jax"]["gflop_per_step"] = round(total / 1e9, 3)
+    achieved = flops / (out["jax"]["step_ms"] / 1000)
+    out["jax"]["gflop_per_step"] = round(flops / 1e9, 3)
     out["jax"]["achieved_gflop_per_s"] = round(achieved / 1e9, 2)
     if FLAGS.peak_tflops:
       out["jax"]["mfu"] = round(
           achieved / (FLAGS.peak_tflops * 1e12 * jax.device_count()), 4)
   if compiled_flops:
-    import jax
-    out["jax"]["compiled_gflop_per_step"] = round(
-        compiled_flops * jax.device_count() / 1e9, 3)
+    out["jax"]["compiled_gflop_per_step"] = round(compiled_flops / 1e9, 3)
   if "torch" in out:
     out["torch"]["mode"] = FLAGS.torch_mode
   for name in out:
