@@ -277,6 +277,12 @@ def test_default_objective_is_the_papers_loss():
   model, tx = training.make_model(config), training.make_optimizer(config)
   schedule = training.make_schedule(config)
   state = training.create_train_state(config, model, tx)
+  # Perturbed: a fresh U-Net outputs exactly zero (its last convolution
+  # starts at zero), which would make the loss blind to t and x_t.
+  leaves, treedef = jax.tree_util.tree_flatten(state.params)
+  keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+  state = state.replace(params=jax.tree_util.tree_unflatten(treedef, [
+      p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]))
   x0 = jnp.asarray(next(data.create_input_iter(config))[0])
   # Both jitted: run eagerly, the U-Net takes ~50 s on 2 cores.
   step = jax.jit(functools.partial(training.train_step,
@@ -288,6 +294,9 @@ def test_default_objective_is_the_papers_loss():
       state.params, eps_fn(model), schedule, x0, key_loss,
       dropout_rng=key_dropout)
   assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-6)
+  # Not the loss of an all-zero output (mean(noise^2), about 1).
+  noise = jax.random.normal(jax.random.split(key_loss)[1], x0.shape)
+  assert abs(float(want) - float(jnp.mean(noise**2))) > 1e-2
 
 
 @pytest.mark.parametrize("change,match", [

@@ -134,3 +134,95 @@ def test_dropout_threefry4x32_masks():
 def test_dropout_rng_impl_is_checked():
   with pytest.raises(ValueError, match="model.dropout_rng_impl"):
     _dropped(Dropout, "philox4x32")
+
+
+# The residual and attention blocks against NumPy written from the paper's
+# description (float64), with random non-zero weights: at init the blocks'
+# last layers are zero, so a fresh block is the identity and cannot show a
+# missing residual or a softmax over the wrong axis.
+
+
+def np_group_norm(x, p, groups, eps=1e-6):
+  b, h, w, c = x.shape
+  g = x.reshape(b, h, w, groups, c // groups)
+  mean = g.mean(axis=(1, 2, 4), keepdims=True)
+  var = ((g - mean)**2).mean(axis=(1, 2, 4), keepdims=True)
+  out = ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)
+  return out * p["scale"] + p["bias"]
+
+
+def np_swish(x):
+  return x / (1.0 + np.exp(-x))
+
+
+def np_conv3x3(x, p):
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, w = x.shape[1:3]
+  out = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + h, j:j + w],
+                      p["kernel"][i, j]) for i in range(3) for j in range(3))
+  return out + p["bias"]
+
+
+def np_dense(x, p):
+  return x @ p["kernel"] + p["bias"]
+
+
+def np_resnet_block(p, x, temb, groups):
+  h = np_conv3x3(np_swish(np_group_norm(x, p["norm1"], groups)), p["conv1"])
+  h = h + np_dense(np_swish(temb), p["temb_proj"])[:, None, None, :]
+  h = np_conv3x3(np_swish(np_group_norm(h, p["norm2"], groups)), p["conv2"])
+  skip = np_dense(x, p["nin_shortcut"]) if "nin_shortcut" in p else x
+  return skip + h
+
+
+def np_attn_block(p, x, groups, head_dim):
+  b, hgt, wid, c = x.shape
+  heads = c // head_dim
+  h = np_group_norm(x, p["norm"], groups).reshape(b, hgt * wid, c)
+  q, k, v = (np_dense(h, p[n]).reshape(b, hgt * wid, heads, head_dim)
+             for n in ("q", "k", "v"))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim)
+  weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  weights /= weights.sum(axis=-1, keepdims=True)  # over the keys
+  out = np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, hgt, wid, c)
+  return x + np_dense(out, p["proj_out"])
+
+
+def random_params(params, seed):
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_unflatten(
+      treedef, [rng.normal(0.0, 0.4, p.shape).astype(np.float32)
+                for p in leaves])
+
+
+def to_np64(tree):
+  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+@pytest.mark.parametrize("in_ch,out_ch", [(8, 8), (8, 16)])
+def test_resnet_block_matches_numpy(in_ch, out_ch):
+  from ddpm_jax.models.unet import ResnetBlock
+  block = ResnetBlock(out_ch, num_groups=4)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 5, in_ch)).astype(np.float32)
+  temb = rng.normal(size=(2, 12)).astype(np.float32)
+  params = random_params(
+      block.init(jax.random.PRNGKey(0), x, temb)["params"], 1)
+  assert ("nin_shortcut" in params) == (in_ch != out_ch)
+  got = jax.jit(block.apply)({"params": params}, x, temb)
+  want = np_resnet_block(to_np64(params), x.astype(np.float64),
+                         temb.astype(np.float64), 4)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head_dim", [None, 4])
+def test_attention_block_matches_numpy(head_dim):
+  from ddpm_jax.models.unet import AttnBlock
+  block = AttnBlock(num_groups=4, head_dim=head_dim)
+  x = np.random.default_rng(2).normal(size=(2, 3, 4, 8)).astype(np.float32)
+  params = random_params(block.init(jax.random.PRNGKey(0), x)["params"], 3)
+  got = jax.jit(block.apply)({"params": params}, x)
+  want = np_attn_block(to_np64(params), x.astype(np.float64), 4,
+                       head_dim or 8)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from ddpm_jax import training
 
@@ -57,3 +58,84 @@ def test_ema_update_is_the_weighted_average():
   out = training.ema_update({"w": jnp.array([2.0])}, {"w": jnp.array([4.0])},
                             0.75)
   np.testing.assert_allclose(out["w"], [2.5], rtol=1e-7)
+
+
+# The whole step (training.train_step) with a toy network whose output
+# depends on x_t and t, so that the loss sees which t, noise and x_t the
+# step drew (a fresh U-Net outputs exactly zero: its last convolution starts
+# at zero, and then the loss is mean(noise^2) whatever t is).
+
+T_TOY = 4
+
+
+def toy_net(params, x_t, t, dropout_rng=None):
+  del dropout_rng
+  tt = jnp.asarray(t, jnp.float32).reshape(-1, 1, 1, 1)
+  return jnp.tanh(params["w"] * x_t + params["b"] * (tt + 1.0))
+
+
+def toy_step_setup(batch=16):
+  from ddpm_jax import schedules
+  betas = np.linspace(0.1, 0.6, T_TOY)
+  sched = schedules.make_schedule(betas)
+  params = {"w": jnp.array([0.7, -0.3]), "b": jnp.array([0.2, 0.5])}
+  tx = optax.sgd(1e-3)
+  state = training.TrainState(
+      step=jnp.array(0, jnp.int32), rng=jax.random.PRNGKey(42),
+      params=params, ema_params=params, opt_state=tx.init(params))
+  x0 = jnp.asarray(np.random.default_rng(0).uniform(
+      -1, 1, (batch, 3, 3, 2)).astype(np.float32))
+  return betas, sched, state, x0, tx
+
+
+def expected_loss(betas, params, x0, rng, step):
+  """L_simple of step ``step`` written out: its key is fold_in(rng, step);
+  t ~ U{0..T-1} and the noise come from the loss half of that key."""
+  key_loss, _ = jax.random.split(jax.random.fold_in(rng, step))
+  key_t, key_n = jax.random.split(key_loss)
+  t = np.asarray(jax.random.randint(key_t, (x0.shape[0],), 0, T_TOY))
+  noise = np.asarray(jax.random.normal(key_n, x0.shape, jnp.float32))
+  abar = np.cumprod(1.0 - betas)[t].reshape(-1, 1, 1, 1)
+  x_t = np.sqrt(abar) * np.asarray(x0) + np.sqrt(1.0 - abar) * noise
+  out = np.asarray(toy_net(params, jnp.asarray(x_t, jnp.float32), t))
+  return float(np.mean((noise - out)**2)), t
+
+
+def test_each_step_draws_from_its_own_key_and_every_t():
+  betas, sched, state, x0, tx = toy_step_setup()
+  seen = []
+
+  def spy(params, x_t, t, dropout_rng=None):
+    jax.debug.callback(lambda t: seen.append(np.asarray(t).copy()), t)
+    return toy_net(params, x_t, t)
+
+  step = jax.jit(lambda s, x, sc: training.train_step(
+      s, x, sc, apply_fn=spy, tx=tx, ema_decay=0.5))
+  losses_seen, ts = [], []
+  for k in range(12):
+    params = state.params
+    state, metrics = step(state, x0, sched)
+    jax.effects_barrier()
+    want, t = expected_loss(betas, params, x0, state.rng, k)
+    # Step k's loss is the one of fold_in(rng, k): not of step 0's key.
+    assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5), k
+    np.testing.assert_array_equal(seen[-1], t)
+    losses_seen.append(float(metrics["loss"]))
+    ts.append(t)
+  # Consecutive steps draw different t (and noise: different losses).
+  assert all(not np.array_equal(a, b) for a, b in zip(ts, ts[1:]))
+  assert len(set(losses_seen)) == len(losses_seen)
+  # Over 12 x 16 draws every timestep occurs, t = 0 and t = T - 1 included.
+  assert set(np.concatenate(ts).tolist()) == set(range(T_TOY))
+
+
+def test_step_at_a_restored_counter_uses_that_steps_key():
+  # A resumed run at step 7 draws what step 7 of the uninterrupted run did.
+  betas, sched, state, x0, tx = toy_step_setup()
+  state = state.replace(step=jnp.array(7, jnp.int32))
+  _, metrics = training.train_step(state, x0, sched, apply_fn=toy_net, tx=tx,
+                                   ema_decay=0.5)
+  want, _ = expected_loss(betas, state.params, x0, state.rng, 7)
+  assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+  step0, _ = expected_loss(betas, state.params, x0, state.rng, 0)
+  assert abs(want - step0) > 1e-3  # the check above can tell them apart
