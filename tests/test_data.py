@@ -172,10 +172,26 @@ def test_tfds_each_process_reads_its_own_part(prepared_tfds):
   assert sorted(i for x in one for i in ids(x)) == list(range(20))
   # The epochs are shuffled differently.
   assert ids(a[5]) != ids(a[0])
+  # Pixel p becomes p / 127.5 - 1 exactly: 0 -> -1, 10 i (constant images
+  # stay constant through the area resize) -> 10 i / 127.5 - 1.
+  values = np.unique(np.concatenate([x.ravel() for x in one]))
+  np.testing.assert_allclose(values, np.arange(20) * 10 / 127.5 - 1.0,
+                             rtol=0, atol=1e-6)
   # A resume mid-epoch and at the epoch's end reads what the stream read.
   for k in (1, 4):
     got, _ = stream(1, 2, position=pb[k], n=1)
     np.testing.assert_array_equal(got[0], b[k + 1])
+
+
+def test_tfds_pixels_map_to_minus_one_and_one():
+  # The map every tfds image takes: uint8 0 -> -1.0 and 255 -> +1.0.
+  tf = pytest.importorskip("tensorflow")
+  img = tf.constant(np.stack([np.zeros((6, 4, 3), np.uint8),
+                              np.full((6, 4, 3), 255, np.uint8)]))
+  lo, hi = (np.asarray(data._square_resize(img[i], 4)) for i in range(2))
+  assert lo.shape == (4, 4, 3)
+  np.testing.assert_array_equal(lo, -1.0)
+  np.testing.assert_array_equal(hi, 1.0)
 
 
 def test_tfds_not_prepared_says_what_to_do(tmp_path, monkeypatch):

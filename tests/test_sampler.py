@@ -65,3 +65,58 @@ def test_sampler_compiles_once_whatever_t():
       lambda p, k: sample(p, toy_apply_jax, s, k, SHAPE))(
           toy(), jax.random.PRNGKey(0))).count("tanh")
   assert count(s10) == count(s1000) == 1
+
+
+def visited(sampler, *args, **options):
+  """The timesteps the network is called at, in order, and the result."""
+  seen = []
+
+  def spy(params, x, t, rng=None):
+    jax.debug.callback(lambda t: seen.append(int(t[0])), t)
+    return toy_apply_jax(params, x, t, rng)
+
+  out = sampler(toy(), spy, *args, **options)
+  jax.effects_barrier()
+  return seen, out
+
+
+def test_every_sampler_visits_its_timesteps_down_to_zero():
+  from ddpm_jax import samplers, spacing
+  betas = schedules.get_betas("linear", 12, beta_end=0.2)
+  sched = schedules.make_schedule(betas)
+  key = jax.random.PRNGKey(0)
+  for every in (0, 4):
+    seen, _ = visited(sample, sched, key, SHAPE, return_every=every)
+    assert seen == list(range(11, -1, -1)), every
+  for name in ("ddpm", "ddim"):
+    seen, _ = visited(samplers.get_sampler(name), betas, key, SHAPE)
+    assert seen == list(range(11, -1, -1)), name
+    seen, _ = visited(samplers.get_sampler(name), betas, key, SHAPE,
+                      steps=4, spacing_name="trailing")
+    assert seen == list(spacing.timesteps("trailing", 12, 4)), name
+    assert seen[-1] == 2 and seen[0] == 11
+
+
+def test_respaced_steps_use_the_kept_timesteps_alpha_bar():
+  # Each step of a respaced chain predicts x_0 from x_t with alpha-bar of
+  # the training timestep it visits: with eps-prediction and no clipping,
+  # x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar), abar = abar_T[kept_i].
+  from ddpm_jax import samplers, spacing
+  betas = schedules.get_betas("linear", 30, beta_end=0.3)
+  abar = np.cumprod(1.0 - betas)
+  kept = spacing.timesteps("linspace", 30, 5)
+  seen, (x, traj) = visited(samplers.get_sampler("ddpm"), betas,
+                            jax.random.PRNGKey(1), SHAPE, steps=5,
+                            spacing_name="linspace", return_every=1,
+                            clip_denoised=False)
+  assert seen == list(kept)
+  np.testing.assert_array_equal(traj["t"], kept)
+  np.testing.assert_array_equal(traj["x_t"][-1], x)
+  for i in range(1, len(kept)):
+    x_t = np.asarray(traj["x_t"][i - 1], np.float64)
+    t = np.full((SHAPE[0],), kept[i])
+    eps = np.asarray(toy_apply_jax(toy(), jnp.asarray(x_t, jnp.float32), t),
+                     np.float64)
+    a = abar[kept[i]]
+    want = (x_t - np.sqrt(1.0 - a) * eps) / np.sqrt(a)
+    np.testing.assert_allclose(traj["x0"][i], want, rtol=1e-5, atol=1e-6)
