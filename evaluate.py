@@ -90,7 +90,7 @@ def main(argv):
              "tfds name such as cifar10, or a directory of images)")
   with cli.errors_as_one_line():
     # pylint: disable=g-import-not-at-top
-    from ddpm_jax import training
+    from ddpm_jax import evaluation, from_config
     from ddpm_jax.interop import sources
     if FLAGS.workdir is not None:
       config, params, step = sources.load_workdir(FLAGS.workdir, FLAGS.ema)
@@ -106,8 +106,8 @@ def main(argv):
       config.data.eval_split = FLAGS.split
     config.training.eval_examples = FLAGS.num
     config.training.eval_batch_size = FLAGS.batch_size
-    result = training.evaluate(config, training.make_model(config), params,
-                               training.make_schedule(config))
+    result = evaluation.evaluate(config, from_config.make_model(config), params,
+                               from_config.make_schedule(config))
   result.update(step=step, split=config.data.get("eval_split", "test"))
   print(json.dumps(result))
 
@@ -126,14 +126,14 @@ def _set_dataset(config):
 
 def _sample_quality(config, params, step):
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax import sample_quality, training
+  from ddpm_jax import from_config, sample_quality, validation
   if FLAGS.sampler is not None:
     config.sampling.sampler = FLAGS.sampler
   if FLAGS.steps is not None:
     config.sampling.steps = FLAGS.steps
-  training.validate_config(config)
+  validation.validate_config(config)
   result = sample_quality.score(
-      config, training.make_model(config), params, FLAGS.metric,
+      config, from_config.make_model(config), params, FLAGS.metric,
       FLAGS.num or sample_quality.DEFAULT_NUM[FLAGS.metric], FLAGS.seed,
       FLAGS.batch_size, FLAGS.inception, FLAGS.reference_split,
       FLAGS.reference_num, FLAGS.reference_stats, FLAGS.precision_recall)

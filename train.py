@@ -49,9 +49,10 @@ def main(argv):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
-  from ddpm_jax import training  # pylint: disable=g-import-not-at-top
+  # After jax.distributed.initialize: the library touches the devices.
+  from ddpm_jax.run import train_loop  # pylint: disable=g-import-not-at-top
   with cli.errors_as_one_line():
-    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ parts compiled alone, each with the persistent compilation cache off.
 
 Parts: 'forward' (the U-Net in training mode, dropout on), 'gradient' (the
 gradient of a mean square of its output with respect to the parameters),
-'update' (:func:`ddpm_jax.training.apply_gradients`, what the step runs
+'update' (:func:`ddpm_jax.train.step.apply_gradients`, what the step runs
 after the gradient: clipping, Adam, the parameter update, the EMA and the
 gradient's norm over every parameter array), each jitted for one device
 with one device's share of the batch; 'step' is
-:func:`ddpm_jax.training.make_train_step` on every device, as train.py
+:func:`ddpm_jax.train.step.make_train_step` on every device, as train.py
 compiles it. One JSON line per part (seconds to lower and to compile, XLA's
 fusions and instructions after its passes), one line with the machine and
 versions, and the summary last. Times nothing that runs: the speed
@@ -57,8 +57,8 @@ def parts(config, batch_size):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from ddpm_jax import parallel, training
-  model, tx = training.make_model(config), training.make_optimizer(config)
+  from ddpm_jax import from_config, parallel, train
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
   mesh = parallel.make_mesh()
   d = config.data
   shape = (batch_size, d.image_size, d.image_size, d.channels)
@@ -66,7 +66,7 @@ def parts(config, batch_size):
   x = jnp.zeros(per_device, jnp.float32)
   t = jnp.zeros(per_device[:1], jnp.int32)
   key = jax.random.PRNGKey(0)
-  state = training.create_train_state(config, model, tx)
+  state = train.create_train_state(config, model, tx)
 
   def forward(params):
     return model.apply({"params": params}, x, t, train=True,
@@ -76,7 +76,7 @@ def parts(config, batch_size):
     return jax.grad(lambda p: jnp.mean(jnp.square(forward(p))))(params)
 
   def update(state, grads):
-    return training.apply_gradients(
+    return train.apply_gradients(
         state, grads, jnp.zeros((), jnp.float32), tx=tx,
         ema_decay=float(config.training.ema_decay),
         skip_nonfinite=bool(config.training.get("skip_nonfinite", False)))
@@ -84,10 +84,10 @@ def parts(config, batch_size):
   out = [("forward", compile_stats(jax.jit(forward), state.params)),
          ("gradient", compile_stats(jax.jit(gradient), state.params)),
          ("update", compile_stats(jax.jit(update), state, state.params))]
-  placed = training.create_train_state(config, model, tx, mesh)
+  placed = train.create_train_state(config, model, tx, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, placed)
-  step = training.make_train_step(config, model, tx, mesh, shardings)
-  schedule = jax.device_put(training.make_schedule(config),
+  step = train.make_train_step(config, model, tx, mesh, shardings)
+  schedule = jax.device_put(from_config.make_schedule(config),
                             parallel.replicated(mesh))
   batch = jax.device_put(np.zeros(shape, np.float32),
                          parallel.batch_sharding(mesh))

@@ -35,10 +35,10 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def train_if_missing(workdir, config):
-  from ddpm_jax import training  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.run import train_loop
   if not os.path.exists(os.path.join(workdir, "checkpoints")):
     start = time.time()
-    training.train_and_evaluate(config, workdir)
+    train_loop.train_and_evaluate(config, workdir)
     print(f"trained {workdir} in {time.time() - start:.0f} s", flush=True)
 
 
@@ -47,8 +47,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import digits, digits_classifier  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import classifier_training, digits_classifier as judge_lib  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import training  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import (classifier_training, digits_classifier as judge_lib)  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import (from_config, generate)  # pylint: disable=g-import-not-at-top
   from ddpm_jax.interop import sources  # pylint: disable=g-import-not-at-top
 
   cond_dir = os.path.join(FLAGS.workdir, "conditional")
@@ -73,11 +73,11 @@ def main(argv):
     cfg, params, step = sources.load_workdir(workdir, True)
     cfg.sampling.sampler, cfg.sampling.steps = FLAGS.sampler, FLAGS.steps
     cfg.sampling.guidance, cfg.sampling.classifier = scale, classifier
-    model = training.make_model(cfg)
+    model = from_config.make_model(cfg)
     correct, start = 0, time.time()
     for k in range(10):
       cfg.sampling.label = k
-      x = training.generate(cfg, model, params, FLAGS.per_class,
+      x = generate.generate(cfg, model, params, FLAGS.per_class,
                             FLAGS.per_class, seed=FLAGS.seed + 1000 * k)
       pred = np.asarray(judge_lib.predict(judge, x)).argmax(-1)
       correct += int(np.sum(pred == k))

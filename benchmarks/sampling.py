@@ -38,15 +38,16 @@ flags.DEFINE_integer("timesteps", 100, "Steps of the chain (T).")
 def jax_side(config, num):
   """(first-call seconds, run()) for the JAX sampler."""
   import jax
-  from ddpm_jax import parallel, training
+  from ddpm_jax import from_config, parallel, train
+  from ddpm_jax.models.unet import eps_fn
   from ddpm_jax.samplers import get_sampler
-  model = training.make_model(config)
-  params = training.create_train_state(
-      config, model, training.make_optimizer(config)).ema_params
-  apply_fn, betas = training.eps_fn(model), training.make_betas(config)
+  model = from_config.make_model(config)
+  params = train.create_train_state(
+      config, model, from_config.make_optimizer(config)).ema_params
+  apply_fn, betas = eps_fn(model), from_config.make_betas(config)
   draw, mesh = get_sampler("ddpm"), parallel.make_mesh()
   # On the devices before timing, as the PyTorch U-Net is (and as
-  # training.generate places them once for all its batches).
+  # generate.generate places them once for all its batches).
   params = parallel.on_mesh(params, mesh)
   shape = (num, config.data.image_size, config.data.image_size,
            config.data.channels)

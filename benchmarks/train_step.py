@@ -8,7 +8,7 @@ UNet2DModel + DDPMScheduler with the same architecture, batch and loss.
 Both sides do the same work per step: t ~ U{0..T-1} and noise ~ N(0, I)
 per image, x_t from eq. 4, the U-Net (dropout on) predicts eps, L_simple
 (eq. 14), backward, global-norm clipping when the config clips, Adam, and
-the EMA update of the parameters. The JAX side is ddpm_jax.training's
+the EMA update of the parameters. The JAX side is ddpm_jax.train's
 jitted step (make_train_step: donated state, batch split over every
 device); the batch stays on the device for both. Prints one JSON line per
 side with the median images/s over --repeats alternating runs of --steps
@@ -43,13 +43,13 @@ def jax_side(config, batch_size):
   """(compile seconds, first-call seconds, run()) for the JAX step."""
   import jax
   import numpy as np
-  from ddpm_jax import parallel, training
-  model, tx = training.make_model(config), training.make_optimizer(config)
+  from ddpm_jax import from_config, parallel, train
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
   mesh = parallel.make_mesh()
-  state = training.create_train_state(config, model, tx, mesh)
+  state = train.create_train_state(config, model, tx, mesh)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step = training.make_train_step(config, model, tx, mesh, shardings)
-  schedule = jax.device_put(training.make_schedule(config),
+  step = train.make_train_step(config, model, tx, mesh, shardings)
+  schedule = jax.device_put(from_config.make_schedule(config),
                             parallel.replicated(mesh))
   d = config.data
   rng = np.random.default_rng(0)
@@ -80,15 +80,15 @@ def jax_side(config, batch_size):
   # step is counted as the same step in one pass (lowered, never compiled).
   # Both counts are one device's program, times the devices.
   counted = lowered
-  micro = training.step_microbatch_size(config, mesh, shardings)
+  micro = train.step_microbatch_size(config, mesh, shardings)
   if micro:
     one = config.copy_and_resolve_references()
     one.training.microbatch_size = 0
-    counted = training.make_train_step(one, model, tx, mesh, shardings).lower(
+    counted = train.make_train_step(one, model, tx, mesh, shardings).lower(
         holder["state"], batch, schedule)
   flops = _flops(counted) * jax.device_count()
   compiled_flops = None if micro else _flops(compiled) * jax.device_count()
-  backward = training.step_backward_plan(model, micro, mesh)
+  backward = train.step_backward_plan(model, micro, mesh)
   return compile_s, first_s, lambda: common.timed(lambda: steps(
       FLAGS.steps)), (flops, compiled_flops), micro, backward
 

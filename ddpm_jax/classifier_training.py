@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import checkpoints, compilation, data, training
+from ddpm_jax import checkpoints, compilation, data, from_config
 from ddpm_jax.diffusion import q_sample
 from ddpm_jax.models.classifier import (NoisyClassifier,
                                         classifier_from_config, log_prob_fn)
@@ -85,7 +85,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str
   if os.path.exists(out):
     raise FileExistsError(f"{out} exists: give a new --workdir")
   classifier = classifier_from_config(config.classifier)
-  schedule = training.make_schedule(config)
+  schedule = from_config.make_schedule(config)
   tx = optax.adam(config.optim.learning_rate)
   params = compilation.jit_once(lambda: init_params(config, classifier))()
   opt_state = tx.init(params)

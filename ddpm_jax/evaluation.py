@@ -13,10 +13,13 @@ from typing import Any, Dict, Iterable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from ddpm_jax import losses, parallel, self_conditioning
+from ddpm_jax import data, losses, parallel, self_conditioning
 from ddpm_jax.diffusion import ApplyFn, q_sample
+from ddpm_jax.from_config import model_variance, self_conditioned
+from ddpm_jax.models.unet import UNet, eps_fn
 from ddpm_jax.schedules import DiffusionSchedule
 
 Array = jnp.ndarray
@@ -133,3 +136,19 @@ def evaluate_bpd(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   result = {k: v / count for k, v in sums.items()}
   result["num_examples"] = count
   return result
+
+
+def evaluate(config: ml_collections.ConfigDict, model: UNet, params: Any,
+             schedule: DiffusionSchedule) -> Dict[str, float]:
+  """Bits/dim of ``params`` on ``data.eval_split`` (at most
+  ``training.eval_examples`` images; all if 0), the noise from the seed."""
+  tr = config.training
+  batches = data.eval_batches(config, config.data.get("eval_split", "test"),
+                              int(tr.get("eval_batch_size", 64)),
+                              int(tr.get("eval_examples", 0)) or None)
+  return evaluate_bpd(
+      params, eps_fn(model), schedule, batches,
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1),
+      prediction=config.diffusion.get("prediction", "eps"),
+      variance=model_variance(config),
+      self_condition=self_conditioned(config))

@@ -68,7 +68,7 @@ def classifier_guided_fn(model: nn.Module, classifier: nn.Module,
 
   With ``clip_denoised`` the model's x_0 estimate is clipped to [-1, 1]
   and eps re-derived from it *before* the guidance term is added, and the
-  sampler must then run without clipping (:func:`training.generate` does
+  sampler must then run without clipping (:func:`generate.generate` does
   so): the guided x_0 = clip(x_0) + (1 - abar_t) / sqrt(abar_t) s grad is
   not clipped again. This is the order of Dhariwal & Nichol's code
   (guided_diffusion ``condition_score``); clipping after guidance would cut

@@ -103,9 +103,9 @@ def interpolate(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
 def chain_options(config) -> Dict[str, Any]:
   """The keyword options of :func:`partial_chain` / :func:`interpolate`
   that a run's config selects."""
-  from ddpm_jax import training  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import from_config  # pylint: disable=g-import-not-at-top
   return dict(clip_denoised=bool(config.sampling.clip_denoised),
-              variance=training.model_variance(config),
+              variance=from_config.model_variance(config),
               mean_from=config.sampling.mean_from,
               prediction=config.diffusion.get("prediction", "eps"),
-              self_condition=training.self_conditioned(config))
+              self_condition=from_config.self_conditioned(config))

@@ -32,7 +32,7 @@ def score(config: ml_collections.ConfigDict, model: Any, params: Any,
   ``precision_recall``, also improved precision and recall (k=3) against
   the features of as many reference images as samples (cached)."""
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax import digits_score, fid, metrics, training
+  from ddpm_jax import digits_score, fid, generate, metrics
   from ddpm_jax.interop import inception_weights
   if metric not in METRICS:
     raise ValueError(f"the sample-quality metric must be one of {METRICS}, "
@@ -49,7 +49,7 @@ def score(config: ml_collections.ConfigDict, model: Any, params: Any,
                                          reference_num or None)
     if precision_recall:
       real = fid.dataset_features(config, reference_split, weights, num)
-  x = training.generate(config, model, params, num, min(num, batch_size),
+  x = generate.generate(config, model, params, num, min(num, batch_size),
                         seed)
   if metric == "digits":
     return digits_score.digits_score(x)

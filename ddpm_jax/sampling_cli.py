@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Sequence
 import jax
 import numpy as np
 
-from ddpm_jax import data, images, progressive, training
+from ddpm_jax import data, from_config, generate, images, progressive
 from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import sources
 from ddpm_jax.models.unet import eps_fn
@@ -39,7 +39,7 @@ def _apply_overrides(config, variance: Optional[str],
     if classes:
       raise ValueError("--classifier guides unconditional models; this one "
                        "is class-conditional: use --guidance alone")
-    from ddpm_jax import classifier_training  # pylint: disable=g-import-not-at-top
+    from ddpm_jax import (classifier_training)  # pylint: disable=g-import-not-at-top
     classes = int(classifier_training.classifier_config(
         s.classifier).classifier.num_classes)
   elif s.get("guidance", 0.0) or s.get("label", -1) >= 0:
@@ -81,7 +81,7 @@ def _class_tag(config) -> str:
 
 def _draw_and_write(config, params, num: int, batch_size: int, seed: int,
                     prefix: str) -> str:
-  x = training.generate(config, training.make_model(config), params, num,
+  x = generate.generate(config, from_config.make_model(config), params, num,
                         min(batch_size, num), seed)
   images.write_samples(prefix, x, images.display_scale(config.data.image_size))
   return prefix
@@ -150,10 +150,10 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
   config, params, step = sources.load_workdir(workdir, use_ema)
   _apply_overrides(config, None, sampler)
   size, ch = config.data.image_size, config.data.channels
-  options = training.sampler_options(config)
+  options = from_config.sampler_options(config)
   _, traj = get_sampler(config.sampling.get("sampler", "ddpm"))(
-      params, eps_fn(training.make_model(config)),
-      training.make_betas(config), jax.random.PRNGKey(seed),
+      params, eps_fn(from_config.make_model(config)),
+      from_config.make_betas(config), jax.random.PRNGKey(seed),
       (num, size, size, ch), return_every=every, **options)
   prefix = out or os.path.join(
       workdir, "samples", f"progressive_seed{seed}_step{step}{_tag(config)}")
@@ -174,8 +174,8 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
   t = _forward_steps(config, t)
   x0 = _held_out(config, indices)
   x_t, samples = progressive.partial_chain(
-      params, eps_fn(training.make_model(config)),
-      training.make_schedule(config), x0, t, jax.random.PRNGKey(seed), num,
+      params, eps_fn(from_config.make_model(config)),
+      from_config.make_schedule(config), x0, t, jax.random.PRNGKey(seed), num,
       **progressive.chain_options(config))
   rows = np.concatenate([x0[:, None], np.asarray(x_t)[:, None],
                          np.asarray(samples)], axis=1)
@@ -205,8 +205,8 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
   a, b = _held_out(config, pair)
   lambdas = np.linspace(0.0, 1.0, num_lambdas)
   mixed = progressive.interpolate(
-      params, eps_fn(training.make_model(config)),
-      training.make_schedule(config), a, b, lambdas, t,
+      params, eps_fn(from_config.make_model(config)),
+      from_config.make_schedule(config), a, b, lambdas, t,
       jax.random.PRNGKey(seed), **progressive.chain_options(config))
   strip = np.concatenate([a[None], np.asarray(mixed), b[None]])[None]
   prefix = out or os.path.join(

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import classifier_training, guidance, training
+from ddpm_jax import (classifier_training, from_config, generate, guidance,
+                      train, validation)
 from ddpm_jax.models.classifier import log_prob_fn
 from tests.reference_models import assert_close, assert_close_to_terms
 from tests.tiny_configs import tiny_digits_config
@@ -52,12 +53,12 @@ def test_guided_eps_is_algorithm_2(classifier_dir):
   clf_config, classifier, clf_params = classifier_training.load_classifier(
       classifier_dir[0])
   config = tiny_digits_config(num_timesteps=20, batch_size=4)
-  model = training.make_model(config)
-  state = training.create_train_state(config, model,
-                                      training.make_optimizer(config))
+  model = from_config.make_model(config)
+  state = train.create_train_state(config, model,
+                                      from_config.make_optimizer(config))
   params = jax.tree_util.tree_map(
       lambda a: a + 0.01 * jnp.ones_like(a), state.params)  # non-zero eps
-  sched = training.make_schedule(config)
+  sched = from_config.make_schedule(config)
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
   t, y = jnp.asarray([0, 9, 19]), jnp.asarray([1, 2, 3])
   b = {"params": params, "classifier": clf_params, "labels": y,
@@ -67,7 +68,7 @@ def test_guided_eps_is_algorithm_2(classifier_dir):
   eps = jax.jit(model.apply)({"params": params}, x, t)
   grad = jax.jit(jax.grad(lambda z: jnp.sum(log_prob_fn(classifier)(
       clf_params, z, t, y))))(x)
-  sigma = np.sqrt(1 - np.cumprod(1 - training.make_betas(config)))[
+  sigma = np.sqrt(1 - np.cumprod(1 - from_config.make_betas(config)))[
       np.asarray(t)].reshape(-1, 1, 1, 1)
   assert float(jnp.max(jnp.abs(grad))) > 0
   assert_close(got, eps - sigma * 3.0 * grad, rtol=1e-5, atol=1e-6)
@@ -80,11 +81,11 @@ def test_guided_eps_clips_x0_before_guidance(classifier_dir):
   _, classifier, clf_params = classifier_training.load_classifier(
       classifier_dir[0])
   config = tiny_digits_config(num_timesteps=20, batch_size=4)
-  model = training.make_model(config)
+  model = from_config.make_model(config)
   params = jax.tree_util.tree_map(
-      lambda a: a + 0.05 * jnp.ones_like(a), training.create_train_state(
-          config, model, training.make_optimizer(config)).params)
-  sched = training.make_schedule(config)
+      lambda a: a + 0.05 * jnp.ones_like(a), train.create_train_state(
+          config, model, from_config.make_optimizer(config)).params)
+  sched = from_config.make_schedule(config)
   x = 1.5 * jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 1))
   t, y = jnp.asarray([1, 9, 19]), jnp.asarray([1, 2, 3])
   b = {"params": params, "classifier": clf_params, "labels": y,
@@ -97,7 +98,7 @@ def test_guided_eps_clips_x0_before_guidance(classifier_dir):
                    np.float64)
   grad = np.asarray(jax.jit(jax.grad(lambda z: jnp.sum(log_prob_fn(
       classifier)(clf_params, z, t, y))))(x), np.float64)
-  abar = np.cumprod(1 - training.make_betas(config))[
+  abar = np.cumprod(1 - from_config.make_betas(config))[
       np.asarray(t)].reshape(-1, 1, 1, 1)
   xt = np.asarray(x, np.float64)
   x0 = (xt - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
@@ -119,14 +120,14 @@ def test_classifier_guidance_at_scale_0_is_the_clipped_sampler(
   # DDIM's direction term then uses the eps of the clipped x_0, as the
   # guided path does.
   config.sampling.rederive_eps = True
-  model = training.make_model(config)
+  model = from_config.make_model(config)
   params = jax.tree_util.tree_map(
-      lambda a: a + 0.05 * jnp.ones_like(a), training.create_train_state(
-          config, model, training.make_optimizer(config)).params)
-  plain = training.generate(config, model, params, 4, 4, seed=3)
+      lambda a: a + 0.05 * jnp.ones_like(a), train.create_train_state(
+          config, model, from_config.make_optimizer(config)).params)
+  plain = generate.generate(config, model, params, 4, 4, seed=3)
   config.sampling.classifier, config.sampling.guidance = wd, 0.0
   config.sampling.label = 5
-  guided = training.generate(config, model, params, 4, 4, seed=3)
+  guided = generate.generate(config, model, params, 4, 4, seed=3)
   assert np.mean(np.abs(plain) >= 1) > 0  # clipping mattered somewhere
   assert_close(guided, plain, rtol=1e-4, atol=1e-4)
 
@@ -137,16 +138,16 @@ def test_guidance_raises_the_requested_class(classifier_dir, tmp_path):
   samples than in unguided ones (same noise)."""
   wd, _ = classifier_dir
   config = tiny_digits_config(num_timesteps=20, batch_size=4)
-  model = training.make_model(config)
-  state = training.create_train_state(config, model,
-                                      training.make_optimizer(config))
+  model = from_config.make_model(config)
+  state = train.create_train_state(config, model,
+                                      from_config.make_optimizer(config))
   _, classifier, clf_params = classifier_training.load_classifier(wd)
   config.sampling.classifier = wd
   config.sampling.label = 3
   logp = {}
   for scale in (0.0, 30.0):
     config.sampling.guidance = scale
-    x = training.generate(config, model, state.params, 16, 16, seed=0)
+    x = generate.generate(config, model, state.params, 16, 16, seed=0)
     logp[scale] = float(jnp.mean(log_prob_fn(classifier)(
         clf_params, jnp.asarray(x), jnp.zeros((16,), jnp.int32),
         jnp.full((16,), 3))))
@@ -157,14 +158,14 @@ def test_classifier_guidance_config_errors(classifier_dir):
   config = tiny_digits_config(num_timesteps=20, batch_size=4)
   config.sampling.classifier = classifier_dir[0]
   config.model.num_classes = 10
-  with pytest.raises(training.ConfigError, match="sampling.classifier"):
-    training.validate_config(config)
+  with pytest.raises(from_config.ConfigError, match="sampling.classifier"):
+    validation.validate_config(config)
   config = tiny_digits_config(num_timesteps=10, batch_size=4)  # other T
   config.sampling.classifier = classifier_dir[0]
   config.sampling.guidance = 1.0
-  model = training.make_model(config)
-  with pytest.raises(training.ConfigError, match="noise schedule"):
-    training.generate(config, model, training.create_train_state(
-        config, model, training.make_optimizer(config)).params, 2, 2, 0)
+  model = from_config.make_model(config)
+  with pytest.raises(from_config.ConfigError, match="noise schedule"):
+    generate.generate(config, model, train.create_train_state(
+        config, model, from_config.make_optimizer(config)).params, 2, 2, 0)
   with pytest.raises(FileNotFoundError, match="train_classifier.py"):
     classifier_training.load_classifier("/nonexistent/clf")

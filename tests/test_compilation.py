@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import compilation, training
+from ddpm_jax import compilation, from_config
 from tests.tiny_configs import tiny_digits_config
 
 
 def test_jit_once_initialises_the_same_parameters_as_jit():
   config = tiny_digits_config(num_timesteps=10, batch_size=4)
-  model = training.make_model(config)
+  model = from_config.make_model(config)
   key = jax.random.PRNGKey(3)
 
   def init():

@@ -4,7 +4,8 @@ import pytest
 
 from configs import (celebahq256, cifar10, digits, lsun_bedroom256,
                      lsun_cat256, lsun_church256)
-from ddpm_jax.training import ConfigError, validate_config
+from ddpm_jax.from_config import ConfigError
+from ddpm_jax.validation import validate_config
 
 
 def test_shipped_configs_are_valid():

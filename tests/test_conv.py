@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import digits
-from ddpm_jax import training
+from ddpm_jax import from_config
 from ddpm_jax.models import conv
 from ddpm_jax.models.unet import UNet
 
@@ -143,7 +143,7 @@ def test_strided_module_is_nn_conv_whatever_the_backward():
 def test_unet_gradient_is_the_same_with_either_backward():
   config = digits.get_config()
   config.model.conv_backward = "xla"
-  assert training.make_model(config).conv_backward == "xla"
+  assert from_config.make_model(config).conv_backward == "xla"
   grads = {}
   for backward in ("xla", "matmul"):
     model = UNet(ch=16, out_ch=1, ch_mult=(1, 2), num_res_blocks=1,

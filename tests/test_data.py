@@ -281,24 +281,24 @@ def tiny_train_config(name, channels):
 
 def test_train_path_on_tfds_mock_cifar10(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
-  from ddpm_jax import training
+  from ddpm_jax.run import train_loop
   config = tiny_train_config("cifar10", 3)
   config.data.random_flip = True
   wd = str(tmp_path / "run")
   with tfds.testing.mock_data(num_examples=16):
-    state = training.train_and_evaluate(config, wd)
+    state = train_loop.train_and_evaluate(config, wd)
   assert int(state.step) == 2
   assert os.path.isfile(os.path.join(wd, "samples", "step_00000002.png"))
   assert os.listdir(os.path.join(wd, "checkpoints")) == ["2"]
 
 
 def test_train_path_on_an_image_folder(tmp_path):
-  from ddpm_jax import training
+  from ddpm_jax.run import train_loop
   folder = str(tmp_path / "imgs")
   write_images(folder, [(12, 10)] * 6)
   config = tiny_train_config("folder", 3)
   config.data.folder = folder
   wd = str(tmp_path / "run")
-  state = training.train_and_evaluate(config, wd)
+  state = train_loop.train_and_evaluate(config, wd)
   assert int(state.step) == 2
   assert os.path.isfile(os.path.join(wd, "samples", "step_00000002.png"))

@@ -5,7 +5,9 @@ split, Gaussian noise and a model trained for 10 steps far worse."""
 import numpy as np
 import pytest
 
-from ddpm_jax import data, digits_score, metrics, training
+from ddpm_jax import (data, digits_score, from_config, generate, metrics,
+                      validation)
+from ddpm_jax.run import train_loop
 from tests.tiny_configs import tiny_digits_config
 
 N = 297  # the size of the held-out split the score compares against
@@ -32,9 +34,9 @@ def test_a_model_trained_for_10_steps_scores_far_worse(real, tmp_path):
   config = tiny_digits_config(num_timesteps=100, batch_size=32,
                               num_steps=10, log_every=10,
                               checkpoint_every=10)
-  model = training.make_model(config)
-  state = training.train_and_evaluate(config, str(tmp_path))
-  x = training.generate(config, model, state.ema_params, N, N, seed=0)
+  model = from_config.make_model(config)
+  state = train_loop.train_and_evaluate(config, str(tmp_path))
+  x = generate.generate(config, model, state.ema_params, N, N, seed=0)
   score = digits_score.digits_score(x)
   print(score)
   assert score["digits_fid"] > 5 * real["digits_fid"], (score, real)
@@ -56,7 +58,7 @@ def test_quality_during_training_is_logged(tmp_path):
   config = tiny_digits_config(num_timesteps=10, batch_size=8, num_steps=4,
                               log_every=2, checkpoint_every=4,
                               quality_every=2, quality_samples=8)
-  training.train_and_evaluate(config, str(tmp_path))
+  train_loop.train_and_evaluate(config, str(tmp_path))
   import tensorflow as tf
   logdir = tmp_path / "tensorboard"
   steps = {}
@@ -67,9 +69,9 @@ def test_quality_during_training_is_logged(tmp_path):
   assert sorted(steps["eval/digits_fid"]) == [2, 4]
   assert "eval/confidence" in steps
   config.training.quality_samples = 1
-  with pytest.raises(training.ConfigError, match="training.quality_samples"):
-    training.validate_config(config)
+  with pytest.raises(from_config.ConfigError, match="training.quality_samples"):
+    validation.validate_config(config)
   config.training.quality_samples = 8
   config.data.name = "cifar10"
-  with pytest.raises(training.ConfigError, match="training.quality_metric"):
-    training.validate_config(config)
+  with pytest.raises(from_config.ConfigError, match="training.quality_metric"):
+    validation.validate_config(config)

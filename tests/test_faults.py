@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from ddpm_jax import checkpoints, data, training
+from ddpm_jax import checkpoints, data, from_config, train
+from ddpm_jax.run import train_loop
 from tests.tiny_configs import tiny_digits_config
 
 
@@ -25,9 +26,9 @@ def saved_steps(workdir):
 
 
 def restore(config, workdir, step):
-  model, tx = training.make_model(config), training.make_optimizer(config)
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
   manager = checkpoints.checkpoint_manager(workdir, read_only=True)
-  template = training.create_train_state(config, model, tx)
+  template = train.create_train_state(config, model, tx)
   import orbax.checkpoint as ocp
   return manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(template)))["state"]
@@ -57,7 +58,7 @@ def test_nan_in_the_data_stops_without_a_bad_checkpoint(tmp_path,
   wd = str(tmp_path / "run")
   config = tiny_config(num_steps=6)
   with pytest.raises(FloatingPointError) as e:
-    training.train_and_evaluate(config, wd)
+    train_loop.train_and_evaluate(config, wd)
   msg = str(e.value)
   assert "not finite at step 3" in msg and "last checkpoint is step 2" in msg
   assert "\n" not in msg
@@ -69,7 +70,7 @@ def test_nan_steps_can_be_skipped(tmp_path, nan_at_step_3):
   wd = str(tmp_path / "run")
   config = tiny_config(num_steps=4)
   config.training.skip_nonfinite = True
-  state = training.train_and_evaluate(config, wd)
+  state = train_loop.train_and_evaluate(config, wd)
   assert int(state.step) == 4 and all_finite(state)
   assert saved_steps(wd) == [2, 4]
 
@@ -77,7 +78,7 @@ def test_nan_steps_can_be_skipped(tmp_path, nan_at_step_3):
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path,
                                                               capsys):
   wd = str(tmp_path / "run")
-  training.train_and_evaluate(tiny_config(num_steps=4), wd)
+  train_loop.train_and_evaluate(tiny_config(num_steps=4), wd)
   assert saved_steps(wd) == [2, 4]
   # Truncate every file of checkpoint 4, as a crash mid-write would.
   for root, _, files in os.walk(os.path.join(wd, "checkpoints", "4")):
@@ -85,7 +86,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path,
       with open(os.path.join(root, f), "r+b") as fh:
         fh.truncate(os.path.getsize(os.path.join(root, f)) // 2)
   capsys.readouterr()
-  state = training.train_and_evaluate(tiny_config(num_steps=5), wd)
+  state = train_loop.train_and_evaluate(tiny_config(num_steps=5), wd)
   out = capsys.readouterr()
   assert "checkpoint 4 is unreadable" in out.err, out.err
   assert "using checkpoint 2" in out.err

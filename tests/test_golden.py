@@ -54,14 +54,14 @@ def machine():
 def run_golden():
   """{name: float32/float64 NumPy array} of the tiny run."""
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax import data, parallel, training
+  from ddpm_jax import data, evaluation, from_config, generate, parallel, train
   config = golden_config()
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  schedule = training.make_schedule(config)
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
+  schedule = from_config.make_schedule(config)
   mesh = parallel.make_mesh(jax.local_devices()[:1])
-  state = training.create_train_state(config, model, tx, mesh)
+  state = train.create_train_state(config, model, tx, mesh)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step = training.make_train_step(config, model, tx, mesh, shardings)
+  step = train.make_train_step(config, model, tx, mesh, shardings)
   batches = data.create_input_iter(config)
   sched = jax.device_put(schedule, parallel.replicated(mesh))
   for _ in range(3):
@@ -75,13 +75,13 @@ def run_golden():
   keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
   params = jax.tree_util.tree_unflatten(treedef, [
       p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-  out["ancestral"] = training.generate(config, model, params, 8, 8, seed=3,
+  out["ancestral"] = generate.generate(config, model, params, 8, 8, seed=3,
                                        mesh=mesh)
   config.sampling.sampler = "ddim"
   config.sampling.steps = 5
-  out["ddim"] = training.generate(config, model, params, 8, 8, seed=3,
+  out["ddim"] = generate.generate(config, model, params, 8, 8, seed=3,
                                   mesh=mesh)
-  bpd = training.evaluate(config, model, params, schedule)
+  bpd = evaluation.evaluate(config, model, params, schedule)
   out["bpd"] = np.asarray([bpd["total"]], np.float64)
   return out
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import data, guidance, training
+from ddpm_jax import data, from_config, generate, guidance, train, validation
 from tests.reference_models import assert_close
 from tests.tiny_configs import tiny_digits_config
 
@@ -23,17 +23,17 @@ def conditional_config():
 @pytest.fixture(scope="module")
 def trained():
   config = conditional_config()
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  state = training.create_train_state(config, model, tx)
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
+  state = train.create_train_state(config, model, tx)
   step = jax.jit(functools.partial(
-      training.train_step, apply_fn=guidance.conditional_fn(model), tx=tx,
-      ema_decay=0.5, loss_options=training.objective_options(config),
+      train.train_step, apply_fn=guidance.conditional_fn(model), tx=tx,
+      ema_decay=0.5, loss_options=from_config.objective_options(config),
       num_classes=10, label_dropout=0.5))
   batches = data.create_input_iter(config)
   for _ in range(2):
     batch, _ = next(batches)
     state, metrics = step(state, jax.tree_util.tree_map(jnp.asarray, batch),
-                          training.make_schedule(config))
+                          from_config.make_schedule(config))
     assert bool(metrics["finite"])
   return config, model, state
 
@@ -111,12 +111,12 @@ def test_guided_samples_and_requested_classes(trained):
   config, model, state = trained
   config.sampling.guidance = 2.0
   config.sampling.label = 3
-  x = training.generate(config, model, state.ema_params, 4, 4, seed=0)
+  x = generate.generate(config, model, state.ema_params, 4, 4, seed=0)
   assert x.shape == (4, 8, 8, 1) and np.all(np.isfinite(x))
-  np.testing.assert_array_equal(training.sample_labels(config, 0, 3),
+  np.testing.assert_array_equal(from_config.sample_labels(config, 0, 3),
                                 [3, 3, 3])
   config.sampling.label = -1
-  np.testing.assert_array_equal(training.sample_labels(config, 8, 4),
+  np.testing.assert_array_equal(from_config.sample_labels(config, 8, 4),
                                 [8, 9, 0, 1])
 
 
@@ -131,8 +131,8 @@ def test_config_errors(change, match):
   config.sampling.guidance = change.get("guidance", 0.0)
   config.sampling.label = change.get("label", -1)
   config.training.label_dropout = change.get("label_dropout", 0.1)
-  with pytest.raises(training.ConfigError, match=match):
-    training.validate_config(config)
+  with pytest.raises(from_config.ConfigError, match=match):
+    validation.validate_config(config)
 
 
 def test_data_errors():

@@ -8,7 +8,8 @@ measurement (docs/guidance.md)."""
 import numpy as np
 import pytest
 
-from ddpm_jax import digits_classifier, training
+from ddpm_jax import digits_classifier, from_config, generate
+from ddpm_jax.run import train_loop
 
 STEPS = 300
 PER_CLASS = 5
@@ -38,12 +39,12 @@ def judge_accuracy(config, workdir):
   cfg, params, _ = sources.load_workdir(workdir, True)
   for k in ("sampler", "steps", "guidance", "classifier"):
     cfg.sampling[k] = config.sampling[k]
-  model = training.make_model(cfg)
+  model = from_config.make_model(cfg)
   judge = digits_classifier.load_or_train()
   correct = 0
   for k in range(10):
     cfg.sampling.label = k
-    x = training.generate(cfg, model, params, PER_CLASS, PER_CLASS,
+    x = generate.generate(cfg, model, params, PER_CLASS, PER_CLASS,
                           seed=100 + k)
     correct += int(np.sum(
         np.asarray(digits_classifier.predict(judge, x)).argmax(-1) == k))
@@ -55,7 +56,7 @@ def test_classifier_free_guidance_gives_the_requested_digit(tmp_path):
   config = short_config(10)
   config.sampling.guidance = 1.0
   wd = str(tmp_path / "cond")
-  training.train_and_evaluate(config, wd)
+  train_loop.train_and_evaluate(config, wd)
   accuracy = judge_accuracy(config, wd)
   print(f"judged accuracy {accuracy:.3f}")
   assert accuracy >= 0.5, accuracy
@@ -74,7 +75,7 @@ def test_classifier_guidance_gives_the_requested_digit(tmp_path):
   classifier_training.train_classifier(clf, clf_dir)
   config = short_config(0)
   wd = str(tmp_path / "uncond")
-  training.train_and_evaluate(config, wd)
+  train_loop.train_and_evaluate(config, wd)
   config.sampling.classifier = clf_dir
   config.sampling.guidance = 10.0
   accuracy = judge_accuracy(config, wd)

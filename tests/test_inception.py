@@ -179,21 +179,22 @@ def test_fid_score_of_a_model_end_to_end(random_params, tmp_path,
   FID, IS and precision/recall of the samples against the cached
   reference statistics and features, and the same FID from a precomputed
   statistics file."""
-  from ddpm_jax import fid, metrics, sample_quality, training
+  from ddpm_jax import (fid, from_config, generate, metrics, sample_quality,
+                        train)
   from tests.tiny_configs import tiny_digits_config
   monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path))
   monkeypatch.setattr(inception_weights, "load_params",
                       lambda path="": random_params)
   config = tiny_digits_config(num_timesteps=5, batch_size=8)
-  model = training.make_model(config)
-  params = training.create_train_state(
-      config, model, training.make_optimizer(config)).ema_params
+  model = from_config.make_model(config)
+  params = train.create_train_state(
+      config, model, from_config.make_optimizer(config)).ema_params
   result = sample_quality.score(config, model, params, "fid", 10, seed=3,
                                 batch_size=10, reference_split="test",
                                 reference_num=10, precision_recall=True)
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       "fid_feats_digits_test_8px_10.npz", "fid_stats_digits_test_8px_10.npz"]
-  x = training.generate(config, model, params, 10, 10, 3)
+  x = generate.generate(config, model, params, 10, 10, 3)
   feats, logits = fid.inception_outputs(random_params, x)
   reference = metrics.load_statistics(
       str(tmp_path / "fid_stats_digits_test_8px_10.npz"))

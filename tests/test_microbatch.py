@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ddpm_jax import parallel, training
+from ddpm_jax import from_config, parallel, train, validation
 from tests.tiny_configs import tiny_digits_config
 
 STEPS = 3
@@ -28,13 +28,13 @@ def run(config, batches):
   one device (Adam would turn rounding-noise gradients into +-lr steps;
   see tests/test_parallel.py); (state, losses, compiled HLO text)."""
   mesh = parallel.make_mesh(jax.devices()[:1])
-  model = training.make_model(config)
+  model = from_config.make_model(config)
   tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip),
-                   optax.sgd(training.learning_rate_fn(config), momentum=0.9))
-  state = training.create_train_state(config, model, tx, mesh)
+                   optax.sgd(from_config.learning_rate_fn(config), momentum=0.9))
+  state = train.create_train_state(config, model, tx, mesh)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step = training.make_train_step(config, model, tx, mesh, shardings)
-  schedule = training.make_schedule(config)
+  step = train.make_train_step(config, model, tx, mesh, shardings)
+  schedule = from_config.make_schedule(config)
   compiled = step.lower(state, batches[0], schedule).compile()
   losses = []
   for b in batches:
@@ -81,30 +81,30 @@ def test_auto_microbatch_rule():
   config = tiny(-1)
   config.data.image_size, config.data.channels = 32, 3
   config.training.batch_size = 64
-  assert training.microbatch_size(config, cpu, flat=False) == 2
+  assert train.microbatch_size(config, cpu, flat=False) == 2
   # The digits model's 8 KiB images: the batch of 8 fits in one pass.
-  assert training.microbatch_size(tiny(-1), cpu, flat=False) == 0
+  assert train.microbatch_size(tiny(-1), cpu, flat=False) == 0
   # A 6-image batch with a target of 4: the largest divisor under it.
   config.data.image_size, config.training.batch_size = 22, 6
-  assert training.microbatch_size(config, cpu, flat=False) == 3
+  assert train.microbatch_size(config, cpu, flat=False) == 3
   # Explicit sizes as given; 0 and the whole slice mean one pass.
-  assert training.microbatch_size(tiny(4), cpu, flat=False) == 4
-  assert training.microbatch_size(tiny(8), cpu, flat=False) == 0
+  assert train.microbatch_size(tiny(4), cpu, flat=False) == 4
+  assert train.microbatch_size(tiny(8), cpu, flat=False) == 0
   # Passes on CPU devices differentiate 'auto' convolutions by 'matmul'
   # (XLA's own gradients inside the scan are slow there); an explicit
   # choice stands.
-  model = training.make_model(tiny(-1))
-  assert training.step_conv_backward(model, 2, cpu) == "matmul"
-  assert training.step_conv_backward(model, 0, cpu) == "auto"
-  assert training.step_conv_backward(model.clone(conv_backward="xla"), 2,
+  model = from_config.make_model(tiny(-1))
+  assert train.step_conv_backward(model, 2, cpu) == "matmul"
+  assert train.step_conv_backward(model, 0, cpu) == "auto"
+  assert train.step_conv_backward(model.clone(conv_backward="xla"), 2,
                                      cpu) == "xla"
   # What the benchmark reports: the one-pass step runs XLA's gradient in
   # plain convolutions and 'matmul' in the sub-pixel upsampling.
-  assert training.step_backward_plan(model, 0, cpu) == {
+  assert train.step_backward_plan(model, 0, cpu) == {
       "conv": "xla", "subpixel": "matmul"}
-  assert training.step_backward_plan(model, 2, cpu) == {
+  assert train.step_backward_plan(model, 2, cpu) == {
       "conv": "matmul", "subpixel": "matmul"}
-  assert training.step_backward_plan(model.clone(conv_backward="xla"), 2,
+  assert train.step_backward_plan(model.clone(conv_backward="xla"), 2,
                                      cpu) == {"conv": "xla", "subpixel": "xla"}
 
 
@@ -115,9 +115,9 @@ def test_auto_microbatch_rule():
 def test_bad_microbatch_size_is_a_one_line_error(size, words):
   config = tiny(size)
   cpu = parallel.make_mesh(jax.devices()[:1])
-  with pytest.raises(training.ConfigError) as err:
-    training.validate_config(config)
-    training.microbatch_size(config, cpu, flat=False)
+  with pytest.raises(from_config.ConfigError) as err:
+    validation.validate_config(config)
+    train.microbatch_size(config, cpu, flat=False)
   message = str(err.value)
   assert "training.microbatch_size" in message and words in message
   assert "\n" not in message

@@ -242,20 +242,20 @@ def objective_config(prediction, learned, loss, weighting):
                                                for c in COMBOS])
 def test_every_objective_trains_and_samples(combo):
   import functools
-  from ddpm_jax import data, training
+  from ddpm_jax import data, from_config, generate, train, validation
   from ddpm_jax.models.unet import eps_fn
   config = objective_config(*combo)
-  training.validate_config(config)
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  schedule = training.make_schedule(config)
-  state = training.create_train_state(config, model, tx)
+  validation.validate_config(config)
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
+  schedule = from_config.make_schedule(config)
+  state = train.create_train_state(config, model, tx)
   out_ch = jax.eval_shape(model.apply, {"params": state.params},
                           jnp.zeros((1, 8, 8, 1)),
                           jnp.zeros((1,), jnp.int32)).shape[-1]
   assert out_ch == (2 if combo[1] else 1)
   step = jax.jit(functools.partial(
-      training.train_step, apply_fn=eps_fn(model), tx=tx, ema_decay=0.5,
-      loss_options=training.objective_options(config)))
+      train.train_step, apply_fn=eps_fn(model), tx=tx, ema_decay=0.5,
+      loss_options=from_config.objective_options(config)))
   batches = data.create_input_iter(config)
   before = state.params
   for _ in range(2):
@@ -264,19 +264,19 @@ def test_every_objective_trains_and_samples(combo):
   moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
                                  before, state.params)
   assert max(jax.tree_util.tree_leaves(moved)) > 0
-  x = training.generate(config, model, state.ema_params, 2, 2, seed=0)
+  x = generate.generate(config, model, state.ema_params, 2, 2, seed=0)
   assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
 
 
 def test_default_objective_is_the_papers_loss():
   # The default config's train_step loss is L_simple (eq. 14) exactly.
   import functools
-  from ddpm_jax import data, training
+  from ddpm_jax import data, from_config, train
   from ddpm_jax.models.unet import eps_fn
   config = objective_config("eps", "", "mse", "none")
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  schedule = training.make_schedule(config)
-  state = training.create_train_state(config, model, tx)
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
+  schedule = from_config.make_schedule(config)
+  state = train.create_train_state(config, model, tx)
   # Perturbed: a fresh U-Net outputs exactly zero (its last convolution
   # starts at zero), which would make the loss blind to t and x_t.
   leaves, treedef = jax.tree_util.tree_flatten(state.params)
@@ -285,7 +285,7 @@ def test_default_objective_is_the_papers_loss():
       p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]))
   x0 = jnp.asarray(next(data.create_input_iter(config))[0])
   # Both jitted: run eagerly, the U-Net takes ~50 s on 2 cores.
-  step = jax.jit(functools.partial(training.train_step,
+  step = jax.jit(functools.partial(train.train_step,
                                    apply_fn=eps_fn(model), tx=tx,
                                    ema_decay=0.5))
   _, metrics = step(state, x0, schedule)
@@ -308,12 +308,12 @@ def test_default_objective_is_the_papers_loss():
     (dict(weighting="snr"), "training.loss_weighting"),
 ])
 def test_objective_config_errors(change, match):
-  from ddpm_jax import training
+  from ddpm_jax import from_config, validation
   args = dict(prediction="eps", learned="", loss="mse", weighting="none")
   args.update(change)
   config = objective_config(**args)
-  with pytest.raises(training.ConfigError, match=match):
-    training.validate_config(config)
+  with pytest.raises(from_config.ConfigError, match=match):
+    validation.validate_config(config)
 
 
 @pytest.mark.parametrize("prediction_type,variance_type,prediction,variance", [
@@ -396,14 +396,13 @@ def test_oracle_model_reaches_the_bounds_minimum(sched):
 
 
 def test_bpd_is_the_sum_of_its_terms_and_pads_batches():
-  from ddpm_jax import evaluation
   config = objective_config("eps", "", "mse", "none")
-  from ddpm_jax import data, training
+  from ddpm_jax import data, evaluation, from_config, train
   from ddpm_jax.models.unet import eps_fn
-  model = training.make_model(config)
-  schedule = training.make_schedule(config)
-  state = training.create_train_state(config, model,
-                                      training.make_optimizer(config))
+  model = from_config.make_model(config)
+  schedule = from_config.make_schedule(config)
+  state = train.create_train_state(config, model,
+                                      from_config.make_optimizer(config))
   x0 = evaluation.quantize(data.digits_images("test")[:5])
   key = jax.random.PRNGKey(0)
   out = evaluation.bpd_terms(state.params, eps_fn(model), schedule,
@@ -465,12 +464,12 @@ def test_bpd_decreases_with_training(tmp_path):
   assert final["total"] == pytest.approx(bpd[200], rel=1e-5)
   # The initial model (step 0: EMA = init) is far worse.
   e0 = subprocess.run([sys.executable, "-c", (
-      "import jax, json; from ddpm_jax import training; "
+      "import jax, json; from ddpm_jax import evaluation, from_config, train; "
       "from ddpm_jax.checkpoints import read_config; "
-      f"c = read_config({wd!r}); m = training.make_model(c); "
-      "s = training.create_train_state(c, m, training.make_optimizer(c)); "
-      "print(json.dumps(training.evaluate(c, m, s.params, "
-      "training.make_schedule(c))))")], cwd=ROOT, env=env,
+      f"c = read_config({wd!r}); m = from_config.make_model(c); "
+      "s = train.create_train_state(c, m, from_config.make_optimizer(c)); "
+      "print(json.dumps(evaluation.evaluate(c, m, s.params, "
+      "from_config.make_schedule(c))))")], cwd=ROOT, env=env,
                       capture_output=True, text=True, timeout=900)
   assert e0.returncode == 0, e0.stderr[-3000:]
   initial = json.loads(e0.stdout.strip().splitlines()[-1])

@@ -60,7 +60,7 @@ def test_sharded_adam_losses_equal_one_device(sharded_result, run):
 
 
 def test_sampling_on_8_devices_equals_one_device():
-  """training.generate with the batch split over 8 simulated devices, on 1
+  """generate.generate with the batch split over 8 simulated devices, on 1
   device, and in batches of 3: the same samples, bit for bit (each sample's
   noise comes from its own key; the U-Net's ops are per example)."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",

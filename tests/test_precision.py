@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import training
+from ddpm_jax import from_config, train, validation
 from ddpm_jax.models.unet import eps_fn
 from tests.tiny_configs import tiny_digits_config
 
@@ -22,8 +22,8 @@ def tiny(dtype):
 
 def setup(dtype):
   config = tiny(dtype)
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  return config, model, tx, training.create_train_state(config, model, tx)
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
+  return config, model, tx, train.create_train_state(config, model, tx)
 
 
 def dtypes_of(tree):
@@ -77,13 +77,13 @@ def test_bf16_output_and_step_close_to_fp32():
   rel = float(jnp.linalg.norm(b - a) / jnp.linalg.norm(a))
   assert 1e-4 < rel < 3e-2, rel  # bf16 (8-bit mantissa) rounding, not fp32
 
-  schedule = training.make_schedule(config)
+  schedule = from_config.make_schedule(config)
   batch = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1),
                              minval=-1, maxval=1)
   outs = {}
   for name, model in (("fp32", model32), ("bf16", model16)):
     step = jax.jit(functools.partial(
-        training.train_step, apply_fn=eps_fn(model), tx=tx, ema_decay=0.9))
+        train.train_step, apply_fn=eps_fn(model), tx=tx, ema_decay=0.9))
     s = state.replace(params=params, ema_params=params,
                       opt_state=tx.init(params))
     new, metrics = step(s, batch, schedule)
@@ -98,5 +98,5 @@ def test_bf16_output_and_step_close_to_fp32():
 
 def test_dtype_is_validated():
   config = tiny("float16")
-  with pytest.raises(training.ConfigError, match="model.dtype"):
-    training.validate_config(config)
+  with pytest.raises(from_config.ConfigError, match="model.dtype"):
+    validation.validate_config(config)

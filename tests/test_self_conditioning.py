@@ -76,27 +76,27 @@ def test_sampler_feeds_each_steps_x0_to_the_next():
 
 
 def test_self_conditioned_unet_trains_and_samples():
-  from ddpm_jax import data, training
+  from ddpm_jax import data, evaluation, from_config, generate, train
   from ddpm_jax.models.unet import eps_fn
   from tests.tiny_configs import tiny_digits_config
   config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2)
   config.model.self_condition = True
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  schedule = training.make_schedule(config)
-  state = training.create_train_state(config, model, tx)
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
+  schedule = from_config.make_schedule(config)
+  state = train.create_train_state(config, model, tx)
   assert state.params["conv_in"]["kernel"].shape[2] == 2  # 2C inputs
   step = jax.jit(functools.partial(
-      training.train_step, apply_fn=eps_fn(model), tx=tx, ema_decay=0.5,
-      loss_options=training.objective_options(config), self_condition=True))
+      train.train_step, apply_fn=eps_fn(model), tx=tx, ema_decay=0.5,
+      loss_options=from_config.objective_options(config), self_condition=True))
   batches = data.create_input_iter(config)
   for _ in range(2):
     state, metrics = step(state, jnp.asarray(next(batches)[0]), schedule)
     assert bool(metrics["finite"])
-  x = training.generate(config, model, state.ema_params, 2, 2, 0)
+  x = generate.generate(config, model, state.ema_params, 2, 2, 0)
   assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
   config.training.eval_examples = 4
   config.training.eval_batch_size = 4
-  bpd = training.evaluate(config, model, state.ema_params, schedule)
+  bpd = evaluation.evaluate(config, model, state.ema_params, schedule)
   assert bpd["num_examples"] == 4 and np.isfinite(bpd["total"])
 
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ddpm_jax import checkpoints, training
+from ddpm_jax import checkpoints, from_config, train
 from ddpm_jax.interop import sources
 from tests.tiny_configs import tiny_digits_config
 
@@ -16,8 +16,8 @@ def test_load_workdir_returns_ema_or_raw_params(tmp_path):
   config = tiny_digits_config(num_timesteps=10, batch_size=4)
   config.model.ch_mult = (1,)
   config.model.attn_resolutions = ()
-  model, tx = training.make_model(config), training.make_optimizer(config)
-  state = training.create_train_state(config, model, tx)
+  model, tx = from_config.make_model(config), from_config.make_optimizer(config)
+  state = train.create_train_state(config, model, tx)
   raw = jax.tree_util.tree_map(lambda p: p + 1.0, state.params)
   ema = jax.tree_util.tree_map(lambda p: p - 2.0, state.params)
   state = state.replace(step=state.step + 3, params=raw, ema_params=ema)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from configs import celebahq256, cifar10, digits
-from ddpm_jax import training
+from ddpm_jax import from_config
 from ddpm_jax.models.unet import Dropout, UNet, eps_fn, timestep_embedding
 
 
 def param_count(config):
-  model = training.make_model(config)
+  model = from_config.make_model(config)
   s, c = config.data.image_size, config.data.channels
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, s, s, c)),

@@ -1,4 +1,4 @@
-"""The update half of the train step (training.apply_gradients), on a
+"""The update half of the train step (train.apply_gradients), on a
 two-array parameter tree with plain SGD so each value can be written out."""
 
 import jax
@@ -7,14 +7,14 @@ import numpy as np
 import optax
 import pytest
 
-from ddpm_jax import training
+from ddpm_jax import train
 
 
 def state_and_grads(grad_b):
   params = {"a": jnp.array([1.0, -2.0]), "b": jnp.array([[0.5]])}
   ema = {"a": jnp.array([0.0, 0.0]), "b": jnp.array([[1.0]])}
   tx = optax.sgd(0.1)
-  state = training.TrainState(
+  state = train.TrainState(
       step=jnp.array(7, jnp.int32), rng=jax.random.PRNGKey(0),
       params=params, ema_params=ema, opt_state=tx.init(params))
   grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[grad_b]])}
@@ -23,7 +23,7 @@ def state_and_grads(grad_b):
 
 def test_sgd_step_ema_and_metrics():
   state, grads, tx = state_and_grads(12.0)
-  new, metrics = jax.jit(lambda s, g: training.apply_gradients(
+  new, metrics = jax.jit(lambda s, g: train.apply_gradients(
       s, g, jnp.float32(0.25), tx=tx, ema_decay=0.9))(state, grads)
   np.testing.assert_allclose(new.params["a"], [0.7, -2.4], rtol=1e-6)
   np.testing.assert_allclose(new.params["b"], [[-0.7]], rtol=1e-6)
@@ -39,7 +39,7 @@ def test_sgd_step_ema_and_metrics():
 
 def test_nonfinite_gradient_is_skipped_only_when_asked():
   state, grads, tx = state_and_grads(np.nan)
-  kept, metrics = training.apply_gradients(
+  kept, metrics = train.apply_gradients(
       state, grads, jnp.float32(0.25), tx=tx, ema_decay=0.9,
       skip_nonfinite=True)
   assert not bool(metrics["finite"]) and int(kept.step) == 8
@@ -48,19 +48,19 @@ def test_nonfinite_gradient_is_skipped_only_when_asked():
       jax.tree_util.tree_leaves(
           (state.params, state.ema_params, state.opt_state))):
     np.testing.assert_array_equal(new, old)
-  moved, _ = training.apply_gradients(
+  moved, _ = train.apply_gradients(
       state, grads, jnp.float32(0.25), tx=tx, ema_decay=0.9)
   assert np.isnan(moved.params["b"]).all()
   np.testing.assert_allclose(moved.params["a"], [0.7, -2.4], rtol=1e-6)
 
 
 def test_ema_update_is_the_weighted_average():
-  out = training.ema_update({"w": jnp.array([2.0])}, {"w": jnp.array([4.0])},
+  out = train.ema_update({"w": jnp.array([2.0])}, {"w": jnp.array([4.0])},
                             0.75)
   np.testing.assert_allclose(out["w"], [2.5], rtol=1e-7)
 
 
-# The whole step (training.train_step) with a toy network whose output
+# The whole step (train.train_step) with a toy network whose output
 # depends on x_t and t, so that the loss sees which t, noise and x_t the
 # step drew (a fresh U-Net outputs exactly zero: its last convolution starts
 # at zero, and then the loss is mean(noise^2) whatever t is).
@@ -80,7 +80,7 @@ def toy_step_setup(batch=16):
   sched = schedules.make_schedule(betas)
   params = {"w": jnp.array([0.7, -0.3]), "b": jnp.array([0.2, 0.5])}
   tx = optax.sgd(1e-3)
-  state = training.TrainState(
+  state = train.TrainState(
       step=jnp.array(0, jnp.int32), rng=jax.random.PRNGKey(42),
       params=params, ema_params=params, opt_state=tx.init(params))
   x0 = jnp.asarray(np.random.default_rng(0).uniform(
@@ -109,7 +109,7 @@ def test_each_step_draws_from_its_own_key_and_every_t():
     jax.debug.callback(lambda t: seen.append(np.asarray(t).copy()), t)
     return toy_net(params, x_t, t)
 
-  step = jax.jit(lambda s, x, sc: training.train_step(
+  step = jax.jit(lambda s, x, sc: train.train_step(
       s, x, sc, apply_fn=spy, tx=tx, ema_decay=0.5))
   losses_seen, ts = [], []
   for k in range(12):
@@ -133,7 +133,7 @@ def test_step_at_a_restored_counter_uses_that_steps_key():
   # A resumed run at step 7 draws what step 7 of the uninterrupted run did.
   betas, sched, state, x0, tx = toy_step_setup()
   state = state.replace(step=jnp.array(7, jnp.int32))
-  _, metrics = training.train_step(state, x0, sched, apply_fn=toy_net, tx=tx,
+  _, metrics = train.train_step(state, x0, sched, apply_fn=toy_net, tx=tx,
                                    ema_decay=0.5)
   want, _ = expected_loss(betas, state.params, x0, state.rng, 7)
   assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)

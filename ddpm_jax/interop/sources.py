@@ -26,7 +26,7 @@ def load_workdir(workdir: str, use_ema: bool = True
   """A train.py workdir -> (its config, the latest checkpoint's EMA (or raw)
   params, that checkpoint's step)."""
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax import checkpoints, training
+  from ddpm_jax import checkpoints, from_config, train
   if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
     raise FileNotFoundError(
         f"{workdir!r} has no {checkpoints.CONFIG_FILE}: pass the --workdir of "
@@ -38,9 +38,9 @@ def load_workdir(workdir: str, use_ema: bool = True
       raise FileNotFoundError(
           f"{workdir!r} has no checkpoint yet: train first (train.py "
           f"--workdir {workdir}) or pass another --workdir")
-    model, tx = training.make_model(config), training.make_optimizer(config)
+    model, tx = from_config.make_model(config), from_config.make_optimizer(config)
     state = checkpoints.restore_latest(
-        manager, training.train_state_shapes(config, model, tx)).state
+        manager, train.train_state_shapes(config, model, tx)).state
   finally:
     manager.close()
   params = state.ema_params if use_ema else state.params

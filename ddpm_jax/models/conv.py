@@ -29,7 +29,7 @@ one conv's gradient (xla / matmul) 56 / 95 ms at 64x32x32x32, 46 / 62 ms at
 64x16x16x64, and the tiny32 U-Net's train step 41.9 / 23.6 img/s
 (docs/benchmarks.md). 'matmul' stays for CPU builds where XLA's kernel
 gradient is the slow part, and the microbatched train step uses it
-(``training.make_train_step``): inside a ``lax.scan`` XLA's kernel
+(``train.make_train_step``): inside a ``lax.scan`` XLA's kernel
 gradient ran 10x slower than outside one on the CPU (2026-12-03), and so
 did its gradients of the stride-2 convolution (in 'matmul' since
 2026-12-03, second session: tiny32 train step 35.7 -> 43-47 img/s). The

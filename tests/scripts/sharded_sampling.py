@@ -11,16 +11,16 @@ import sys
 import jax
 import numpy as np
 
-from ddpm_jax import parallel, samplers, training
+from ddpm_jax import from_config, generate, parallel, samplers, train
 from ddpm_jax.models.unet import eps_fn
 from tests.tiny_configs import tiny_digits_config
 
 
 def main():
   config = tiny_digits_config(num_timesteps=10, batch_size=8)
-  model = training.make_model(config)
-  state = training.create_train_state(config, model,
-                                      training.make_optimizer(config))
+  model = from_config.make_model(config)
+  state = train.create_train_state(config, model,
+                                      from_config.make_optimizer(config))
   params = jax.device_get(state.params)
   everything = parallel.make_mesh()
   one = parallel.make_mesh(jax.devices()[:1])
@@ -31,18 +31,18 @@ def main():
     config.sampling.steps = extra.get("steps", 0)
     config.sampling.eta = extra.get("eta", 0.0)
     # 12 samples in batches of 8 (two batches; the last one partly kept).
-    wide = training.generate(config, model, params, 12, 8, seed=3,
+    wide = generate.generate(config, model, params, 12, 8, seed=3,
                              mesh=everything)
-    narrow = training.generate(config, model, params, 12, 8, seed=3,
+    narrow = generate.generate(config, model, params, 12, 8, seed=3,
                                mesh=one)
     # And batch 3 on one device: sample j does not depend on the batching.
-    small = training.generate(config, model, params, 12, 3, seed=3,
+    small = generate.generate(config, model, params, 12, 3, seed=3,
                               mesh=one)
-    options = training.sampler_options(config)
+    options = from_config.sampler_options(config)
     if config.sampling.sampler == "ddim":
       options["eta"] = config.sampling.eta
     x, _ = samplers.get_sampler(config.sampling.sampler)(
-        params, eps_fn(model), training.make_betas(config),
+        params, eps_fn(model), from_config.make_betas(config),
         jax.random.PRNGKey(3), (8, 8, 8, 1), mesh=everything, **options)
     result[name] = {
         "max_diff": float(np.max(np.abs(wide - narrow))),

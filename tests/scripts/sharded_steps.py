@@ -15,7 +15,7 @@ import optax
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from ddpm_jax import parallel, training  # pylint: disable=g-import-not-at-top
+from ddpm_jax import (from_config, parallel, train)  # pylint: disable=g-import-not-at-top
 from tests.tiny_configs import tiny_digits_config  # pylint: disable=g-import-not-at-top
 
 
@@ -27,19 +27,19 @@ def tiny_config():
 
 def run(config, devices, fsdp, batches, optimizer):
   mesh = parallel.make_mesh(devices)
-  model = training.make_model(config)
+  model = from_config.make_model(config)
   if optimizer == "adam":
-    tx = training.make_optimizer(config)
+    tx = from_config.make_optimizer(config)
   else:  # the config's optimizer with Adam swapped for SGD
     tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip),
-                     optax.sgd(training.learning_rate_fn(config),
+                     optax.sgd(from_config.learning_rate_fn(config),
                                momentum=0.9))
-  state = training.create_train_state(config, model, tx, mesh, fsdp)
+  state = train.create_train_state(config, model, tx, mesh, fsdp)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   split = sum(1 for s in jax.tree_util.tree_leaves(shardings)
               if any(p is not None for p in s.spec))
-  step = training.make_train_step(config, model, tx, mesh, shardings)
-  schedule = jax.device_put(training.make_schedule(config),
+  step = train.make_train_step(config, model, tx, mesh, shardings)
+  schedule = jax.device_put(from_config.make_schedule(config),
                             parallel.replicated(mesh))
   # Compiled once: its HLO is inspected and it runs the steps.
   compiled = step.lower(state, parallel.global_batch(batches[0], mesh),
@@ -79,7 +79,7 @@ def main():
   # Adam with FSDP adds nothing that SGD with FSDP does not check: its
   # update is elementwise on the same sharded arrays.
   # dp8_micro: each device's 2 examples in 2 passes of 1
-  # (training.microbatch_size), the dropout masks sliced at
+  # (train.microbatch_size), the dropout masks sliced at
   # device * 2 + pass.
   micro = config.copy_and_resolve_references()
   micro.training.microbatch_size = 1

@@ -1,0 +1,2 @@
+"""The drivers that read and write a workdir: training, sampling,
+evaluation and classifier training."""

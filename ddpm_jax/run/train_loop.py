@@ -1,0 +1,248 @@
+"""The training loop: resume from the workdir's latest checkpoint, run the
+jitted step, log, checkpoint, evaluate and write sample grids, and stop
+cleanly on SIGTERM / SIGINT or a pod's preemption notice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import jax
+import ml_collections
+from tqdm import tqdm
+
+from ddpm_jax import (checkpoints, data, evaluation, images, parallel,
+                      sample_quality)
+from ddpm_jax import generate as generate_lib
+from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
+                                  make_optimizer, make_schedule)
+from ddpm_jax.train import (TrainState, create_train_state,
+                            make_train_step)
+from ddpm_jax.validation import validate_config
+
+
+def _write_grid(config, model, state, workdir, step,
+                write: bool = True) -> str:
+  n = config.sampling.num_samples
+  x = generate_lib.generate(config, model, state.ema_params, n,
+               min(n, config.sampling.batch_size), seed=config.seed)
+  prefix = os.path.join(workdir, "samples", f"step_{step:08d}")
+  if write:
+    images.write_samples(prefix, x,
+                         images.display_scale(config.data.image_size))
+  return prefix + ".png"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainState:
+  """Trains (resuming from ``workdir``'s latest checkpoint), checkpoints and
+  writes EMA sample grids to ``workdir/samples``.
+
+  On a multi-host job every process runs this; each loads its own share of
+  the batch, and process 0 alone writes logs, grids and the config.
+  """
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  model, tx, schedule = make_model(config), make_optimizer(config), \
+      make_schedule(config)
+  mesh = parallel.make_mesh()
+  lead = jax.process_index() == 0
+  bs = int(config.training.batch_size)
+  if bs % mesh.size:
+    hint = (" (or JAX_NUM_CPU_DEVICES=1 for one CPU device)"
+            if jax.default_backend() == "cpu" else "")
+    raise ConfigError(f"config field training.batch_size={bs} is invalid: "
+                      f"set --config.training.batch_size to a multiple of "
+                      f"the {mesh.size} devices{hint}")
+  fsdp = bool(config.get("parallel", {}).get("fsdp", False))
+  manager = checkpoints.checkpoint_manager(workdir,
+                                           config.training.max_to_keep)
+  state = create_train_state(config, model, tx, mesh, fsdp)
+  state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+  position = data.Position()
+  restored = checkpoints.restore_latest(manager, state, set_aside=lead)
+  if restored is not None:
+    state = restored.state
+    if restored.data_position is not None:
+      position = data.Position.from_json(restored.data_position)
+    else:  # written without one: the stream from the start
+      print(f"warning: checkpoint {int(state.step)} has no input position; "
+            f"the input stream restarts", file=sys.stderr)
+    if lead:
+      print(f"Resuming from {workdir} at step {int(state.step)}.")
+  if lead:
+    checkpoints.write_config(workdir, config)
+
+  start, total = int(state.step), int(config.training.num_steps)
+  step_fn = make_train_step(config, model, tx, mesh, state_shardings)
+  schedule = jax.device_put(schedule, parallel.replicated(mesh))
+  batches = parallel.prefetch_to_mesh(
+      data.create_input_iter(config, position), mesh)
+  writer = _summary_writer(workdir) if lead else None
+  t0, last = time.time(), start
+  lr_fn = learning_rate_fn(config)
+  bar = tqdm(total=total, initial=start, desc="train", unit="step",
+             dynamic_ncols=True, mininterval=2.0, disable=not lead)
+  skip = bool(config.training.get("skip_nonfinite", False))
+  skipped = 0
+
+  def check_finite(done, metrics):
+    # A step whose loss or gradient is not finite: stop before anything is
+    # saved (or count it, when the config says to skip such updates).
+    nonlocal skipped
+    if bool(jax.device_get(metrics["finite"])):
+      return
+    if skip:
+      skipped += 1
+      return
+    raise FloatingPointError(
+        f"loss or gradient is not finite at step {done} (loss "
+        f"{float(jax.device_get(metrics['loss']))}); stopped without saving "
+        f"it, the last checkpoint is step {manager.latest_step()} (set "
+        f"--config.training.skip_nonfinite=True to skip such steps)")
+
+  def save(step):
+    checkpoints.save(manager, step, state, position.to_json())
+
+  multihost = jax.process_count() > 1
+  # One process alone: SIGTERM/SIGINT set a flag checked between steps.
+  # Several: JAX's preemption service catches SIGTERM on any of them and
+  # all agree on the step to stop at (manager.reached_preemption).
+  stop = _StopOnSignal(sigterm=not multihost)
+  pending = None  # the previous step, checked once the next is dispatched
+  try:
+    for step in range(start, total):
+      if multihost and manager.reached_preemption(step):
+        stop.requested = "preemption"
+      if stop.requested:
+        if pending is not None:
+          check_finite(*pending)
+        if manager.latest_step() != step:
+          save(step)
+        manager.wait_until_finished()
+        if lead:
+          bar.write(f"{stop.requested}: saved the checkpoint of step {step} "
+                    f"and stopped; run the same command to continue")
+        break
+      batch, position = next(batches)
+      if multihost and step == start:
+        # Compile first, then line the processes up: one still compiling
+        # when another runs the step would time out gloo's context set-up.
+        step_fn = step_fn.lower(state, batch, schedule).compile()
+        parallel.host_barrier(f"train_step_compiled_{start}")
+      state, metrics = step_fn(state, batch, schedule)
+      done = step + 1
+      if pending is not None:
+        check_finite(*pending)
+      pending = (done, metrics)
+      if done % config.training.log_every == 0 or done == total:
+        check_finite(done, metrics)
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        dt = time.time() - t0
+        m["img_per_s"] = (done - last) * bs / max(dt, 1e-9)
+        m["steps_per_s"] = (done - last) / max(dt, 1e-9)
+        # The rate the update of step `done` used (optax counts from 0).
+        m["learning_rate"] = float(lr_fn(done - 1))
+        m["skipped_steps"] = float(skipped)
+        del m["finite"]
+        t0, last = time.time(), done
+        bar.set_postfix(loss=f"{m['loss']:.4f}",
+                        img_s=f"{m['img_per_s']:.0f}")
+        if writer is not None:
+          for k, v in m.items():
+            writer.add_scalar(f"train/{k}", v, done)
+        if lead:  # one line per log_every steps on stdout, beside the bar
+          bar.write(f"step {done}: loss {m['loss']:.5f} grad_norm "
+                    f"{m['grad_norm']:.4f} lr {m['learning_rate']:.3g} "
+                    f"steps/s {m['steps_per_s']:.2f} img/s "
+                    f"{m['img_per_s']:.1f}")
+      bar.update(1)
+      if done % config.training.checkpoint_every == 0 or done == total:
+        check_finite(done, metrics)
+        save(done)
+      every = config.training.get("eval_every", 0)
+      if every and (done % every == 0 or done == total):
+        result = evaluation.evaluate(config, model, state.ema_params,
+                                     schedule)
+        if writer is not None:
+          for k, v in result.items():
+            writer.add_scalar(f"eval/bpd_{k}" if k in evaluation.PARTS else
+                              f"eval/{k}", v, done)
+        if lead:
+          bar.write(f"step {done}: eval bits/dim {result['total']:.4f} on "
+                    f"{result['num_examples']} images of "
+                    f"{config.data.get('eval_split', 'test')}")
+      every = config.training.get("quality_every", 0)
+      if every and (done % every == 0 or done == total):
+        result = sample_quality.score(
+            config, model, state.ema_params,
+            config.training.get("quality_metric", "digits"),
+            int(config.training.get("quality_samples", 297)),
+            seed=config.seed, batch_size=config.sampling.batch_size)
+        if writer is not None:
+          for k, v in result.items():
+            if isinstance(v, float):
+              writer.add_scalar(f"eval/{k}", v, done)
+        if lead:
+          bar.write(f"step {done}: sample quality " + " ".join(
+              f"{k} {v:.4g}" for k, v in result.items()
+              if isinstance(v, float)))
+      every = config.training.sample_every
+      if (every and done % every == 0) or done == total:
+        # Every process samples (the parameters may span processes); the
+        # first one writes.
+        path = _write_grid(config, model, state, workdir, done, lead)
+        if lead:
+          bar.write(f"step {done}: wrote {path}")
+  finally:
+    bar.close()
+    stop.restore()
+    manager.wait_until_finished()
+    manager.close()
+    if writer is not None:
+      writer.close()
+  return state
+
+
+class _StopOnSignal:
+  """Turns SIGTERM (a TPU preemption notice, a scheduler's stop) and SIGINT
+  into a request that the training loop honours between steps by saving a
+  checkpoint of the current step and returning."""
+
+  def __init__(self, sigterm: bool = True):
+    self.requested = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT)[0 if sigterm else 1:]:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = signal.Signals(signum).name
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _summary_writer(workdir: str):
+  """A TensorBoard writer for ``workdir/tensorboard``, or None without
+  tensorboardX."""
+  # tensorboardX imports torch, when installed, only to accept its tensors
+  # (1.2 s at every start on the CI machine); this writer is given
+  # Python floats, so torch is hidden while it loads.
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter(os.path.join(workdir, "tensorboard"))

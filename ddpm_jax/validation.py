@@ -1,0 +1,177 @@
+"""One check of a whole config against every registry: each rule is
+written here once, and :func:`validate_config` raises
+:class:`ddpm_jax.from_config.ConfigError` naming the first invalid field
+and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from ddpm_jax import losses
+from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
+from ddpm_jax.from_config import (COMPUTE_DTYPES, ConfigError,
+                                  objective_options)
+from ddpm_jax.models.conv import UPSAMPLE_CONVS
+from ddpm_jax.models.unet import ACTIVATIONS, DROPOUT_RNGS
+from ddpm_jax.samplers import sampler_names
+from ddpm_jax.schedules import beta_schedule_names
+from ddpm_jax.spacing import SPACINGS
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """``config`` at a dotted path such as ``training.loss``."""
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`ConfigError` naming the first invalid field."""
+  checks = [
+      ("training.batch_size", config.training.batch_size > 0, "a positive int"),
+      ("training.num_steps", config.training.num_steps > 0, "a positive int"),
+      ("training.ema_decay", 0.0 <= config.training.ema_decay < 1.0,
+       "in [0, 1)"),
+      ("training.log_every", config.training.log_every > 0, "a positive int"),
+      ("training.checkpoint_every", config.training.checkpoint_every > 0,
+       "a positive int"),
+      ("training.sample_every", config.training.sample_every >= 0,
+       ">= 0 (0: only at the end)"),
+      ("optim.learning_rate", config.optim.learning_rate > 0, "positive"),
+      ("optim.warmup_steps", config.optim.warmup_steps >= 0, ">= 0"),
+      ("diffusion.num_timesteps", config.diffusion.num_timesteps > 0,
+       "a positive int"),
+      ("diffusion.schedule", config.diffusion.schedule in beta_schedule_names()
+       or (config.diffusion.schedule == "custom" and
+           bool(config.diffusion.get("betas", None))),
+       f"one of {beta_schedule_names()}, or 'custom' with diffusion.betas"),
+      ("sampling.variance", config.sampling.variance in FIXED_VARIANCES,
+       f"one of {FIXED_VARIANCES}"),
+      ("sampling.mean_from", config.sampling.mean_from in MEAN_ROUTES,
+       f"one of {MEAN_ROUTES}"),
+      ("sampling.num_samples", config.sampling.num_samples > 0,
+       "a positive int"),
+      ("model.num_classes", config.model.get("num_classes", 0) >= 0,
+       ">= 0 (0: unconditional)"),
+      ("sampling.label", -1 <= config.sampling.get("label", -1) <
+       max(config.model.get("num_classes", 0), 0) or
+       config.sampling.get("label", -1) == -1 or
+       (config.sampling.get("label", -1) >= 0 and
+        bool(config.sampling.get("classifier", ""))),
+       f"-1 (every class in turn) or a class in [0, "
+       f"{config.model.get('num_classes', 0)})"),
+      ("sampling.guidance", config.sampling.get("guidance", 0.0) == 0 or
+       config.model.get("num_classes", 0) > 0 or
+       bool(config.sampling.get("classifier", "")),
+       "0 unless model.num_classes > 0 (classifier-free guidance) or "
+       "sampling.classifier is set (classifier guidance)"),
+      ("sampling.classifier", not (config.sampling.get("classifier", "") and
+                                   config.model.get("num_classes", 0)),
+       "'' for a class-conditional model (it takes classifier-free "
+       "guidance)"),
+      ("training.label_dropout",
+       0 <= config.training.get("label_dropout", 0.0) < 1, "in [0, 1)"),
+      ("training.microbatch_size",
+       config.training.get("microbatch_size", -1) >= -1,
+       "-1 (auto), 0 (each device's examples in one pass) or a positive "
+       "int"),
+      ("sampling.sampler", config.sampling.get("sampler", "ddpm") in
+       sampler_names(), f"one of {sampler_names()}"),
+      ("sampling.steps", 0 <= config.sampling.get("steps", 0) <=
+       config.diffusion.num_timesteps,
+       f"0 (all) .. diffusion.num_timesteps={config.diffusion.num_timesteps}"),
+      ("sampling.spacing", config.sampling.get("spacing", "uniform") in
+       SPACINGS, f"one of {SPACINGS}"),
+      ("sampling.eta", config.sampling.get("eta", 0.0) >= 0 and (
+          config.sampling.get("eta", 0.0) == 0 or
+          config.sampling.get("sampler", "ddpm") == "ddim"),
+       ">= 0, and 0 unless sampling.sampler='ddim'"),
+      ("sampling.batch_size", config.sampling.batch_size > 0, "a positive int"),
+      ("training.quality_metric",
+       config.training.get("quality_metric", "digits") in ("digits", "fid")
+       and (config.training.get("quality_metric", "digits") == "fid" or
+            not config.training.get("quality_every", 0) or
+            config.data.name == "digits"),
+       "'digits' (digits models only) or 'fid'"),
+      ("training.quality_samples",
+       config.training.get("quality_samples", 297) >= 2,
+       "at least 2 (a covariance needs 2; FID protocols use 10k-50k)"),
+      ("data.image_size", config.data.image_size > 0, "a positive int"),
+      ("model.ch", config.model.ch > 0 and
+       config.model.ch % config.model.num_groups == 0,
+       f"a positive multiple of model.num_groups={config.model.num_groups}"),
+      ("model.act", config.model.get("act", "swish") in ACTIVATIONS,
+       f"one of {sorted(ACTIVATIONS)}"),
+      ("model.downsample_padding",
+       config.model.get("downsample_padding", 0) in (0, 1), "0 or 1"),
+      ("model.dropout_rng_impl",
+       config.model.get("dropout_rng_impl", "threefry4x32") in DROPOUT_RNGS,
+       f"one of {DROPOUT_RNGS} (the generator of the dropout masks)"),
+      ("model.upsample_conv",
+       config.model.get("upsample_conv", "subpixel") in UPSAMPLE_CONVS,
+       f"one of {UPSAMPLE_CONVS} (how upsample-then-conv is computed)"),
+      ("model.dtype", config.model.get("dtype", "float32") in COMPUTE_DTYPES,
+       f"one of {COMPUTE_DTYPES} (the compute dtype; params stay float32)"),
+  ]
+  for field, ok, want in checks:
+    if not ok:
+      value = _field(config, field)
+      raise ConfigError(f"config field {field}={value!r} is invalid: "
+                        f"set --config.{field} to {want}")
+  head_dim = config.model.get("attn_head_dim", None)
+  widths = [config.model.ch * m for m in config.model.ch_mult]
+  if head_dim is not None and (head_dim <= 0 or any(w % head_dim
+                                                    for w in widths)):
+    raise ConfigError(
+        f"config field model.attn_head_dim={head_dim} is invalid: set "
+        f"--config.model.attn_head_dim to a divisor of every block width "
+        f"{widths}, or leave it unset for one head")
+  _validate_objective(config)
+  levels = len(config.model.ch_mult)
+  if config.data.image_size % (2**(levels - 1)):
+    raise ConfigError(
+        f"config field data.image_size={config.data.image_size} must be "
+        f"divisible by 2**(len(model.ch_mult) - 1) = {2**(levels - 1)}")
+
+
+LEARNED_VARIANCES = ("", "learned", "learned_range")
+
+
+def _validate_objective(config: ml_collections.ConfigDict) -> None:
+  """The prediction / variance / loss / weighting combination is one that
+  trains: raises :class:`ConfigError` naming the field otherwise."""
+  o = objective_options(config)
+  learned = config.diffusion.get("learned_variance", "")
+  fields = [
+      ("diffusion.prediction", o["prediction"], PREDICTIONS),
+      ("diffusion.learned_variance", learned, LEARNED_VARIANCES),
+      ("training.loss", o["loss_type"], losses.LOSS_TYPES),
+      ("training.loss_weighting", o["weighting"], losses.WEIGHTINGS),
+  ]
+  for field, value, allowed in fields:
+    if value not in allowed:
+      raise ConfigError(f"config field {field}={value!r} is invalid: set "
+                        f"--config.{field} to one of {allowed}")
+  problems = [
+      (o["loss_type"] == "hybrid" and not learned, "training.loss",
+       "'hybrid' trains a learned variance: set diffusion.learned_variance "
+       "to 'learned' or 'learned_range', or training.loss='mse'"),
+      (o["loss_type"] == "mse" and bool(learned), "training.loss",
+       "'mse' leaves the learned variance untrained: set training.loss to "
+       "'hybrid' or 'kl', or diffusion.learned_variance=''"),
+      (o["weighting"] != "none" and o["loss_type"] == "kl",
+       "training.loss_weighting", "weights the mse and has no effect with "
+       "training.loss='kl': set it to 'none'"),
+      (o["weighting"] != "none" and o["prediction"] == "xprev",
+       "training.loss_weighting", "is defined for the eps, x0 and v "
+       "predictions: set it to 'none' with diffusion.prediction='xprev'"),
+      (config.sampling.mean_from == "eps" and o["prediction"] != "eps",
+       "sampling.mean_from", "'eps' (eq. 11) needs diffusion.prediction="
+       "'eps': set it to 'x0'"),
+  ]
+  for bad, field, why in problems:
+    if bad:
+      raise ConfigError(f"config field {field}={_field(config, field)!r} "
+                        f"{why}")
