@@ -1,5 +1,7 @@
 """Shared defaults: every experiment config starts from these."""
 
+from typing import Any, Mapping
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -67,6 +69,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.diffusion.num_timesteps = 1000
   config.diffusion.beta_start = 1e-4
   config.diffusion.beta_end = 0.02
+  # schedule 'custom': the T betas themselves (e.g. a diffusers scheduler's
+  # trained_betas).
+  config.diffusion.betas = config_dict.placeholder(tuple)
   # What the U-Net predicts: 'eps' (the paper), 'x0', 'xprev' (the
   # posterior mean, Table 2's mu~) or 'v'.
   config.diffusion.prediction = "eps"
@@ -159,3 +164,27 @@ def get_default_config() -> ml_collections.ConfigDict:
   # replaced by the null class (classifier-free guidance needs > 0).
   config.training.label_dropout = 0.1
   return config
+
+
+def with_defaults(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A saved config (e.g. a workdir's config.json) merged onto
+  :func:`get_default_config`: fields it lacks (written before they
+  existed) take today's defaults; sections and fields it adds are kept."""
+  config = get_default_config()
+  _merge(config, saved, "")
+  return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: Mapping[str, Any],
+           where: str) -> None:
+  for key, value in saved.items():
+    if (isinstance(value, Mapping) and key in config and
+        isinstance(config[key], ml_collections.ConfigDict)):
+      _merge(config[key], value, f"{where}{key}.")
+      continue
+    try:
+      config[key] = (ml_collections.ConfigDict(value)
+                     if isinstance(value, Mapping) else value)
+    except TypeError as e:
+      raise TypeError(f"config field {where}{key}={value!r} does not fit "
+                      f"the default's type ({e})") from None

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple, Optional
 import ml_collections
 import orbax.checkpoint as ocp
 
+from configs import default
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -168,7 +170,9 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a training run wrote into ``workdir``."""
+  """The config a training run wrote into ``workdir``, merged onto today's
+  defaults (``configs/default.py``), so that a workdir written before a
+  field existed still loads."""
   path = os.path.join(workdir, CONFIG_FILE)
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return default.with_defaults(json.load(f))

@@ -332,12 +332,12 @@ def create_input_iter(config, position: Position = Position(),
   d = config.data
   batch_size = config.training.batch_size
   where = dict(process_index=process_index, process_count=process_count)
-  classes = (int(config.model.get("num_classes", 0)) if num_classes is None
+  classes = (int(config.model.num_classes) if num_classes is None
              else int(num_classes))
   if d.name == "digits":
     if d.channels != 1:
       raise DataError("digits are grayscale: set data.channels=1")
-    split = d.get("split", "train")
+    split = d.split
     images = digits_images(split, d.image_size)
     labels = None
     if classes:
@@ -353,14 +353,14 @@ def create_input_iter(config, position: Position = Position(),
     raise DataError(f"class labels are read from digits only so far, not "
                     f"{d.name!r}: set model.num_classes=0")
   if d.name == "folder":
-    images = folder_images(d.get("folder", ""), d.image_size, d.channels)
+    images = folder_images(d.folder, d.image_size, d.channels)
     return array_batches(images, batch_size, config.seed, position,
                          d.random_flip, **where)
-  return tfds_batches(d.name, d.get("split", "train"), batch_size,
+  return tfds_batches(d.name, d.split, batch_size,
                       d.image_size, d.channels, config.seed, position,
-                      d.random_flip, d.get("data_dir") or None,
-                      shuffle_buffer=d.get("shuffle_buffer", 10_000),
-                      download=d.get("download", True), **where)
+                      d.random_flip, d.data_dir or None,
+                      shuffle_buffer=d.shuffle_buffer,
+                      download=d.download, **where)
 
 
 def eval_batches(config, split: str, batch_size: int,
@@ -373,15 +373,15 @@ def eval_batches(config, split: str, batch_size: int,
     if d.name == "digits":
       images = digits_images(split, d.image_size)
     else:
-      images = folder_images(d.get("folder", ""), d.image_size, d.channels)
+      images = folder_images(d.folder, d.image_size, d.channels)
     images = images[:limit] if limit else images
     for i in range(0, len(images), batch_size):
       yield images[i:i + batch_size]
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
-  builder = _tfds_builder(d.name, d.get("data_dir") or None,
-                          d.get("download", True))
+  builder = _tfds_builder(d.name, d.data_dir or None,
+                          d.download)
   ds = builder.as_dataset(split=split, shuffle_files=False)
   if limit:
     ds = ds.take(limit)

@@ -143,12 +143,12 @@ def evaluate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   """Bits/dim of ``params`` on ``data.eval_split`` (at most
   ``training.eval_examples`` images; all if 0), the noise from the seed."""
   tr = config.training
-  batches = data.eval_batches(config, config.data.get("eval_split", "test"),
-                              int(tr.get("eval_batch_size", 64)),
-                              int(tr.get("eval_examples", 0)) or None)
+  batches = data.eval_batches(config, config.data.eval_split,
+                              int(tr.eval_batch_size),
+                              int(tr.eval_examples) or None)
   return evaluate_bpd(
       params, eps_fn(model), schedule, batches,
       jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1),
-      prediction=config.diffusion.get("prediction", "eps"),
+      prediction=config.diffusion.prediction,
       variance=model_variance(config),
       self_condition=self_conditioned(config))

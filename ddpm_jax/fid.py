@@ -99,7 +99,7 @@ def _cache_path(config: Any, kind: str, split: str, limit: Optional[int],
                 cache_dir: str) -> str:
   d = config.data
   where = d.name if d.name != "folder" else "folder_" + "_".join(
-      p for p in os.path.abspath(d.get("folder", "")).split(os.sep) if p)
+      p for p in os.path.abspath(d.folder).split(os.sep) if p)
   name = f"fid_{kind}_{where}_{split}_{d.image_size}px_{limit or 'all'}.npz"
   return os.path.join(_cache_dir(cache_dir), name)
 

@@ -31,9 +31,9 @@ class ConfigError(ValueError):
 def make_betas(config: ml_collections.ConfigDict) -> np.ndarray:
   """The float64 betas of ``config.diffusion``."""
   d = config.diffusion
-  return betas_from_config(d.schedule, d.num_timesteps, d.get("betas", None),
-                           beta_start=d.get("beta_start", None),
-                           beta_end=d.get("beta_end", None))
+  return betas_from_config(d.schedule, d.num_timesteps, d.betas,
+                           beta_start=d.beta_start,
+                           beta_end=d.beta_end)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> DiffusionSchedule:
@@ -44,39 +44,39 @@ def make_schedule(config: ml_collections.ConfigDict) -> DiffusionSchedule:
 def model_variance(config: ml_collections.ConfigDict) -> str:
   """The variance of p_theta: the learned kind
   (``diffusion.learned_variance``) or else the fixed ``sampling.variance``."""
-  return config.diffusion.get("learned_variance", "") or \
+  return config.diffusion.learned_variance or \
       config.sampling.variance
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
   """The class count of a class-conditional model (0: unconditional)."""
-  return int(config.model.get("num_classes", 0))
+  return int(config.model.num_classes)
 
 
 def self_conditioned(config: ml_collections.ConfigDict) -> bool:
   """Whether the U-Net takes an x_0 estimate as extra input channels."""
-  return bool(config.model.get("self_condition", False))
+  return bool(config.model.self_condition)
 
 
 def objective_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The keyword options of :func:`ddpm_jax.losses.losses_from_output` that
   ``config`` selects."""
   d, tr = config.diffusion, config.training
-  return dict(prediction=d.get("prediction", "eps"),
+  return dict(prediction=d.prediction,
               variance=model_variance(config),
-              loss_type=tr.get("loss", "mse"),
-              weighting=tr.get("loss_weighting", "none"),
-              hybrid_lambda=float(tr.get("hybrid_lambda", 1e-3)),
-              min_snr_gamma=float(tr.get("min_snr_gamma", 5.0)),
-              p2_gamma=float(tr.get("p2_gamma", 1.0)),
-              p2_k=float(tr.get("p2_k", 1.0)))
+              loss_type=tr.loss,
+              weighting=tr.loss_weighting,
+              hybrid_lambda=float(tr.hybrid_lambda),
+              min_snr_gamma=float(tr.min_snr_gamma),
+              p2_gamma=float(tr.p2_gamma),
+              p2_k=float(tr.p2_k))
 
 
 def make_model(config: ml_collections.ConfigDict) -> UNet:
   """The U-Net of ``config.model`` for ``config.data``'s channel count (2x
   the channels out when the variance is learned)."""
   c = config.data.channels
-  learned = bool(config.diffusion.get("learned_variance", ""))
+  learned = bool(config.diffusion.learned_variance)
   return unet_from_config(config.model, c, 2 * c if learned else c)
 
 
@@ -110,17 +110,17 @@ def sampler_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The keyword options of the ``config.sampling.sampler`` sampler
   (:mod:`ddpm_jax.samplers`)."""
   s = config.sampling
-  options = dict(steps=int(s.get("steps", 0)) or None,
-                 spacing_name=s.get("spacing", "uniform"),
+  options = dict(steps=int(s.steps) or None,
+                 spacing_name=s.spacing,
                  clip_denoised=bool(s.clip_denoised),
                  variance=model_variance(config),
-                 prediction=config.diffusion.get("prediction", "eps"),
+                 prediction=config.diffusion.prediction,
                  self_condition=self_conditioned(config),
                  mean_from=s.mean_from)
-  if s.get("sampler", "ddpm") == "ddim":
-    options["eta"] = float(s.get("eta", 0.0))
-    options["set_alpha_to_one"] = bool(s.get("set_alpha_to_one", True))
-    options["rederive_eps"] = bool(s.get("rederive_eps", False))
+  if s.sampler == "ddim":
+    options["eta"] = float(s.eta)
+    options["set_alpha_to_one"] = bool(s.set_alpha_to_one)
+    options["rederive_eps"] = bool(s.rederive_eps)
     del options["mean_from"]
   return options
 
@@ -130,7 +130,7 @@ def sample_labels(config: ml_collections.ConfigDict, offset: int,
   """The classes of samples offset .. offset + batch - 1: all
   ``sampling.label``, or (-1) sample j gets j mod ``classes`` (default
   model.num_classes)."""
-  label = int(config.sampling.get("label", -1))
+  label = int(config.sampling.label)
   if label >= 0:
     return np.full((batch,), label, np.int32)
   classes = classes or num_classes(config)

@@ -26,8 +26,8 @@ def _guided(config: ml_collections.ConfigDict, model: UNet, params: Any):
   the plain, class-conditional (optionally CFG) or classifier-guided
   model of ``config``."""
   ch = config.data.channels
-  scale = float(config.sampling.get("guidance", 0.0))
-  clf_dir = config.sampling.get("classifier", "")
+  scale = float(config.sampling.guidance)
+  clf_dir = config.sampling.classifier
   if clf_dir:
     clf_config, classifier, clf_params = classifier_training.load_classifier(
         clf_dir)
@@ -35,7 +35,7 @@ def _guided(config: ml_collections.ConfigDict, model: UNet, params: Any):
       raise ConfigError(f"the classifier in {clf_dir} was trained with "
                         f"another noise schedule than this model's: train "
                         f"it with the same diffusion settings")
-    if config.diffusion.get("prediction", "eps") != "eps":
+    if config.diffusion.prediction != "eps":
       raise ConfigError("classifier guidance needs an eps-prediction model "
                         "(diffusion.prediction='eps')")
     classes = int(clf_config.classifier.num_classes)
@@ -75,14 +75,14 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   """
   mesh = mesh or parallel.make_mesh()
   size, ch = config.data.image_size, config.data.channels
-  draw = get_sampler(config.sampling.get("sampler", "ddpm"))
+  draw = get_sampler(config.sampling.sampler)
   betas, options = make_betas(config), sampler_options(config)
   batch = -(-int(batch_size) // mesh.size) * mesh.size
   key = jax.random.PRNGKey(seed)
   # Placed once, not once per batch (the sampler leaves placed arrays be).
   params = parallel.on_mesh(params, mesh)
   apply_fn, inputs_for = _guided(config, model, params)
-  if config.sampling.get("classifier", ""):
+  if config.sampling.classifier:
     options["clip_denoised"] = False  # the guided apply_fn clips first
   out = []
   for i in range(int(math.ceil(num / batch))):

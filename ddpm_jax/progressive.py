@@ -107,5 +107,5 @@ def chain_options(config) -> Dict[str, Any]:
   return dict(clip_denoised=bool(config.sampling.clip_denoised),
               variance=from_config.model_variance(config),
               mean_from=config.sampling.mean_from,
-              prediction=config.diffusion.get("prediction", "eps"),
+              prediction=config.diffusion.prediction,
               self_condition=from_config.self_conditioned(config))

@@ -26,33 +26,33 @@ def _apply_overrides(config, variance: Optional[str],
   for key, value in (sampler or {}).items():
     config.sampling[key] = value
   s = config.sampling
-  if s.get("sampler", "ddpm") != "ddim":
+  if s.sampler != "ddim":
     for name, default in (("eta", 0.0), ("set_alpha_to_one", True),
                           ("rederive_eps", False)):
-      if s.get(name, default) != default:
+      if s[name] != default:
         raise ValueError(f"--{name} is a DDIM option: add --sampler=ddim")
-  if not 0 <= s.get("steps", 0) <= config.diffusion.num_timesteps:
+  if not 0 <= s.steps <= config.diffusion.num_timesteps:
     raise ValueError(f"--steps must be in [0, {config.diffusion.num_timesteps}]"
                      f" (0: all), got {s.steps}")
-  classes = int(config.model.get("num_classes", 0))
-  if s.get("classifier", ""):
+  classes = int(config.model.num_classes)
+  if s.classifier:
     if classes:
       raise ValueError("--classifier guides unconditional models; this one "
                        "is class-conditional: use --guidance alone")
     from ddpm_jax import (classifier_training)  # pylint: disable=g-import-not-at-top
     classes = int(classifier_training.classifier_config(
         s.classifier).classifier.num_classes)
-  elif s.get("guidance", 0.0) or s.get("label", -1) >= 0:
+  elif s.guidance or s.label >= 0:
     if not classes:
       raise ValueError("--class and --guidance need a class-conditional "
                        "model (model.num_classes > 0) or --classifier")
-  if classes and not -1 <= s.get("label", -1) < classes:
+  if classes and not -1 <= s.label < classes:
     raise ValueError(f"--class must be in [0, {classes}), got {s.label}")
   if variance:
     if variance not in VARIANCES:
       raise ValueError(f"--variance must be one of {VARIANCES}, got "
                        f"{variance!r}")
-    learned = config.diffusion.get("learned_variance", "")
+    learned = config.diffusion.learned_variance
     if learned:
       raise ValueError(f"--variance {variance} would replace this model's "
                        f"learned variance ({learned}): drop --variance")
@@ -62,19 +62,19 @@ def _apply_overrides(config, variance: Optional[str],
 def _tag(config) -> str:
   """'' for the full ancestral chain, else e.g. '_ddim50_eta0.5'."""
   s = config.sampling
-  name, steps = s.get("sampler", "ddpm"), s.get("steps", 0)
+  name, steps = s.sampler, s.steps
   if name == "ddpm" and steps in (0, config.diffusion.num_timesteps):
     return _class_tag(config)
   tag = f"_{name}{steps or config.diffusion.num_timesteps}"
-  if s.get("eta", 0.0):
+  if s.eta:
     tag += f"_eta{s.eta:g}"
   return tag + _class_tag(config)
 
 
 def _class_tag(config) -> str:
   s = config.sampling
-  tag = f"_class{s.label}" if s.get("label", -1) >= 0 else ""
-  if s.get("guidance", 0.0):
+  tag = f"_class{s.label}" if s.label >= 0 else ""
+  if s.guidance:
     tag += f"_w{s.guidance:g}"
   return tag
 
@@ -123,7 +123,7 @@ def _held_out(config, indices: Sequence[int]) -> np.ndarray:
   """Images ``indices`` of the config's held-out split, in [-1, 1]."""
   if not indices or min(indices) < 0:
     raise ValueError("give image indices >= 0, e.g. --partial=0,1,2")
-  split = config.data.get("eval_split", "test")
+  split = config.data.eval_split
   pool = np.concatenate(list(data.eval_batches(config, split, 256,
                                                max(indices) + 1)))
   if max(indices) >= len(pool):
@@ -151,7 +151,7 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
   _apply_overrides(config, None, sampler)
   size, ch = config.data.image_size, config.data.channels
   options = from_config.sampler_options(config)
-  _, traj = get_sampler(config.sampling.get("sampler", "ddpm"))(
+  _, traj = get_sampler(config.sampling.sampler)(
       params, eps_fn(from_config.make_model(config)),
       from_config.make_betas(config), jax.random.PRNGKey(seed),
       (num, size, size, ch), return_every=every, **options)

@@ -45,7 +45,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "a positive int"),
       ("diffusion.schedule", config.diffusion.schedule in beta_schedule_names()
        or (config.diffusion.schedule == "custom" and
-           bool(config.diffusion.get("betas", None))),
+           bool(config.diffusion.betas)),
        f"one of {beta_schedule_names()}, or 'custom' with diffusion.betas"),
       ("sampling.variance", config.sampling.variance in FIXED_VARIANCES,
        f"one of {FIXED_VARIANCES}"),
@@ -53,66 +53,66 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        f"one of {MEAN_ROUTES}"),
       ("sampling.num_samples", config.sampling.num_samples > 0,
        "a positive int"),
-      ("model.num_classes", config.model.get("num_classes", 0) >= 0,
+      ("model.num_classes", config.model.num_classes >= 0,
        ">= 0 (0: unconditional)"),
-      ("sampling.label", -1 <= config.sampling.get("label", -1) <
-       max(config.model.get("num_classes", 0), 0) or
-       config.sampling.get("label", -1) == -1 or
-       (config.sampling.get("label", -1) >= 0 and
-        bool(config.sampling.get("classifier", ""))),
+      ("sampling.label", -1 <= config.sampling.label <
+       max(config.model.num_classes, 0) or
+       config.sampling.label == -1 or
+       (config.sampling.label >= 0 and
+        bool(config.sampling.classifier)),
        f"-1 (every class in turn) or a class in [0, "
        f"{config.model.get('num_classes', 0)})"),
-      ("sampling.guidance", config.sampling.get("guidance", 0.0) == 0 or
-       config.model.get("num_classes", 0) > 0 or
-       bool(config.sampling.get("classifier", "")),
+      ("sampling.guidance", config.sampling.guidance == 0 or
+       config.model.num_classes > 0 or
+       bool(config.sampling.classifier),
        "0 unless model.num_classes > 0 (classifier-free guidance) or "
        "sampling.classifier is set (classifier guidance)"),
-      ("sampling.classifier", not (config.sampling.get("classifier", "") and
-                                   config.model.get("num_classes", 0)),
+      ("sampling.classifier", not (config.sampling.classifier and
+                                   config.model.num_classes),
        "'' for a class-conditional model (it takes classifier-free "
        "guidance)"),
       ("training.label_dropout",
-       0 <= config.training.get("label_dropout", 0.0) < 1, "in [0, 1)"),
+       0 <= config.training.label_dropout < 1, "in [0, 1)"),
       ("training.microbatch_size",
-       config.training.get("microbatch_size", -1) >= -1,
+       config.training.microbatch_size >= -1,
        "-1 (auto), 0 (each device's examples in one pass) or a positive "
        "int"),
-      ("sampling.sampler", config.sampling.get("sampler", "ddpm") in
+      ("sampling.sampler", config.sampling.sampler in
        sampler_names(), f"one of {sampler_names()}"),
-      ("sampling.steps", 0 <= config.sampling.get("steps", 0) <=
+      ("sampling.steps", 0 <= config.sampling.steps <=
        config.diffusion.num_timesteps,
        f"0 (all) .. diffusion.num_timesteps={config.diffusion.num_timesteps}"),
-      ("sampling.spacing", config.sampling.get("spacing", "uniform") in
+      ("sampling.spacing", config.sampling.spacing in
        SPACINGS, f"one of {SPACINGS}"),
-      ("sampling.eta", config.sampling.get("eta", 0.0) >= 0 and (
-          config.sampling.get("eta", 0.0) == 0 or
-          config.sampling.get("sampler", "ddpm") == "ddim"),
+      ("sampling.eta", config.sampling.eta >= 0 and (
+          config.sampling.eta == 0 or
+          config.sampling.sampler == "ddim"),
        ">= 0, and 0 unless sampling.sampler='ddim'"),
       ("sampling.batch_size", config.sampling.batch_size > 0, "a positive int"),
       ("training.quality_metric",
-       config.training.get("quality_metric", "digits") in ("digits", "fid")
-       and (config.training.get("quality_metric", "digits") == "fid" or
-            not config.training.get("quality_every", 0) or
+       config.training.quality_metric in ("digits", "fid")
+       and (config.training.quality_metric == "fid" or
+            not config.training.quality_every or
             config.data.name == "digits"),
        "'digits' (digits models only) or 'fid'"),
       ("training.quality_samples",
-       config.training.get("quality_samples", 297) >= 2,
+       config.training.quality_samples >= 2,
        "at least 2 (a covariance needs 2; FID protocols use 10k-50k)"),
       ("data.image_size", config.data.image_size > 0, "a positive int"),
       ("model.ch", config.model.ch > 0 and
        config.model.ch % config.model.num_groups == 0,
        f"a positive multiple of model.num_groups={config.model.num_groups}"),
-      ("model.act", config.model.get("act", "swish") in ACTIVATIONS,
+      ("model.act", config.model.act in ACTIVATIONS,
        f"one of {sorted(ACTIVATIONS)}"),
       ("model.downsample_padding",
-       config.model.get("downsample_padding", 0) in (0, 1), "0 or 1"),
+       config.model.downsample_padding in (0, 1), "0 or 1"),
       ("model.dropout_rng_impl",
-       config.model.get("dropout_rng_impl", "threefry4x32") in DROPOUT_RNGS,
+       config.model.dropout_rng_impl in DROPOUT_RNGS,
        f"one of {DROPOUT_RNGS} (the generator of the dropout masks)"),
       ("model.upsample_conv",
-       config.model.get("upsample_conv", "subpixel") in UPSAMPLE_CONVS,
+       config.model.upsample_conv in UPSAMPLE_CONVS,
        f"one of {UPSAMPLE_CONVS} (how upsample-then-conv is computed)"),
-      ("model.dtype", config.model.get("dtype", "float32") in COMPUTE_DTYPES,
+      ("model.dtype", config.model.dtype in COMPUTE_DTYPES,
        f"one of {COMPUTE_DTYPES} (the compute dtype; params stay float32)"),
   ]
   for field, ok, want in checks:
@@ -120,7 +120,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       value = _field(config, field)
       raise ConfigError(f"config field {field}={value!r} is invalid: "
                         f"set --config.{field} to {want}")
-  head_dim = config.model.get("attn_head_dim", None)
+  head_dim = config.model.attn_head_dim
   widths = [config.model.ch * m for m in config.model.ch_mult]
   if head_dim is not None and (head_dim <= 0 or any(w % head_dim
                                                     for w in widths)):
@@ -143,7 +143,7 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
   """The prediction / variance / loss / weighting combination is one that
   trains: raises :class:`ConfigError` naming the field otherwise."""
   o = objective_options(config)
-  learned = config.diffusion.get("learned_variance", "")
+  learned = config.diffusion.learned_variance
   fields = [
       ("diffusion.prediction", o["prediction"], PREDICTIONS),
       ("diffusion.learned_variance", learned, LEARNED_VARIANCES),

@@ -87,3 +87,32 @@ def test_entry_points_turn_on_the_persistent_compilation_cache(
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax")
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_saved_config_is_merged_onto_the_defaults(tmp_path):
+  import json
+  from ddpm_jax import checkpoints
+  from configs import digits
+  config = digits.get_config()
+  config.model.attn_head_dim = 16
+  config.diffusion.betas = (0.1, 0.2)
+  checkpoints.write_config(str(tmp_path), config)
+  # Written by today's code: read back field for field.
+  back = checkpoints.read_config(str(tmp_path))
+  assert back.to_dict() == config.to_dict()
+  assert isinstance(back.model.ch_mult, tuple)
+  # An older config.json without some fields (and a section of its own).
+  path = tmp_path / checkpoints.CONFIG_FILE
+  saved = json.loads(path.read_text())
+  del saved["training"]["label_dropout"], saved["model"]["upsample_conv"]
+  del saved["parallel"]
+  saved["classifier"] = {"num_classes": 10}
+  path.write_text(json.dumps(saved))
+  old = checkpoints.read_config(str(tmp_path))
+  assert old.training.label_dropout == 0.1  # configs/default.py's
+  assert old.model.upsample_conv == "subpixel" and not old.parallel.fsdp
+  assert old.classifier.num_classes == 10 and old.model.ch == 32
+  saved["training"]["num_steps"] = "many"
+  path.write_text(json.dumps(saved))
+  with pytest.raises(TypeError, match="training.num_steps"):
+    checkpoints.read_config(str(tmp_path))

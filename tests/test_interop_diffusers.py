@@ -323,12 +323,12 @@ def test_scheduler_config_refusals(field, value, match):
                                            ("cosine", "fixedlarge"),
                                            ("warmup10", "fixedsmall")])
 def test_scheduler_config_export_matches_diffusers_tables(name, variance):
-  from ml_collections import ConfigDict
-  config = ConfigDict({
-      "diffusion": {"schedule": name, "num_timesteps": 100,
-                    "beta_start": 1e-4, "beta_end": 0.02},
-      "sampling": {"variance": variance, "clip_denoised": True,
-                   "mean_from": "x0"}})
+  from configs import default
+  config = default.get_default_config()
+  config.diffusion.update({"schedule": name, "num_timesteps": 100,
+                           "beta_start": 1e-4, "beta_end": 0.02})
+  config.sampling.update({"variance": variance, "clip_denoised": True,
+                          "mean_from": "x0"})
   cfg = dsched.scheduler_config_from_settings(config)
   ref = diffusers.DDPMScheduler.from_config(cfg)
   assert ref.config.variance_type == {"fixedsmall": "fixed_small",

@@ -111,12 +111,12 @@ def scheduler_config_from_settings(config: ml_collections.ConfigDict
   ``config.sampling``. Schedules diffusers has no name for are written as
   ``trained_betas`` (our float64 betas)."""
   d, s = config.diffusion, config.sampling
-  prediction = d.get("prediction", "eps")
+  prediction = d.prediction
   if prediction not in _PREDICTION_TYPES:
     raise ConversionError(
         f"diffusion.prediction={prediction!r} has no DDPMScheduler "
         f"prediction_type (it has epsilon, sample and v_prediction)")
-  learned = d.get("learned_variance", "")
+  learned = d.learned_variance
   if learned and learned != "learned_range":
     raise ConversionError(
         f"diffusion.learned_variance={learned!r} has no DDPMScheduler "
@@ -125,8 +125,8 @@ def scheduler_config_from_settings(config: ml_collections.ConfigDict
   out = {
       "_class_name": "DDPMScheduler",
       "num_train_timesteps": int(d.num_timesteps),
-      "beta_start": float(d.get("beta_start", 1e-4)),
-      "beta_end": float(d.get("beta_end", 0.02)),
+      "beta_start": float(d.beta_start),
+      "beta_end": float(d.beta_end),
       "beta_schedule": "linear",
       "trained_betas": None,
       "variance_type": learned or {"fixedsmall": "fixed_small",
@@ -139,15 +139,15 @@ def scheduler_config_from_settings(config: ml_collections.ConfigDict
       "thresholding": False,
   }
   name = d.schedule
-  if name in _TO_DIFFUSERS and not d.get("betas", None):
+  if name in _TO_DIFFUSERS and not d.betas:
     out["beta_schedule"] = _TO_DIFFUSERS[name]
   else:
-    if d.get("betas", None):
+    if d.betas:
       betas = np.asarray(d.betas, np.float64)
     else:
       betas = schedules.get_betas(name, int(d.num_timesteps),
                                   **schedules.schedule_kwargs(
-                                      name, beta_start=d.get("beta_start"),
-                                      beta_end=d.get("beta_end")))
+                                      name, beta_start=d.beta_start,
+                                      beta_end=d.beta_end))
     out["trained_betas"] = [float(b) for b in betas]
   return out

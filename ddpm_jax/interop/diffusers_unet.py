@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import default
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.models.unet import ACTIVATIONS, UNet, unet_from_config
 
@@ -169,7 +170,7 @@ def model_config_from_diffusers(cfg: Dict[str, Any]
   if pad not in (0, 1):
     raise _refuse("downsample_padding", pad, "choose 0 or 1")
 
-  model = ml_collections.ConfigDict()
+  model = default.get_default_config().model  # the fields set below win
   model.ch = ch
   model.ch_mult = tuple(c // ch for c in boc)
   model.num_res_blocks = int(cfg.get("layers_per_block", 2))
@@ -193,7 +194,7 @@ def diffusers_config_from_model(model_cfg: ml_collections.ConfigDict,
                                 ) -> Dict[str, Any]:
   """The ``UNet2DModel`` config dict of our ``config.model``
   (``out_channels`` defaults to ``channels``)."""
-  if not model_cfg.get("resamp_with_conv", True):
+  if not model_cfg.resamp_with_conv:
     raise ConversionError("model.resamp_with_conv=False (average-pool "
                           "downsampling) has no UNet2DModel equivalent")
   ch = int(model_cfg.ch)
@@ -201,11 +202,11 @@ def diffusers_config_from_model(model_cfg: ml_collections.ConfigDict,
   levels = len(mult)
   attn_res = {int(r) for r in model_cfg.attn_resolutions}
   has_attn = [image_size // 2**i in attn_res for i in range(levels)]
-  freq_shift = float(model_cfg.get("freq_shift", 1.0))
-  head_dim = model_cfg.get("attn_head_dim", None)
+  freq_shift = float(model_cfg.freq_shift)
+  head_dim = model_cfg.attn_head_dim
   return {
       "_class_name": "UNet2DModel",
-      "act_fn": model_cfg.get("act", "swish"),
+      "act_fn": model_cfg.act,
       "add_attention": True,
       "attention_head_dim": None if head_dim is None else int(head_dim),
       "attn_norm_num_groups": None,
@@ -214,17 +215,17 @@ def diffusers_config_from_model(model_cfg: ml_collections.ConfigDict,
       "class_embed_type": None,
       "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D"
                            for a in has_attn],
-      "downsample_padding": int(model_cfg.get("downsample_padding", 0)),
+      "downsample_padding": int(model_cfg.downsample_padding),
       "downsample_type": "conv",
       "dropout": float(model_cfg.dropout),
-      "flip_sin_to_cos": bool(model_cfg.get("flip_sin_to_cos", False)),
+      "flip_sin_to_cos": bool(model_cfg.flip_sin_to_cos),
       "freq_shift": int(freq_shift) if freq_shift.is_integer() else freq_shift,
       "in_channels": int(channels),
       "layers_per_block": int(model_cfg.num_res_blocks),
       "mid_block_scale_factor": 1,
       "mid_block_type": "UNetMidBlock2D",
-      "norm_eps": float(model_cfg.get("norm_eps", 1e-6)),
-      "norm_num_groups": int(model_cfg.get("num_groups", 32)),
+      "norm_eps": float(model_cfg.norm_eps),
+      "norm_num_groups": int(model_cfg.num_groups),
       "num_class_embeds": None,
       "out_channels": int(out_channels or channels),
       "resnet_time_scale_shift": "default",

@@ -29,10 +29,10 @@ def export_workdir(workdir: str, out: str, use_ema: bool = True) -> int:
   from ddpm_jax.interop import (ConversionError, diffusers_scheduler,
                                 diffusers_unet, sources)
   config, params, step = sources.load_workdir(workdir, use_ema)
-  if config.model.get("self_condition", False):
+  if config.model.self_condition:
     raise ConversionError("a self-conditioned model (model.self_condition) "
                           "has no UNet2DModel / DDPMPipeline equivalent")
-  if config.model.get("num_classes", 0):
+  if config.model.num_classes:
     raise ConversionError("exporting a class-conditional model "
                           "(model.num_classes) is not supported yet")
   diffusers_unet.write_model_dir(

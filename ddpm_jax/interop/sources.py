@@ -58,7 +58,7 @@ def _scheduler_file(path: str) -> Optional[str]:
 def _with_model(config: ml_collections.ConfigDict,
                 model_cfg: ml_collections.ConfigDict, image_size: int,
                 channels: int) -> ml_collections.ConfigDict:
-  config.model = model_cfg
+  config.model = model_cfg  # complete: the readers start from the defaults
   config.data.image_size = int(image_size)
   config.data.channels = int(channels)
   return config

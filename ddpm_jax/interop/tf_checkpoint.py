@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs import default
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop.diffusers_unet import params_shape
 from ddpm_jax.models.unet import unet_from_config
@@ -122,7 +123,7 @@ def model_config_from_shapes(shapes: Dict[str, Tuple[int, ...]],
   if image_size % 2**(levels - 1):
     raise ConversionError(f"image size {image_size} is not divisible by "
                           f"2**{levels - 1} for this {levels}-level U-Net")
-  model = ml_collections.ConfigDict()
+  model = default.get_default_config().model  # the fields set below win
   model.ch = int(ch)
   model.ch_mult = tuple(int(m) for m in mult)
   model.num_res_blocks = int(blocks)

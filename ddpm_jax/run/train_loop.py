@@ -56,7 +56,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise ConfigError(f"config field training.batch_size={bs} is invalid: "
                       f"set --config.training.batch_size to a multiple of "
                       f"the {mesh.size} devices{hint}")
-  fsdp = bool(config.get("parallel", {}).get("fsdp", False))
+  fsdp = bool(config.parallel.fsdp)
   manager = checkpoints.checkpoint_manager(workdir,
                                            config.training.max_to_keep)
   state = create_train_state(config, model, tx, mesh, fsdp)
@@ -85,7 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   lr_fn = learning_rate_fn(config)
   bar = tqdm(total=total, initial=start, desc="train", unit="step",
              dynamic_ncols=True, mininterval=2.0, disable=not lead)
-  skip = bool(config.training.get("skip_nonfinite", False))
+  skip = bool(config.training.skip_nonfinite)
   skipped = 0
 
   def check_finite(done, metrics):
@@ -162,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if done % config.training.checkpoint_every == 0 or done == total:
         check_finite(done, metrics)
         save(done)
-      every = config.training.get("eval_every", 0)
+      every = config.training.eval_every
       if every and (done % every == 0 or done == total):
         result = evaluation.evaluate(config, model, state.ema_params,
                                      schedule)
@@ -174,12 +174,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           bar.write(f"step {done}: eval bits/dim {result['total']:.4f} on "
                     f"{result['num_examples']} images of "
                     f"{config.data.get('eval_split', 'test')}")
-      every = config.training.get("quality_every", 0)
+      every = config.training.quality_every
       if every and (done % every == 0 or done == total):
         result = sample_quality.score(
             config, model, state.ema_params,
-            config.training.get("quality_metric", "digits"),
-            int(config.training.get("quality_samples", 297)),
+            config.training.quality_metric,
+            int(config.training.quality_samples),
             seed=config.seed, batch_size=config.sampling.batch_size)
         if writer is not None:
           for k, v in result.items():

@@ -133,7 +133,7 @@ def microbatch_size(config: ml_collections.ConfigDict, mesh: Mesh,
   in one pass, where passes of 8 were slower (docs/benchmarks.md). ``flat``: whether the step differentiates
   per device (one device, or :func:`flat_grads_pay`); a positive size
   needs it."""
-  size = int(config.training.get("microbatch_size", -1))
+  size = int(config.training.microbatch_size)
   rows = int(config.training.batch_size) // mesh.size
   per_device = mesh.size == 1 or flat
   if size == -1:
@@ -141,7 +141,7 @@ def microbatch_size(config: ml_collections.ConfigDict, mesh: Mesh,
       return 0
     m = config.model
     per_example = (config.data.image_size**2 * m.ch * m.ch_mult[0] *
-                   jnp.dtype(m.get("dtype", "float32")).itemsize)
+                   jnp.dtype(m.dtype).itemsize)
     target = max(1, AUTO_MICROBATCH_BYTES // per_example)
     size = max(d for d in range(1, min(target, rows) + 1) if rows % d == 0)
     return 0 if size >= rows else size
