@@ -13,7 +13,6 @@ step and exit; run the same commands again to continue.
 
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 

@@ -25,7 +25,7 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
   with cli.errors_as_one_line():
-    from ddpm_jax import (classifier_training)  # pylint: disable=g-import-not-at-top
+    from ddpm_jax.run import classifier_training  # pylint: disable=g-import-not-at-top
     accuracy = classifier_training.train_classifier(FLAGS.config,
                                                     FLAGS.workdir)
   print(json.dumps({"held_out_accuracy_at_t": accuracy}))

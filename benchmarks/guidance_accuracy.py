@@ -1,5 +1,5 @@
 """How often guided digits are the requested class, judged by a separately
-trained classifier (ddpm_jax.digits_classifier, clean images).
+trained classifier (ddpm_jax.evaluators.digits_judge, clean images).
 
     python benchmarks/guidance_accuracy.py --workdir bench/guidance
 
@@ -15,7 +15,6 @@ JSON line per setting and a table last.
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags
@@ -47,8 +46,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import digits, digits_classifier  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import (classifier_training, digits_classifier as judge_lib)  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import (from_config, generate)  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.evaluators import digits_judge as judge_lib  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.run import classifier_training  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import from_config  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.samplers import generate
   from ddpm_jax.interop import sources  # pylint: disable=g-import-not-at-top
 
   cond_dir = os.path.join(FLAGS.workdir, "conditional")

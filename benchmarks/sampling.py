@@ -40,7 +40,7 @@ def jax_side(config, num):
   import jax
   from ddpm_jax import from_config, parallel, train
   from ddpm_jax.models.unet import eps_fn
-  from ddpm_jax.samplers import get_sampler
+  from ddpm_jax.samplers.registry import get_sampler
   model = from_config.make_model(config)
   params = train.create_train_state(
       config, model, from_config.make_optimizer(config)).ema_params

@@ -82,7 +82,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.diffusion.learned_variance = ""
 
   config.sampling = ml_collections.ConfigDict()
-  # 'ddpm' (ancestral, Algorithm 2) or 'ddim'; see ddpm_jax/samplers.py.
+  # 'ddpm' (ancestral, Algorithm 2) or 'ddim'; see ddpm_jax/samplers/registry.py.
   config.sampling.sampler = "ddpm"
   # Steps of the reverse chain: 0 = all T. Fewer: 'ddim', or 'ddpm' with
   # the betas respaced (improved DDPM); spacing picks the timesteps:
@@ -121,6 +121,18 @@ def get_default_config() -> ml_collections.ConfigDict:
   # parameters and optimizer state (for the 114M+ models).
   config.parallel = ml_collections.ConfigDict()
   config.parallel.fsdp = False
+
+  # The noise-aware classifier that train_classifier.py trains for
+  # classifier guidance (configs/digits_classifier.py): the U-Net's
+  # downsampling half and a pooled linear head (ddpm_jax/models/classifier.py).
+  config.classifier = ml_collections.ConfigDict()
+  config.classifier.num_classes = 10
+  config.classifier.ch = 32
+  config.classifier.ch_mult = (1, 2)
+  config.classifier.num_res_blocks = 1
+  config.classifier.attn_resolutions = ()
+  config.classifier.dropout = 0.0
+  config.classifier.num_groups = 32
 
   config.training = ml_collections.ConfigDict()
   config.training.batch_size = 128

@@ -12,12 +12,17 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default
+from ddpm_jax.models.classifier import (NoisyClassifier,
+                                        classifier_from_config,
+                                        init_classifier)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -176,3 +181,43 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   with open(path) as f:
     return default.with_defaults(json.load(f))
+
+
+# A train_classifier.py workdir: config.json and the params in this folder.
+CLASSIFIER_DIR = "classifier_params"
+
+
+def save_classifier(workdir: str, config: ml_collections.ConfigDict,
+                    params: Any) -> None:
+  """Writes a trained guidance classifier's config and params into
+  ``workdir`` (refusing to replace existing params)."""
+  path = os.path.join(os.path.abspath(workdir), CLASSIFIER_DIR)
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} exists: give a new --workdir")
+  os.makedirs(workdir, exist_ok=True)
+  write_config(workdir, config)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(path, jax.device_get(params))
+
+
+def classifier_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of a ``train_classifier.py`` workdir (its params unread)."""
+  if not os.path.isdir(os.path.join(os.path.abspath(workdir),
+                                    CLASSIFIER_DIR)):
+    raise FileNotFoundError(f"{workdir} has no {CLASSIFIER_DIR}: train one "
+                            f"with train_classifier.py --workdir {workdir}")
+  return read_config(workdir)
+
+
+def load_classifier(workdir: str) -> Tuple[ml_collections.ConfigDict,
+                                           NoisyClassifier, Any]:
+  """(config, classifier, params as NumPy) of a ``train_classifier.py``
+  workdir."""
+  config = classifier_config(workdir)
+  classifier = classifier_from_config(config.classifier)
+  template = jax.eval_shape(lambda: init_classifier(
+      classifier, config.data.image_size, config.data.channels, config.seed))
+  with ocp.StandardCheckpointer() as ckpt:
+    params = ckpt.restore(os.path.join(os.path.abspath(workdir),
+                                       CLASSIFIER_DIR), template)
+  return config, classifier, jax.tree_util.tree_map(np.asarray, params)

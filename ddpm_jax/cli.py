@@ -40,8 +40,9 @@ def enable_compilation_cache() -> None:
   """Turns on JAX's persistent compilation cache, unless
   ``$JAX_COMPILATION_CACHE_DIR`` already chooses one: in ``$DDPM_JAX_CACHE/
   jax`` (default ``~/.cache/ddpm_jax/jax``). A second run of the same
-  command loads its train step and sampler instead of compiling them
-  (the digits train step: 24 s -> 7 s on 2 CPU cores)."""
+  command loads its train step and sampler instead of compiling them,
+  which shortens the digits train step's start severalfold
+  (docs/benchmarks.md, 'Measurements behind design choices')."""
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return
   import jax  # pylint: disable=g-import-not-at-top

@@ -3,10 +3,12 @@ initialisation) are compiled for compile speed rather than run speed.
 
 Initialising a U-Net compiles one threefry random-number kernel per
 parameter array (75 for the digits model) and nothing else (the forward
-pass is dead code); XLA's CPU backend spends 8-9 s on that at its default
-LLVM optimisation level and 2.6 s without the expensive passes, with
-bit-identical parameters (tests/test_compilation.py). Every train.py run
-and every test that builds a train state pays it once.
+pass is dead code); XLA's CPU backend spends several times longer on
+that at its default LLVM optimisation level than without the expensive
+passes, with bit-identical parameters (tests/test_compilation.py; the
+figures are in docs/benchmarks.md, 'Measurements behind design
+choices'). Every train.py run and every test that builds a train state
+pays it once.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ RUN_ONCE_CPU_OPTIONS = {"xla_backend_optimization_level": 0,
 
 def jit_once(fun: Callable[..., Any], **jit_kwargs) -> Callable[..., Any]:
   """``jax.jit(fun, **jit_kwargs)`` for a function called once: on the CPU
-  compiled with ``RUN_ONCE_CPU_OPTIONS`` (same results, a third of the
-  compile time); elsewhere plain ``jax.jit``."""
+  compiled with ``RUN_ONCE_CPU_OPTIONS`` (same results, less compile
+  time); elsewhere plain ``jax.jit``."""
   if jax.default_backend() == "cpu":
     jit_kwargs.setdefault("compiler_options", dict(RUN_ONCE_CPU_OPTIONS))
   return jax.jit(fun, **jit_kwargs)

@@ -19,7 +19,9 @@ import functools
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+import jax
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 DIGITS_NUM_TRAIN = 1500
 
@@ -43,6 +45,7 @@ def _digits_rows(split: str, n: int) -> np.ndarray:
 def digits_labels(split: str = "train") -> np.ndarray:
   """The digits' classes (0-9, int32), in the order of
   :func:`digits_images`."""
+  # scikit-learn loads only for the digits data.
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   target = load_digits().target
   return target[_digits_rows(split, len(target))].astype(np.int32)
@@ -50,6 +53,7 @@ def digits_labels(split: str = "train") -> np.ndarray:
 
 def digits_images(split: str = "train", image_size: int = 8) -> np.ndarray:
   """The digits as float32 [N, S, S, 1] in [-1, 1] (S = ``image_size``)."""
+  # scikit-learn loads only for the digits data.
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   images = load_digits().images.astype(np.float64) / 16.0  # [1797, 8, 8]
   images = images[_digits_rows(split, len(images))]
@@ -62,7 +66,6 @@ def digits_images(split: str = "train", image_size: int = 8) -> np.ndarray:
 
 
 def _bilinear_upsample(images: np.ndarray, factor: int) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   size = images.shape[1] * factor
   return np.stack([
       np.asarray(Image.fromarray(im.astype(np.float32), mode="F").resize(
@@ -93,7 +96,6 @@ Batches = Iterator[Tuple[np.ndarray, Position]]
 def _process(process_index: Optional[int], process_count: Optional[int]
              ) -> Tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
     return jax.process_index(), jax.process_count()
   return process_index, process_count
 
@@ -173,6 +175,7 @@ def _tfds_builder(name: str, data_dir: Optional[str], download: bool = True):
 def _square_resize(img, size: int):
   """A uint8 HWC image tensor -> its central square, area-resized to
   ``size``, as float32 in [-1, 1]."""
+  # TensorFlow takes seconds to load: only for tfds and image folders.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   h, w = tf.shape(img)[0], tf.shape(img)[1]
   s = tf.minimum(h, w)
@@ -206,6 +209,7 @@ def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
   stream. With ``download`` False a dataset not yet prepared in
   ``data_dir`` is an immediate error rather than a download attempt.
   """
+  # TensorFlow takes seconds to load: only for tfds and image folders.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
@@ -268,7 +272,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 def _center_crop_resize(img, size: int):
   """The central square of a PIL image, resized to ``size`` (bicubic; box
   filtering when shrinking by 2x or more first, to avoid aliasing)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   w, h = img.size
   side = min(w, h)
   left, top = (w - side) // 2, (h - side) // 2
@@ -285,7 +288,6 @@ def folder_images(path: str, image_size: int, channels: int) -> np.ndarray:
   Images must have ``channels`` channels (1: grayscale 'L', 3: 'RGB');
   others are refused rather than silently converted.
   """
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(path):
     raise DataError(f"data.folder {path!r} is not a directory: set "
                     f"--config.data.folder to a folder of images")
@@ -378,6 +380,7 @@ def eval_batches(config, split: str, batch_size: int,
     for i in range(0, len(images), batch_size):
       yield images[i:i + batch_size]
     return
+  # TensorFlow takes seconds to load: only for tfds and image folders.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   builder = _tfds_builder(d.name, d.data_dir or None,

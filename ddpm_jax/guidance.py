@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.models.classifier import log_prob_fn
+
 Array = jnp.ndarray
 
 
@@ -74,7 +76,6 @@ def classifier_guided_fn(model: nn.Module, classifier: nn.Module,
   (guided_diffusion ``condition_score``); clipping after guidance would cut
   the guidance term off wherever it is large (high t) and saturate the
   samples."""
-  from ddpm_jax.models.classifier import log_prob_fn  # pylint: disable=g-import-not-at-top
   log_prob = log_prob_fn(classifier)
 
   def apply_fn(b, x_t, t, dropout_rng=None):

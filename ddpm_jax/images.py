@@ -6,6 +6,7 @@ import math
 import os
 
 import numpy as np
+from PIL import Image
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -39,7 +40,6 @@ def make_grid(images: np.ndarray, ncols: int = 0, pad: int = 1,
 
 def write_png(path: str, image: np.ndarray) -> None:
   """Writes a uint8 [H, W, C] image (C = 1 or 3), atomically."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   image = np.asarray(image)
   if image.shape[-1] == 1:
     image = image[..., 0]
@@ -78,7 +78,6 @@ def write_gif(path: str, frames: np.ndarray, scale: int = 1,
               frame_ms: int = 100) -> None:
   """An animated GIF, one grid per frame of ``frames`` [K, N, H, W, C]
   (values in [-1, 1]), the last frame held for a second; atomically."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   grids = [make_grid(to_uint8(f), scale=scale) for f in np.asarray(frames)]
   images = [Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
             for g in grids]

@@ -30,25 +30,21 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+from ddpm_jax.registry import Registry
+
 BetaFn = Callable[..., np.ndarray]
-_BETA_SCHEDULES: Dict[str, BetaFn] = {}
+_BETA_SCHEDULES: Registry[BetaFn] = Registry("beta schedule",
+                                             " or pass betas directly")
 
 
 def register_beta_schedule(name: str) -> Callable[[BetaFn], BetaFn]:
   """Decorator: registers ``fn(num_timesteps, **kwargs) -> float64 betas``."""
-
-  def wrap(fn: BetaFn) -> BetaFn:
-    if name in _BETA_SCHEDULES:
-      raise ValueError(f"beta schedule {name!r} is registered twice")
-    _BETA_SCHEDULES[name] = fn
-    return fn
-
-  return wrap
+  return _BETA_SCHEDULES.register(name)
 
 
 def beta_schedule_names() -> list[str]:
   """Names accepted by :func:`get_betas`."""
-  return sorted(_BETA_SCHEDULES)
+  return _BETA_SCHEDULES.names()
 
 
 @register_beta_schedule("linear")
@@ -143,12 +139,9 @@ def sigmoid_alphabar_betas(num_timesteps: int, start: float = -3.0,
 
 def get_betas(name: str, num_timesteps: int, **kwargs) -> np.ndarray:
   """The float64 betas of the registered schedule ``name``."""
-  if name not in _BETA_SCHEDULES:
-    raise ValueError(f"unknown beta schedule {name!r}; choose one of "
-                     f"{beta_schedule_names()} or pass betas directly")
+  fn = _BETA_SCHEDULES.get(name)
   if int(num_timesteps) < 1:
     raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-  fn = _BETA_SCHEDULES[name]
   accepted = [k for k in inspect.signature(fn).parameters
               if k != "num_timesteps"]
   unknown = sorted(set(kwargs) - set(accepted))
@@ -244,7 +237,7 @@ def make_schedule(betas: np.ndarray) -> DiffusionSchedule:
 def schedule_kwargs(name: str, **options) -> Dict[str, float]:
   """The subset of ``options`` (e.g. a config's beta_start and beta_end) that
   the registered schedule ``name`` takes; the rest do not apply to it."""
-  fn = _BETA_SCHEDULES.get(name)
+  fn = _BETA_SCHEDULES.find(name)
   if fn is None:
     return {}
   params = inspect.signature(fn).parameters

@@ -44,14 +44,13 @@ def x0_estimate(schedule: DiffusionSchedule, model_output: Array,
 def losses_with_estimate(params: Any, apply_fn: ApplyFn,
                          schedule: DiffusionSchedule, x0: Array, t: Array,
                          noise: Array, dropout_rng: Optional[Array],
-                         use_estimate: Array, **options) -> Array:
+                         use_estimate: Array, *, prediction: str = "eps",
+                         variance: str = "fixedsmall", **options) -> Array:
   """The [B] losses when ``use_estimate`` (a boolean scalar) says whether
   the x_0 estimate of a first pass (zero estimate, its own dropout mask,
   gradient stopped) is fed back; else the estimate is zeros. ``options``
   as for :func:`ddpm_jax.losses.losses_from_output`."""
   x_t = q_sample(schedule, x0, t, noise)
-  prediction = options.get("prediction", "eps")
-  variance = options.get("variance", "fixedsmall")
 
   def estimate(_):
     rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, 1)
@@ -62,7 +61,9 @@ def losses_with_estimate(params: Any, apply_fn: ApplyFn,
   sc = jax.lax.cond(use_estimate, estimate, lambda _: jnp.zeros_like(x_t),
                     None)
   out = apply_fn(params, conditioned_input(x_t, sc), t, dropout_rng)
-  return losses_from_output(schedule, out, x0, t, noise, x_t=x_t, **options)
+  return losses_from_output(schedule, out, x0, t, noise, x_t=x_t,
+                            prediction=prediction, variance=variance,
+                            **options)
 
 
 def loss_per_example(params: Any, apply_fn: ApplyFn,

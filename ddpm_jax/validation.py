@@ -5,7 +5,7 @@ and the fix."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import ml_collections
 
@@ -15,9 +15,9 @@ from ddpm_jax.from_config import (COMPUTE_DTYPES, ConfigError,
                                   objective_options)
 from ddpm_jax.models.conv import UPSAMPLE_CONVS
 from ddpm_jax.models.unet import ACTIVATIONS, DROPOUT_RNGS
-from ddpm_jax.samplers import sampler_names
+from ddpm_jax.samplers.registry import sampler_names
 from ddpm_jax.schedules import beta_schedule_names
-from ddpm_jax.spacing import SPACINGS
+from ddpm_jax.samplers.spacing import SPACINGS
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -27,8 +27,28 @@ def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
   return config
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises :class:`ConfigError` naming the first invalid field."""
+def validate_config(config: ml_collections.ConfigDict,
+                    flag_names: Optional[Mapping[str, str]] = None) -> None:
+  """Raises :class:`ConfigError` naming the first invalid field.
+
+  ``flag_names`` maps config fields to the command-line flags that set them
+  (sample.py's ``--eta`` for ``sampling.eta``): the error then names the
+  flag instead of ``--config.<field>``.
+  """
+  flag_names = flag_names or {}
+
+  def arg(field: str) -> str:
+    return flag_names.get(field, f"--config.{field}")
+
+  classes = config.model.num_classes
+  if classes > 0:
+    label_want = f"-1 (every class in turn) or a class in [0, {classes})"
+  elif config.sampling.classifier:
+    label_want = "-1 or a class of the guiding classifier"
+  else:
+    label_want = (f"-1: the model is unconditional (model.num_classes=0); "
+                  f"give {arg('sampling.classifier')} to guide it to a class")
+  ddim_only = f"unless {arg('sampling.sampler')}=ddim"
   checks = [
       ("training.batch_size", config.training.batch_size > 0, "a positive int"),
       ("training.num_steps", config.training.num_steps > 0, "a positive int"),
@@ -55,22 +75,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "a positive int"),
       ("model.num_classes", config.model.num_classes >= 0,
        ">= 0 (0: unconditional)"),
-      ("sampling.label", -1 <= config.sampling.label <
-       max(config.model.num_classes, 0) or
-       config.sampling.label == -1 or
-       (config.sampling.label >= 0 and
-        bool(config.sampling.classifier)),
-       f"-1 (every class in turn) or a class in [0, "
-       f"{config.model.get('num_classes', 0)})"),
+      ("sampling.label", config.sampling.label == -1 or (
+          config.sampling.label >= 0 and (
+              config.sampling.label < classes or
+              bool(config.sampling.classifier))), label_want),
       ("sampling.guidance", config.sampling.guidance == 0 or
-       config.model.num_classes > 0 or
-       bool(config.sampling.classifier),
-       "0 unless model.num_classes > 0 (classifier-free guidance) or "
-       "sampling.classifier is set (classifier guidance)"),
-      ("sampling.classifier", not (config.sampling.classifier and
-                                   config.model.num_classes),
-       "'' for a class-conditional model (it takes classifier-free "
-       "guidance)"),
+       classes > 0 or bool(config.sampling.classifier),
+       f"0 unless model.num_classes > 0 (classifier-free guidance) or "
+       f"{arg('sampling.classifier')} is set (classifier guidance)"),
+      ("sampling.classifier", not (config.sampling.classifier and classes),
+       f"'' for a class-conditional model (it takes classifier-free "
+       f"guidance: use {arg('sampling.guidance')} alone)"),
       ("training.label_dropout",
        0 <= config.training.label_dropout < 1, "in [0, 1)"),
       ("training.microbatch_size",
@@ -81,13 +96,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        sampler_names(), f"one of {sampler_names()}"),
       ("sampling.steps", 0 <= config.sampling.steps <=
        config.diffusion.num_timesteps,
-       f"0 (all) .. diffusion.num_timesteps={config.diffusion.num_timesteps}"),
+       f"0 (all) .. diffusion.num_timesteps="
+       f"{config.diffusion.num_timesteps}"),
       ("sampling.spacing", config.sampling.spacing in
        SPACINGS, f"one of {SPACINGS}"),
       ("sampling.eta", config.sampling.eta >= 0 and (
           config.sampling.eta == 0 or
           config.sampling.sampler == "ddim"),
-       ">= 0, and 0 unless sampling.sampler='ddim'"),
+       f">= 0, and 0 {ddim_only} (a DDIM option)"),
+      ("sampling.set_alpha_to_one", config.sampling.set_alpha_to_one or
+       config.sampling.sampler == "ddim", f"True {ddim_only} (a DDIM option)"),
+      ("sampling.rederive_eps", not config.sampling.rederive_eps or
+       config.sampling.sampler == "ddim", f"False {ddim_only} (a DDIM option)"),
       ("sampling.batch_size", config.sampling.batch_size > 0, "a positive int"),
       ("training.quality_metric",
        config.training.quality_metric in ("digits", "fid")
@@ -118,8 +138,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field, ok, want in checks:
     if not ok:
       value = _field(config, field)
-      raise ConfigError(f"config field {field}={value!r} is invalid: "
-                        f"set --config.{field} to {want}")
+      name = (flag_names[field] if field in flag_names else
+              f"config field {field}")
+      raise ConfigError(f"{name}={value!r} is invalid: set {arg(field)} to "
+                        f"{want}")
   head_dim = config.model.attn_head_dim
   widths = [config.model.ch * m for m in config.model.ch_mult]
   if head_dim is not None and (head_dim <= 0 or any(w % head_dim

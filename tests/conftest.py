@@ -22,7 +22,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS",
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=1"
                              ).strip()
-# The digits judge (ddpm_jax.digits_classifier) is cached beside it.
+# The digits judge (ddpm_jax.evaluators.digits_judge) is cached beside it.
 os.environ.setdefault(
     "DDPM_JAX_CACHE",
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

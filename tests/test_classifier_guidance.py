@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import (classifier_training, from_config, generate, guidance,
-                      train, validation)
+from ddpm_jax import checkpoints, from_config, guidance, train, validation
+from ddpm_jax.run import classifier_training
+from ddpm_jax.samplers import generate
 from ddpm_jax.models.classifier import log_prob_fn
 from tests.reference_models import assert_close, assert_close_to_terms
 from tests.tiny_configs import tiny_digits_config
@@ -33,7 +34,7 @@ def test_classifier_learns_the_digits(classifier_dir):
 
 
 def test_classifier_gradient_matches_finite_differences(classifier_dir):
-  _, classifier, params = classifier_training.load_classifier(
+  _, classifier, params = checkpoints.load_classifier(
       classifier_dir[0])
   log_prob = log_prob_fn(classifier)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
@@ -50,7 +51,7 @@ def test_classifier_gradient_matches_finite_differences(classifier_dir):
 
 
 def test_guided_eps_is_algorithm_2(classifier_dir):
-  clf_config, classifier, clf_params = classifier_training.load_classifier(
+  clf_config, classifier, clf_params = checkpoints.load_classifier(
       classifier_dir[0])
   config = tiny_digits_config(num_timesteps=20, batch_size=4)
   model = from_config.make_model(config)
@@ -78,7 +79,7 @@ def test_guided_eps_clips_x0_before_guidance(classifier_dir):
   """With clipping, the model's x_0 estimate is clipped and eps re-derived
   from it before the guidance term (guided_diffusion's order), in float64
   here; then the sampler must not clip again."""
-  _, classifier, clf_params = classifier_training.load_classifier(
+  _, classifier, clf_params = checkpoints.load_classifier(
       classifier_dir[0])
   config = tiny_digits_config(num_timesteps=20, batch_size=4)
   model = from_config.make_model(config)
@@ -141,7 +142,7 @@ def test_guidance_raises_the_requested_class(classifier_dir, tmp_path):
   model = from_config.make_model(config)
   state = train.create_train_state(config, model,
                                       from_config.make_optimizer(config))
-  _, classifier, clf_params = classifier_training.load_classifier(wd)
+  _, classifier, clf_params = checkpoints.load_classifier(wd)
   config.sampling.classifier = wd
   config.sampling.label = 3
   logp = {}
@@ -168,4 +169,4 @@ def test_classifier_guidance_config_errors(classifier_dir):
     generate.generate(config, model, train.create_train_state(
         config, model, from_config.make_optimizer(config)).params, 2, 2, 0)
   with pytest.raises(FileNotFoundError, match="train_classifier.py"):
-    classifier_training.load_classifier("/nonexistent/clf")
+    checkpoints.load_classifier("/nonexistent/clf")

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import ddim, diffusion, samplers, sampling, schedules, spacing
+from ddpm_jax import diffusion, schedules
+from ddpm_jax.samplers import registry
+from ddpm_jax.samplers import ancestral, ddim, spacing
 from tests.reference_models import (assert_close, assert_close_to_terms,
                                     make_torch_model, nhwc, toy_apply_jax,
                                     toy_weights)
@@ -198,11 +200,11 @@ def test_respacing_that_keeps_every_step_is_the_plain_chain(sched, toy):
                                   getattr(sched, field), err_msg=field)
   key = jax.random.PRNGKey(4)
   shape = (2, 6, 6, C)
-  plain, _ = sampling.sample(toy, toy_apply_jax, sched, key, shape,
+  plain, _ = ancestral.sample(toy, toy_apply_jax, sched, key, shape,
                              variance="fixedlarge")
-  via, _ = samplers.get_sampler("ddpm")(toy, toy_apply_jax, BETAS, key,
+  via, _ = registry.get_sampler("ddpm")(toy, toy_apply_jax, BETAS, key,
                                         shape, steps=T, variance="fixedlarge")
-  mapped, _ = sampling.sample(toy, toy_apply_jax, respaced, key, shape,
+  mapped, _ = ancestral.sample(toy, toy_apply_jax, respaced, key, shape,
                               variance="fixedlarge",
                               timestep_map=jnp.asarray(kept, jnp.int32))
   np.testing.assert_array_equal(np.asarray(via), np.asarray(plain))
@@ -225,7 +227,7 @@ def test_respaced_ancestral_calls_the_network_at_the_kept_timesteps(sched):
     jax.debug.callback(lambda t: seen.append(int(t[0])), t)
     return jnp.zeros_like(x)
 
-  samplers.get_sampler("ddpm")(None, recording_apply, BETAS,
+  registry.get_sampler("ddpm")(None, recording_apply, BETAS,
                                jax.random.PRNGKey(0), (1, 2, 2, 1), steps=10,
                                spacing_name="linspace")
   jax.effects_barrier()
@@ -233,24 +235,24 @@ def test_respaced_ancestral_calls_the_network_at_the_kept_timesteps(sched):
 
 
 def test_sampler_registry_and_errors(toy):
-  assert samplers.sampler_names() == ["ddim", "ddpm"]
+  assert registry.sampler_names() == ["ddim", "ddpm"]
   with pytest.raises(ValueError, match="unknown sampler"):
-    samplers.get_sampler("euler")
-  with pytest.raises(ValueError, match="eta is a DDIM option"):
-    samplers.get_sampler("ddpm")(toy, toy_apply_jax, BETAS,
+    registry.get_sampler("euler")
+  with pytest.raises(TypeError, match="eta"):  # DDIM's option, not ddpm's
+    registry.get_sampler("ddpm")(toy, toy_apply_jax, BETAS,
                                  jax.random.PRNGKey(0), (1, 6, 6, C), eta=1.0)
   with pytest.raises(ValueError, match="steps must be in"):
-    samplers.get_sampler("ddim")(toy, toy_apply_jax, BETAS,
+    registry.get_sampler("ddim")(toy, toy_apply_jax, BETAS,
                                  jax.random.PRNGKey(0), (1, 6, 6, C),
                                  steps=T + 1)
   with pytest.raises(ValueError, match="eta must be >= 0"):
-    samplers.get_sampler("ddim")(toy, toy_apply_jax, BETAS,
+    registry.get_sampler("ddim")(toy, toy_apply_jax, BETAS,
                                  jax.random.PRNGKey(0), (1, 6, 6, C),
                                  steps=10, eta=-1.0)
 
 
 def test_ddim_trajectory_every_k_steps(toy):
-  x, traj = samplers.get_sampler("ddim")(
+  x, traj = registry.get_sampler("ddim")(
       toy, toy_apply_jax, BETAS, jax.random.PRNGKey(1), (2, 6, 6, C),
       steps=20, return_every=5)
   assert traj["x_t"].shape == (4, 2, 6, 6, C)

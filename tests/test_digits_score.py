@@ -1,12 +1,13 @@
-"""The offline digits score (ddpm_jax.digits_score) separates real digits
+"""The offline digits score (ddpm_jax.evaluators.digits_score) separates real digits
 from bad samples: real training digits score near 0 against the held-out
 split, Gaussian noise and a model trained for 10 steps far worse."""
 
 import numpy as np
 import pytest
 
-from ddpm_jax import (data, digits_score, from_config, generate, metrics,
-                      validation)
+from ddpm_jax import data, from_config, validation
+from ddpm_jax.evaluators import digits_score, metrics
+from ddpm_jax.samplers import generate
 from ddpm_jax.run import train_loop
 from tests.tiny_configs import tiny_digits_config
 

@@ -54,7 +54,9 @@ def machine():
 def run_golden():
   """{name: float32/float64 NumPy array} of the tiny run."""
   # pylint: disable=g-import-not-at-top
-  from ddpm_jax import data, evaluation, from_config, generate, parallel, train
+  from ddpm_jax import data, from_config, parallel, train
+  from ddpm_jax.evaluators import bpd
+  from ddpm_jax.samplers import generate
   config = golden_config()
   model, tx = from_config.make_model(config), from_config.make_optimizer(config)
   schedule = from_config.make_schedule(config)
@@ -81,8 +83,8 @@ def run_golden():
   config.sampling.steps = 5
   out["ddim"] = generate.generate(config, model, params, 8, 8, seed=3,
                                   mesh=mesh)
-  bpd = evaluation.evaluate(config, model, params, schedule)
-  out["bpd"] = np.asarray([bpd["total"]], np.float64)
+  bits = bpd.evaluate(config, model, params, schedule)
+  out["bpd"] = np.asarray([bits["total"]], np.float64)
   return out
 
 

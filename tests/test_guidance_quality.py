@@ -1,14 +1,16 @@
 """Guidance on real data, short: digits models trained for a few hundred
 steps, a class-conditional one sampled with classifier-free guidance and
 an unconditional one with classifier guidance; the separately trained
-judge (ddpm_jax.digits_classifier) must find the requested class far
+judge (ddpm_jax.evaluators.digits_judge) must find the requested class far
 above chance (10%). benchmarks/guidance_accuracy.py is the full
 measurement (docs/guidance.md)."""
 
 import numpy as np
 import pytest
 
-from ddpm_jax import digits_classifier, from_config, generate
+from ddpm_jax import from_config
+from ddpm_jax.evaluators import digits_judge
+from ddpm_jax.samplers import generate
 from ddpm_jax.run import train_loop
 
 STEPS = 300
@@ -40,14 +42,14 @@ def judge_accuracy(config, workdir):
   for k in ("sampler", "steps", "guidance", "classifier"):
     cfg.sampling[k] = config.sampling[k]
   model = from_config.make_model(cfg)
-  judge = digits_classifier.load_or_train()
+  judge = digits_judge.load_or_train()
   correct = 0
   for k in range(10):
     cfg.sampling.label = k
     x = generate.generate(cfg, model, params, PER_CLASS, PER_CLASS,
                           seed=100 + k)
     correct += int(np.sum(
-        np.asarray(digits_classifier.predict(judge, x)).argmax(-1) == k))
+        np.asarray(digits_judge.predict(judge, x)).argmax(-1) == k))
   return correct / (10 * PER_CLASS)
 
 
@@ -67,7 +69,7 @@ def test_classifier_free_guidance_gives_the_requested_digit(tmp_path):
 @pytest.mark.slow
 def test_classifier_guidance_gives_the_requested_digit(tmp_path):
   from configs import digits_classifier
-  from ddpm_jax import classifier_training
+  from ddpm_jax.run import classifier_training
   clf = digits_classifier.get_config()
   clf.training.num_steps = STEPS
   clf.training.log_every = STEPS

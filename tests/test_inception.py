@@ -133,7 +133,7 @@ def random_params():
 
 
 def test_inception_outputs_batches_tiles_and_checks(random_params):
-  from ddpm_jax import fid, metrics
+  from ddpm_jax.evaluators import fid, metrics
   params = random_params
   gray = np.random.default_rng(4).uniform(-1, 1, size=(4, 16, 16, 1))
   feats, logits = fid.inception_outputs(params, gray, batch_size=2)
@@ -156,7 +156,8 @@ def test_dataset_statistics_are_computed_once_and_cached(random_params,
                                                         tmp_path,
                                                         monkeypatch):
   from configs import digits
-  from ddpm_jax import data, fid, metrics
+  from ddpm_jax import data
+  from ddpm_jax.evaluators import fid, metrics
   config = digits.get_config()
   mu, sigma = fid.dataset_statistics(config, "test", random_params, limit=4,
                                      batch_size=2, cache_dir=str(tmp_path))
@@ -179,8 +180,9 @@ def test_fid_score_of_a_model_end_to_end(random_params, tmp_path,
   FID, IS and precision/recall of the samples against the cached
   reference statistics and features, and the same FID from a precomputed
   statistics file."""
-  from ddpm_jax import (fid, from_config, generate, metrics, sample_quality,
-                        train)
+  from ddpm_jax import from_config, train
+  from ddpm_jax.evaluators import fid, metrics, sample_quality
+  from ddpm_jax.samplers import generate
   from tests.tiny_configs import tiny_digits_config
   monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path))
   monkeypatch.setattr(inception_weights, "load_params",

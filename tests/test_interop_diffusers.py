@@ -14,7 +14,7 @@ from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop import diffusers_scheduler as dsched
 from ddpm_jax.interop import diffusers_unet as dunet
 from ddpm_jax.models.unet import eps_fn, unet_from_config
-from ddpm_jax.sampling import sample_with_noise
+from ddpm_jax.samplers.ancestral import sample_with_noise
 from tests.reference_models import nchw, nhwc
 
 diffusers = pytest.importorskip("diffusers")

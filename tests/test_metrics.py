@@ -1,4 +1,4 @@
-"""FID and IS from features (ddpm_jax.metrics): the Fréchet distance
+"""FID and IS from features (ddpm_jax.evaluators.metrics): the Fréchet distance
 against pytorch-fid's calculate_frechet_distance, IS against a direct
 per-sample KL computation, improved precision / recall against a
 point-by-point computation, and the bad inputs."""
@@ -6,7 +6,7 @@ point-by-point computation, and the bad inputs."""
 import numpy as np
 import pytest
 
-from ddpm_jax import metrics
+from ddpm_jax.evaluators import metrics
 
 
 def gaussian_features(seed, n=400, dim=16, shift=0.0):

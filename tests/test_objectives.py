@@ -242,7 +242,8 @@ def objective_config(prediction, learned, loss, weighting):
                                                for c in COMBOS])
 def test_every_objective_trains_and_samples(combo):
   import functools
-  from ddpm_jax import data, from_config, generate, train, validation
+  from ddpm_jax import data, from_config, train, validation
+  from ddpm_jax.samplers import generate
   from ddpm_jax.models.unet import eps_fn
   config = objective_config(*combo)
   validation.validate_config(config)
@@ -397,15 +398,16 @@ def test_oracle_model_reaches_the_bounds_minimum(sched):
 
 def test_bpd_is_the_sum_of_its_terms_and_pads_batches():
   config = objective_config("eps", "", "mse", "none")
-  from ddpm_jax import data, evaluation, from_config, train
+  from ddpm_jax import data, from_config, train
+  from ddpm_jax.evaluators import bpd
   from ddpm_jax.models.unet import eps_fn
   model = from_config.make_model(config)
   schedule = from_config.make_schedule(config)
   state = train.create_train_state(config, model,
                                       from_config.make_optimizer(config))
-  x0 = evaluation.quantize(data.digits_images("test")[:5])
+  x0 = bpd.quantize(data.digits_images("test")[:5])
   key = jax.random.PRNGKey(0)
-  out = evaluation.bpd_terms(state.params, eps_fn(model), schedule,
+  out = bpd.bpd_terms(state.params, eps_fn(model), schedule,
                              jnp.asarray(x0), key, variance="fixedlarge")
   assert out["terms"].shape == (10, 5)
   assert_close(out["total"], out["prior"] + out["terms"].sum(0), rtol=1e-6)
@@ -420,11 +422,11 @@ def test_bpd_is_the_sum_of_its_terms_and_pads_batches():
                           clip_denoised=True)
   assert_close(out["terms"][t], want, rtol=1e-5)
   # Batches of 2 (the last one 1) give the mean of the per-image totals.
-  res = evaluation.evaluate_bpd(
+  res = bpd.evaluate_bpd(
       state.params, eps_fn(model), schedule, [x0[:2], x0[2:4], x0[4:]], key,
       variance="fixedlarge")
   assert res["num_examples"] == 5
-  per_batch = [evaluation.bpd_terms(
+  per_batch = [bpd.bpd_terms(
       state.params, eps_fn(model), schedule, jnp.asarray(b),
       jax.random.fold_in(key, i), variance="fixedlarge")["total"]
                for i, b in enumerate([x0[:2], x0[2:4], x0[4:]])]
@@ -464,11 +466,12 @@ def test_bpd_decreases_with_training(tmp_path):
   assert final["total"] == pytest.approx(bpd[200], rel=1e-5)
   # The initial model (step 0: EMA = init) is far worse.
   e0 = subprocess.run([sys.executable, "-c", (
-      "import jax, json; from ddpm_jax import evaluation, from_config, train; "
+      "import jax, json; from ddpm_jax import from_config, train; "
+      "from ddpm_jax.evaluators import bpd; "
       "from ddpm_jax.checkpoints import read_config; "
       f"c = read_config({wd!r}); m = from_config.make_model(c); "
       "s = train.create_train_state(c, m, from_config.make_optimizer(c)); "
-      "print(json.dumps(evaluation.evaluate(c, m, s.params, "
+      "print(json.dumps(bpd.evaluate(c, m, s.params, "
       "from_config.make_schedule(c))))")], cwd=ROOT, env=env,
                       capture_output=True, text=True, timeout=900)
   assert e0.returncode == 0, e0.stderr[-3000:]

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_jax import diffusion, images, progressive, samplers, schedules
-from ddpm_jax.sampling import reverse_chain
+from ddpm_jax import diffusion, images, schedules
+from ddpm_jax.samplers import registry
+from ddpm_jax.samplers import figures
+from ddpm_jax.samplers.ancestral import reverse_chain
 from tests.reference_models import toy_apply_jax, toy_weights
 
 T = 20
@@ -27,7 +29,7 @@ def pair():
 
 def test_interpolation_at_t0_returns_the_endpoints():
   a, b = pair()
-  out = progressive.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
+  out = figures.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
                                 jnp.asarray([0.0, 0.25, 1.0]), 0,
                                 jax.random.PRNGKey(0))
   np.testing.assert_array_equal(out[0], a)
@@ -39,12 +41,12 @@ def test_interpolation_at_t0_returns_the_endpoints():
 def test_interpolation_decodes_every_lambda_with_the_same_noise():
   a, b = pair()
   key = jax.random.PRNGKey(1)
-  many = progressive.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
+  many = figures.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
                                  jnp.linspace(0, 1, 5), 12, key)
   assert many.shape == (5, 6, 6, 1) and np.all(np.isfinite(many))
   # lambda 0 alone, and lambda 1 with a == b swapped in: the same latents
   # and the same reverse noise, so the same decodings.
-  one = progressive.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
+  one = figures.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
                                 jnp.asarray([0.0]), 12, key)
   np.testing.assert_allclose(one[0], many[0], rtol=1e-6, atol=1e-7)
   # By hand: encode a at step 12 (code index 11), decode with one row of
@@ -52,7 +54,7 @@ def test_interpolation_decodes_every_lambda_with_the_same_noise():
   key_a, _, key_p = jax.random.split(key, 3)
   x_a = diffusion.q_sample(SCHED, a[None], jnp.asarray([11]),
                            jax.random.normal(key_a, (1, 6, 6, 1)))
-  from ddpm_jax.sampling import ExampleNoise
+  from ddpm_jax.samplers.chain import ExampleNoise
   noise = ExampleNoise(key_p, (1, 6, 6, 1))
   want, _ = reverse_chain(PARAMS, toy_apply_jax, SCHED, x_a, noise.at, True,
                           "fixedlarge", "x0", 0, num_steps=12)
@@ -62,21 +64,21 @@ def test_interpolation_decodes_every_lambda_with_the_same_noise():
 def test_partial_chain_shares_x_t_and_differs_in_the_reverse_noise():
   a, b = pair()
   x0 = jnp.stack([a, b])
-  x_t, out = progressive.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, 10,
+  x_t, out = figures.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, 10,
                                        jax.random.PRNGKey(2), 3)
   assert x_t.shape == (2, 6, 6, 1) and out.shape == (2, 3, 6, 6, 1)
   assert not np.allclose(out[0, 0], out[0, 1])  # different chains
-  same, none = progressive.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, 0,
+  same, none = figures.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, 0,
                                          jax.random.PRNGKey(2), 3)
   np.testing.assert_array_equal(same, x0)
   np.testing.assert_array_equal(none, jnp.repeat(x0[:, None], 3, axis=1))
   with pytest.raises(ValueError, match="t must be in"):
-    progressive.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, T + 1,
+    figures.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, T + 1,
                               jax.random.PRNGKey(2), 3)
 
 
 def test_progression_files(tmp_path):
-  x, traj = samplers.get_sampler("ddpm")(
+  x, traj = registry.get_sampler("ddpm")(
       PARAMS, toy_apply_jax, BETAS, jax.random.PRNGKey(3), (3, 6, 6, 1),
       return_every=4)
   prefix = str(tmp_path / "prog")

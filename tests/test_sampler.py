@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import diffusion, schedules
-from ddpm_jax.sampling import sample
+from ddpm_jax.samplers.ancestral import sample
 from tests.reference_models import assert_close, toy_apply_jax, toy_weights
 
 SHAPE = (3, 4, 4, 2)
@@ -81,7 +81,8 @@ def visited(sampler, *args, **options):
 
 
 def test_every_sampler_visits_its_timesteps_down_to_zero():
-  from ddpm_jax import samplers, spacing
+  from ddpm_jax.samplers import registry
+  from ddpm_jax.samplers import spacing
   betas = schedules.get_betas("linear", 12, beta_end=0.2)
   sched = schedules.make_schedule(betas)
   key = jax.random.PRNGKey(0)
@@ -89,9 +90,9 @@ def test_every_sampler_visits_its_timesteps_down_to_zero():
     seen, _ = visited(sample, sched, key, SHAPE, return_every=every)
     assert seen == list(range(11, -1, -1)), every
   for name in ("ddpm", "ddim"):
-    seen, _ = visited(samplers.get_sampler(name), betas, key, SHAPE)
+    seen, _ = visited(registry.get_sampler(name), betas, key, SHAPE)
     assert seen == list(range(11, -1, -1)), name
-    seen, _ = visited(samplers.get_sampler(name), betas, key, SHAPE,
+    seen, _ = visited(registry.get_sampler(name), betas, key, SHAPE,
                       steps=4, spacing_name="trailing")
     assert seen == list(spacing.timesteps("trailing", 12, 4)), name
     assert seen[-1] == 2 and seen[0] == 11
@@ -101,11 +102,12 @@ def test_respaced_steps_use_the_kept_timesteps_alpha_bar():
   # Each step of a respaced chain predicts x_0 from x_t with alpha-bar of
   # the training timestep it visits: with eps-prediction and no clipping,
   # x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar), abar = abar_T[kept_i].
-  from ddpm_jax import samplers, spacing
+  from ddpm_jax.samplers import registry
+  from ddpm_jax.samplers import spacing
   betas = schedules.get_betas("linear", 30, beta_end=0.3)
   abar = np.cumprod(1.0 - betas)
   kept = spacing.timesteps("linspace", 30, 5)
-  seen, (x, traj) = visited(samplers.get_sampler("ddpm"), betas,
+  seen, (x, traj) = visited(registry.get_sampler("ddpm"), betas,
                             jax.random.PRNGKey(1), SHAPE, steps=5,
                             spacing_name="linspace", return_every=1,
                             clip_denoised=False)

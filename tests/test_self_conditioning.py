@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ddpm_jax import diffusion, losses, schedules, self_conditioning
-from ddpm_jax.sampling import sample_with_noise
+from ddpm_jax.samplers.ancestral import sample_with_noise
 from tests.reference_models import (assert_close, make_torch_model, nchw,
                                     nhwc, toy_apply_jax, toy_weights)
 
@@ -76,7 +76,9 @@ def test_sampler_feeds_each_steps_x0_to_the_next():
 
 
 def test_self_conditioned_unet_trains_and_samples():
-  from ddpm_jax import data, evaluation, from_config, generate, train
+  from ddpm_jax import data, from_config, train
+  from ddpm_jax.evaluators import bpd
+  from ddpm_jax.samplers import generate
   from ddpm_jax.models.unet import eps_fn
   from tests.tiny_configs import tiny_digits_config
   config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2)
@@ -96,16 +98,16 @@ def test_self_conditioned_unet_trains_and_samples():
   assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
   config.training.eval_examples = 4
   config.training.eval_batch_size = 4
-  bpd = evaluation.evaluate(config, model, state.ema_params, schedule)
+  bpd = bpd.evaluate(config, model, state.ema_params, schedule)
   assert bpd["num_examples"] == 4 and np.isfinite(bpd["total"])
 
 
 def test_bound_of_a_self_conditioned_model_uses_a_first_pass_estimate():
-  from ddpm_jax import evaluation
-  x0 = evaluation.quantize(np.random.default_rng(2).uniform(
+  from ddpm_jax.evaluators import bpd
+  x0 = bpd.quantize(np.random.default_rng(2).uniform(
       -1, 1, (3, 4, 4, 1)).astype(np.float32))
   key = jax.random.PRNGKey(5)
-  got = evaluation.bpd_terms(PARAMS, toy_apply, SCHED, jnp.asarray(x0), key,
+  got = bpd.bpd_terms(PARAMS, toy_apply, SCHED, jnp.asarray(x0), key,
                              variance="fixedlarge", self_condition=True)
   for t in range(SCHED.num_timesteps):
     noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape)

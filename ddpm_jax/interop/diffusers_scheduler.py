@@ -41,47 +41,66 @@ def _refuse(field: str, value: Any, why: str) -> ConversionError:
                          f"supported: {why}")
 
 
+# DDPMScheduler's defaults for the options read here, used where config.json
+# omits one (as DDPMScheduler.from_pretrained does).
+SCHEDULER_DEFAULTS = {
+    "_class_name": "DDPMScheduler",
+    "prediction_type": "epsilon",
+    "thresholding": False,
+    "rescale_betas_zero_snr": False,
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+    "num_train_timesteps": 1000,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "trained_betas": None,
+    "beta_schedule": "linear",
+}
+
+
 def settings_from_scheduler_config(cfg: Dict[str, Any]
                                    ) -> ml_collections.ConfigDict:
   """``{'diffusion': ..., 'sampling': ...}`` config fields from a
   ``DDPMScheduler`` config dict; refuses what our sampler cannot honour."""
-  cls = cfg.get("_class_name", "DDPMScheduler")
+  options = {**SCHEDULER_DEFAULTS, **cfg}  # what DDPMScheduler assumes when a key is absent
+  cls = options["_class_name"]
   if cls != "DDPMScheduler":
     raise ConversionError(f"scheduler _class_name is {cls!r}; only "
                           f"DDPMScheduler configs are read")
   for key, value in cfg.items():
     if not key.startswith("_") and key not in _NO_EFFECT and value is not None:
       raise _refuse(key, value, "unknown to this converter")
-  prediction_type = cfg.get("prediction_type", "epsilon")
+  prediction_type = options["prediction_type"]
   if prediction_type not in _FROM_PREDICTION_TYPES:
     raise _refuse("prediction_type", prediction_type,
                   f"choose from {sorted(_FROM_PREDICTION_TYPES)}")
-  if cfg.get("thresholding", False):
+  if options["thresholding"]:
     raise _refuse("thresholding", True, "dynamic thresholding is not "
                   "implemented; set it to false")
-  if cfg.get("rescale_betas_zero_snr", False):
+  if options["rescale_betas_zero_snr"]:
     raise _refuse("rescale_betas_zero_snr", True,
                   "zero-terminal-SNR rescaling is not implemented")
-  variance = cfg.get("variance_type", "fixed_small")
+  variance = options["variance_type"]
   if variance not in _VARIANCES and variance != "learned_range":
     raise _refuse("variance_type", variance,
                   f"choose from {sorted(_VARIANCES) + ['learned_range']} "
                   f"(diffusers' 'learned' reads a variance, ours a "
                   f"log-variance)")
-  clip = bool(cfg.get("clip_sample", True))
-  clip_range = float(cfg.get("clip_sample_range", 1.0))
+  clip = bool(options["clip_sample"])
+  clip_range = float(options["clip_sample_range"])
   if clip and clip_range != 1.0:
     raise _refuse("clip_sample_range", clip_range,
                   "predicted x_0 is clipped to [-1, 1]")
 
-  num_t = int(cfg.get("num_train_timesteps", 1000))
+  num_t = int(options["num_train_timesteps"])
   d = ml_collections.ConfigDict()
   d.num_timesteps = num_t
   d.prediction = _FROM_PREDICTION_TYPES[prediction_type]
   d.learned_variance = "learned_range" if variance == "learned_range" else ""
-  d.beta_start = float(cfg.get("beta_start", 1e-4))
-  d.beta_end = float(cfg.get("beta_end", 0.02))
-  betas = cfg.get("trained_betas")
+  d.beta_start = float(options["beta_start"])
+  d.beta_end = float(options["beta_end"])
+  betas = options["trained_betas"]
   if betas is not None:
     d.schedule = "custom"
     d.betas = [float(b) for b in betas]
@@ -89,7 +108,7 @@ def settings_from_scheduler_config(cfg: Dict[str, Any]
       raise _refuse("trained_betas", f"<{len(d.betas)} values>",
                     f"num_train_timesteps is {num_t}")
   else:
-    name = cfg.get("beta_schedule", "linear")
+    name = options["beta_schedule"]
     if name not in _FROM_DIFFUSERS:
       raise _refuse("beta_schedule", name,
                     f"choose from {sorted(_FROM_DIFFUSERS)} or trained_betas")

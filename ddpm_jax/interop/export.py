@@ -25,6 +25,7 @@ flags.DEFINE_bool("ema", True, "Export the EMA parameters (--noema: the raw "
 def export_workdir(workdir: str, out: str, use_ema: bool = True) -> int:
   """Writes ``workdir``'s latest checkpoint as a diffusers directory;
   returns the checkpoint's step."""
+  # Loaded after the flags are parsed, so that --help answers at once.
   # pylint: disable=g-import-not-at-top
   from ddpm_jax.interop import (ConversionError, diffusers_scheduler,
                                 diffusers_unet, sources)

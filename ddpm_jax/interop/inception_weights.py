@@ -18,12 +18,16 @@ says otherwise. Tensor names are kept as in the state dict.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Any, Dict
 
 import jax
 import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from ddpm_jax.models.inception import FIDInception
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/"
                "fid_weights/pt_inception-2015-12-05-6726825d.pth")
@@ -56,13 +60,13 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
   if not os.path.exists(path):
     raise _missing(path)
   if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     try:
       return dict(load_file(path))
     except Exception as e:  # pylint: disable=broad-except
       raise WeightsError(f"{path} is not a readable safetensors file ({e}): "
                          f"convert the .pth again") from None
   try:
+    # torch is optional (the test extra): only to read pytorch-fid's .pth.
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise WeightsError(f"{path} is a PyTorch file and torch is not "
@@ -100,7 +104,6 @@ def params_from_state_dict(state: Dict[str, np.ndarray]) -> Any:
   (conv OIHW -> HWIO, fc [out, in] -> [in, out]); every parameter of
   :class:`~ddpm_jax.models.inception.FIDInception` must be present with
   its shape."""
-  from ddpm_jax.models.inception import FIDInception  # pylint: disable=g-import-not-at-top
   template = jax.eval_shape(lambda: FIDInception(resize=False).init(
       jax.random.PRNGKey(0), np.zeros((1, 75, 75, 3), np.float32)))["params"]
   params: Dict[str, Any] = {}
@@ -150,7 +153,6 @@ def convert(pth: str, out: str = "") -> str:
     raise FileExistsError(f"{out} exists: remove it or pass another --out")
   state = read_state_dict(pth)
   params_from_state_dict(state)  # refuse anything but the FID Inception
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   tmp = f"{out}.{os.getpid()}.tmp"
   save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
@@ -160,7 +162,6 @@ def convert(pth: str, out: str = "") -> str:
 
 def main(argv=None) -> int:
   """``python -m ddpm_jax.interop.inception_weights --pth F [--out G]``."""
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--pth", required=True, help="pytorch-fid's .pth")
   parser.add_argument("--out", default="", help="safetensors output "

@@ -10,14 +10,16 @@ from typing import Any, Optional, Tuple
 import ml_collections
 import numpy as np
 
+from configs import default
+from ddpm_jax import checkpoints, from_config
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop import diffusers_scheduler
 from ddpm_jax.interop import diffusers_unet
 from ddpm_jax.interop import tf_checkpoint
+from ddpm_jax.train.state import train_state_shapes
 
 
 def _base_config() -> ml_collections.ConfigDict:
-  from configs import default  # pylint: disable=g-import-not-at-top
   return default.get_default_config()
 
 
@@ -25,8 +27,6 @@ def load_workdir(workdir: str, use_ema: bool = True
                  ) -> Tuple[ml_collections.ConfigDict, Any, int]:
   """A train.py workdir -> (its config, the latest checkpoint's EMA (or raw)
   params, that checkpoint's step)."""
-  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import checkpoints, from_config, train
   if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
     raise FileNotFoundError(
         f"{workdir!r} has no {checkpoints.CONFIG_FILE}: pass the --workdir of "
@@ -38,9 +38,10 @@ def load_workdir(workdir: str, use_ema: bool = True
       raise FileNotFoundError(
           f"{workdir!r} has no checkpoint yet: train first (train.py "
           f"--workdir {workdir}) or pass another --workdir")
-    model, tx = from_config.make_model(config), from_config.make_optimizer(config)
+    model = from_config.make_model(config)
+    tx = from_config.make_optimizer(config)
     state = checkpoints.restore_latest(
-        manager, train.train_state_shapes(config, model, tx)).state
+        manager, train_state_shapes(config, model, tx)).state
   finally:
     manager.close()
   params = state.ema_params if use_ema else state.params

@@ -61,6 +61,7 @@ def tf_variable_name(keys: Tuple[str, ...]) -> str:
 
 
 def _open(path: str):
+  # TensorFlow takes seconds to load: only when a TF checkpoint is read.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   prefix = path
   if os.path.isdir(path):

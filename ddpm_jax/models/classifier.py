@@ -62,7 +62,7 @@ def classifier_from_config(cfg) -> NoisyClassifier:
                          num_res_blocks=int(cfg.num_res_blocks),
                          attn_resolutions=tuple(cfg.attn_resolutions),
                          dropout=float(cfg.dropout),
-                         num_groups=int(cfg.get("num_groups", 32)))
+                         num_groups=int(cfg.num_groups))
 
 
 def log_prob_fn(classifier: NoisyClassifier):
@@ -78,3 +78,11 @@ def log_prob_fn(classifier: NoisyClassifier):
     return jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
   return fn
+
+
+def init_classifier(classifier: NoisyClassifier, image_size: int,
+                    channels: int, seed: int) -> Any:
+  """The classifier's initial parameters, from ``PRNGKey(seed)``."""
+  return classifier.init(jax.random.PRNGKey(seed),
+                         jnp.zeros((1, image_size, image_size, channels)),
+                         jnp.zeros((1,), jnp.int32))["params"]

@@ -2,9 +2,9 @@
 (:class:`Conv`), stride 2 (the same class, for Downsample) and
 upsample-then-conv as a sub-pixel convolution (:class:`UpsampleConv`).
 
-On 2026-11-25 XLA's CPU gradient of a 3x3 convolution with respect to the
-kernel (lowered as another convolution, over the batch) measured several
-times slower than PyTorch's on the U-Net's 32x32 layers.
+XLA's CPU gradient of a 3x3 convolution with respect to the kernel
+(lowered as another convolution, over the batch) measured several times
+slower than PyTorch's on the U-Net's 32x32 layers.
 ``backward='matmul'`` keeps XLA's forward convolution and computes the
 backward pass from two well-optimised pieces:
 
@@ -21,21 +21,16 @@ compare them with ``jax.grad`` of ``lax.conv_general_dilated``.
 resolved in one place, :func:`resolve_backward`: 'matmul' on the CPU for
 the sub-pixel upsampling layers and for every layer inside the
 microbatched train step's ``lax.scan``, else 'xla'. A plain 3x3 layer's
-'auto' was 'matmul' on the CPU for 32x32 layers until
-2026-12-02, when an in-process A/B on 2 CPU cores (jax 0.10.2, the same
-version, whose CPU backend runs convolutions through YNNPACK) found XLA's
-gradient faster, against the earlier separate-process figures:
-one conv's gradient (xla / matmul) 56 / 95 ms at 64x32x32x32, 46 / 62 ms at
-64x16x16x64, and the tiny32 U-Net's train step 41.9 / 23.6 img/s
-(docs/benchmarks.md). 'matmul' stays for CPU builds where XLA's kernel
-gradient is the slow part, and the microbatched train step uses it
-(``train.make_train_step``): inside a ``lax.scan`` XLA's kernel
-gradient ran 10x slower than outside one on the CPU (2026-12-03), and so
-did its gradients of the stride-2 convolution (in 'matmul' since
-2026-12-03, second session: tiny32 train step 35.7 -> 43-47 img/s). The
-parameters are ``nn.Conv``'s (``kernel``
-[kh, kw, C_in, C_out], ``bias`` [C_out]), so checkpoints do not depend on
-the choice.
+'auto' was once 'matmul' on the CPU for 32x32 layers; an in-process A/B
+(on a CPU backend that runs convolutions through YNNPACK) then found
+XLA's gradient faster, both per layer and in the train step. 'matmul'
+stays for CPU builds where XLA's kernel gradient is the slow part, and
+the microbatched train step uses it (``train.make_train_step``): inside
+a ``lax.scan`` XLA's kernel gradient runs much slower on the CPU than
+outside one, and so do its gradients of the stride-2 convolution. The
+figures are in docs/benchmarks.md, section 'Measurements behind design
+choices'. The parameters are ``nn.Conv``'s (``kernel`` [kh, kw, C_in,
+C_out], ``bias`` [C_out]), so checkpoints do not depend on the choice.
 """
 
 from __future__ import annotations
@@ -78,9 +73,9 @@ def patches_t(x: jnp.ndarray, kh: int, kw: int,
   that output position p of a kh x kw convolution with ``padding`` (None:
   'SAME', odd sizes) and ``stride`` reads, rows ordered (row, column,
   channel) as a HWIO kernel's flattened leading axes. Built from ``x`` in
-  channel-major order, so that patches^T @ d y is a plain matrix product
-  (the tiny32 train step 40.5-41.7 -> 46.3-46.4 img/s against the
-  [B*H'*W', kh*kw*C] layout, in-process A/Bs on 2 cores, 2026-12-03)."""
+  channel-major order, so that patches^T @ d y is a plain matrix product;
+  the train step ran faster than with the [B*H'*W', kh*kw*C] layout
+  (docs/benchmarks.md, 'Measurements behind design choices')."""
   padding = padding or _same(kh, kw)
   xt = jnp.pad(x.transpose(3, 0, 1, 2),
                ((0, 0), (0, 0), padding[0], padding[1]))
@@ -147,8 +142,8 @@ def _conv_bwd(padding: Optional[Padding], stride: int,
   else:
     # Strided: d patches = d y @ kernel^T, added back to the pixels each
     # window read. (XLA's own input gradient, a convolution of d y dilated
-    # by the stride, ran ~10x slower than this inside a lax.scan on the
-    # CPU, 2026-12-03.)
+    # by the stride, is much slower than this inside a lax.scan on the
+    # CPU; docs/benchmarks.md, 'Measurements behind design choices'.)
     dcols = jnp.matmul(flat_dy, kernel.reshape(-1, cout).T,
                        preferred_element_type=jnp.float32)
     dx = _fold_patches(dcols.reshape(dy.shape[:3] + (kh * kw * cin,)),
@@ -173,7 +168,8 @@ def resolve_backward(backward: str, layer: str = "conv",
   CPU (``platform``, default JAX's default backend) for sub-pixel layers
   and for every layer differentiated inside a ``lax.scan`` (``in_scan``:
   the microbatched train step), where XLA's own CPU gradients measured
-  slow; else 'xla' (see the module docstring and docs/benchmarks.md)."""
+  slow; else 'xla' (see the module docstring and docs/benchmarks.md,
+  'Measurements behind design choices')."""
   if backward not in BACKWARDS:
     raise ValueError(f"conv backward must be one of {BACKWARDS}, got "
                      f"{backward!r}")
@@ -267,9 +263,9 @@ def upsample_conv(x: jnp.ndarray, kernel: jnp.ndarray,
   The sums are the same up to float rounding (a few taps' weights are
   added first). ``backward`` as in :class:`Conv`, with 'auto' resolved for
   the 'subpixel' layer (:func:`resolve_backward`): 'matmul' on the CPU,
-  where XLA's gradient of this 2x2 kernel took the digits U-Net's train
-  step from 545 to 397 img/s, 'matmul' to 554 (docs/benchmarks.md,
-  2026-12-03)."""
+  where XLA's gradient of this 2x2 kernel slowed the digits U-Net's train
+  step and 'matmul' did not (docs/benchmarks.md, 'Measurements behind
+  design choices')."""
   b, h, w, _ = x.shape
   out = kernel.shape[-1]
   k2 = subpixel_kernel(kernel)

@@ -102,11 +102,11 @@ class Dropout(nn.Module):
   bit for bit. 'threefry4x32' (the default: Threefry-4x32-20, the 4-word
   member of the same Random123 family) takes the 128 bits of its
   ``split`` into two keys. JAX lowers threefry2x32 on the CPU as a rolled
-  loop that XLA cannot fuse; on 2 CPU cores the mask of a 64x32x32x32
-  activation costs 14.5 ms with it and 3.2 ms with threefry4x32
-  (docs/benchmarks.md). Both are counter-based, so the mask does not
-  depend on how the batch is sharded. (JAX's Philox generators, as fast,
-  fail to compile on a sharded batch in jax 0.10.2.)
+  loop that XLA cannot fuse, so its masks cost several times those of
+  threefry4x32, which is unrolled and fused (docs/benchmarks.md,
+  'Measurements behind design choices'). Both are counter-based, so the
+  mask does not depend on how the batch is sharded. (JAX's Philox
+  generators, as fast, fail to compile on a sharded batch in jax 0.10.2.)
   """
   rate: float
   rng_impl: str = "threefry4x32"
@@ -192,7 +192,8 @@ class AttnBlock(nn.Module):
                               dtype=self.dtype)
     # [B, heads, HW, head_dim], so that both products are plain batched
     # matmuls (with one head the transposes are free); XLA's CPU backend
-    # runs an einsum with the head axis in the middle 3x slower.
+    # runs an einsum with the head axis in the middle more slowly
+    # (docs/benchmarks.md, 'Measurements behind design choices').
     def heads_first(y):
       return y.reshape(b, hgt * wid, heads, head_dim).transpose(0, 2, 1, 3)
     q, k, v = (heads_first(dense(name=n)(h)) for n in ("q", "k", "v"))

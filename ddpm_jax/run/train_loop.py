@@ -13,26 +13,40 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from ddpm_jax import (checkpoints, data, evaluation, images, parallel,
-                      sample_quality)
-from ddpm_jax import generate as generate_lib
+from ddpm_jax import checkpoints, data, images, parallel
+from ddpm_jax.evaluators import common as evaluators_common
 from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
                                   make_optimizer, make_schedule)
-from ddpm_jax.train import (TrainState, create_train_state,
-                            make_train_step)
+from ddpm_jax.samplers import generate as generate_lib
+from ddpm_jax.train.state import TrainState, create_train_state
+from ddpm_jax.train.step import make_train_step
 from ddpm_jax.validation import validate_config
 
 
-def _write_grid(config, model, state, workdir, step,
-                write: bool = True) -> str:
-  n = config.sampling.num_samples
-  x = generate_lib.generate(config, model, state.ema_params, n,
-               min(n, config.sampling.batch_size), seed=config.seed)
-  prefix = os.path.join(workdir, "samples", f"step_{step:08d}")
-  if write:
-    images.write_samples(prefix, x,
-                         images.display_scale(config.data.image_size))
-  return prefix + ".png"
+class _SampleGrid:
+  """Writes a grid of ``sampling.num_samples`` EMA samples to
+  ``workdir/samples/step_N.png`` (and ``.npz``). Every process samples (the
+  parameters may span processes); process 0 alone writes."""
+
+  def __init__(self, config, model, workdir: str, write: bool):
+    self._config, self._model = config, model
+    self._workdir, self._write = workdir, write
+    self._path = ""
+
+  def run(self, params, step: int):
+    c, n = self._config, self._config.sampling.num_samples
+    x = generate_lib.generate(c, self._model, params, n,
+                              min(n, c.sampling.batch_size), seed=c.seed)
+    prefix = os.path.join(self._workdir, "samples", f"step_{step:08d}")
+    if self._write:
+      images.write_samples(prefix, x,
+                           images.display_scale(c.data.image_size))
+    self._path = prefix + ".png"
+    return iter(())
+
+  def summary(self, results) -> str:
+    del results
+    return f"wrote {self._path}"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -87,6 +101,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              dynamic_ncols=True, mininterval=2.0, disable=not lead)
   skip = bool(config.training.skip_nonfinite)
   skipped = 0
+  # The grid is also drawn at the end when sample_every is 0.
+  evaluators = evaluators_common.from_config(config, model, schedule) + [
+      (int(config.training.sample_every) or total,
+       _SampleGrid(config, model, workdir, lead))]
 
   def check_finite(done, metrics):
     # A step whose loss or gradient is not finite: stop before anything is
@@ -162,40 +180,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if done % config.training.checkpoint_every == 0 or done == total:
         check_finite(done, metrics)
         save(done)
-      every = config.training.eval_every
-      if every and (done % every == 0 or done == total):
-        result = evaluation.evaluate(config, model, state.ema_params,
-                                     schedule)
-        if writer is not None:
-          for k, v in result.items():
-            writer.add_scalar(f"eval/bpd_{k}" if k in evaluation.PARTS else
-                              f"eval/{k}", v, done)
-        if lead:
-          bar.write(f"step {done}: eval bits/dim {result['total']:.4f} on "
-                    f"{result['num_examples']} images of "
-                    f"{config.data.get('eval_split', 'test')}")
-      every = config.training.quality_every
-      if every and (done % every == 0 or done == total):
-        result = sample_quality.score(
-            config, model, state.ema_params,
-            config.training.quality_metric,
-            int(config.training.quality_samples),
-            seed=config.seed, batch_size=config.sampling.batch_size)
-        if writer is not None:
-          for k, v in result.items():
-            if isinstance(v, float):
+      for every, evaluator in evaluators:
+        if evaluators_common.due(every, done, total):
+          results = dict(evaluator.run(state.ema_params, done))
+          if writer is not None:
+            for k, v in results.items():
               writer.add_scalar(f"eval/{k}", v, done)
-        if lead:
-          bar.write(f"step {done}: sample quality " + " ".join(
-              f"{k} {v:.4g}" for k, v in result.items()
-              if isinstance(v, float)))
-      every = config.training.sample_every
-      if (every and done % every == 0) or done == total:
-        # Every process samples (the parameters may span processes); the
-        # first one writes.
-        path = _write_grid(config, model, state, workdir, done, lead)
-        if lead:
-          bar.write(f"step {done}: wrote {path}")
+          if lead:
+            bar.write(f"step {done}: {evaluator.summary(results)}")
   finally:
     bar.close()
     stop.restore()
@@ -233,8 +225,9 @@ def _summary_writer(workdir: str):
   """A TensorBoard writer for ``workdir/tensorboard``, or None without
   tensorboardX."""
   # tensorboardX imports torch, when installed, only to accept its tensors
-  # (1.2 s at every start on the CI machine); this writer is given
-  # Python floats, so torch is hidden while it loads.
+  # (a measurable cost at every start; docs/benchmarks.md, 'Measurements
+  # behind design choices'); this writer is given Python floats, so torch
+  # is hidden while it loads.
   hide = "torch" not in sys.modules
   if hide:
     sys.modules["torch"] = None  # makes `import torch` raise ImportError

@@ -28,9 +28,8 @@ def slice_value_and_grad(per_example, params: Any, shared: Any,
   With ``0 < microbatch`` < the rows held, the rows go through the U-Net
   ``microbatch`` at a time in one ``lax.scan`` and the gradients are
   summed. On the CPU, where a pass over a few images keeps its
-  activations in cache, this is the fastest way through a large batch:
-  the tiny32 train step on 2 cores, 64 rows per device: 16-19 img/s in
-  one pass, 32-33 img/s in passes of 1-4 (docs/benchmarks.md). Dropout
+  activations in cache, this is the fastest way through a large batch
+  (docs/benchmarks.md, 'Measurements behind design choices'). Dropout
   masks are the whole batch's, sliced (``dropout_over_batch_slice``)."""
   rows = jax.tree_util.tree_leaves(batch_args)[0].shape[0]
 
@@ -71,9 +70,10 @@ def flat_reduced_grads(per_example, mesh: Mesh, params: Any, shared: Any,
   sums the gradients raveled into one buffer.
 
   XLA's own placement all-reduces every parameter's gradient apart; the CPU
-  backend's in-process collectives then meet once per array. For the
-  digits U-Net's 208 arrays on 2 CPU devices that was 11-16 ms against
-  3-4 ms for the flat buffer (docs/benchmarks.md). The dropout masks are
+  backend's in-process collectives then meet once per array, which for
+  the digits U-Net's 208 arrays is several times slower than one
+  all-reduce of the flat buffer (docs/benchmarks.md, 'Measurements behind
+  design choices'). The dropout masks are
   the unsharded step's (``unet.dropout_over_batch_slice``), t and the
   noise come in split, so the result is the 1-device step's up to the
   order of the float32 sums (tests/test_parallel.py)."""
@@ -128,11 +128,11 @@ def microbatch_size(config: ml_collections.ConfigDict, mesh: Mesh,
   divisor of the examples per device that keeps one full-resolution
   activation of the pass within ``AUTO_MICROBATCH_BYTES`` (at least 1;
   0 when all of them fit); elsewhere 0 (GPUs and TPUs want large passes).
-  On 2 CPU cores: tiny32 (128 KiB per image) in passes of 2, 33 against
-  16-19 img/s in one pass of 64; tiny8 (8 KiB per image, 32 per device)
-  in one pass, where passes of 8 were slower (docs/benchmarks.md). ``flat``: whether the step differentiates
-  per device (one device, or :func:`flat_grads_pay`); a positive size
-  needs it."""
+  On 2 CPU cores: tiny32 (128 KiB per image) in passes of 2, faster than
+  in one pass of 64; tiny8 (8 KiB per image, 32 per device) in one pass,
+  where passes of 8 were slower (docs/benchmarks.md, 'Measurements behind
+  design choices'). ``flat``: whether the step differentiates per device
+  (one device, or :func:`flat_grads_pay`); a positive size needs it."""
   size = int(config.training.microbatch_size)
   rows = int(config.training.batch_size) // mesh.size
   per_device = mesh.size == 1 or flat

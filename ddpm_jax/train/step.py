@@ -138,9 +138,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
 
   With microbatches (:func:`microbatch_size`) on CPU devices, a U-Net
   whose ``conv_backward`` is 'auto' is differentiated by 'matmul': XLA's own
-  kernel gradient inside the ``lax.scan`` of the passes ran 10x slower on
-  the CPU (jax 0.10.2: 14.2 s against 1.4 s for 4 passes of 8 tiny32
-  images; docs/benchmarks.md). Same parameters, same function."""
+  kernel gradient inside the ``lax.scan`` of the passes is much slower on
+  the CPU than 'matmul' there (docs/benchmarks.md, 'Measurements behind
+  design choices'). Same parameters, same function."""
   flat = flat_grads_pay(mesh, state_shardings)
   micro = step_microbatch_size(config, mesh, state_shardings)
   backward = step_conv_backward(model, micro, mesh)

@@ -11,7 +11,9 @@ import sys
 import jax
 import numpy as np
 
-from ddpm_jax import from_config, generate, parallel, samplers, train
+from ddpm_jax import from_config, parallel, train
+from ddpm_jax.samplers import registry
+from ddpm_jax.samplers import generate
 from ddpm_jax.models.unet import eps_fn
 from tests.tiny_configs import tiny_digits_config
 
@@ -41,7 +43,7 @@ def main():
     options = from_config.sampler_options(config)
     if config.sampling.sampler == "ddim":
       options["eta"] = config.sampling.eta
-    x, _ = samplers.get_sampler(config.sampling.sampler)(
+    x, _ = registry.get_sampler(config.sampling.sampler)(
         params, eps_fn(model), from_config.make_betas(config),
         jax.random.PRNGKey(3), (8, 8, 8, 1), mesh=everything, **options)
     result[name] = {

@@ -1,13 +1,17 @@
 """Sample quality of a model, the one entry that ``evaluate.py`` and the
 periodic evaluation during training share: draw samples with the config's
 sampler, then score them with the offline digits score
-(:mod:`ddpm_jax.digits_score`) or FID / IS (:mod:`ddpm_jax.fid`)."""
+(:mod:`ddpm_jax.evaluators.digits_score`) or FID / IS (:mod:`ddpm_jax.evaluators.fid`)."""
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
 import ml_collections
+
+from ddpm_jax.evaluators import digits_score, fid, metrics
+from ddpm_jax.interop import inception_weights
+from ddpm_jax.samplers import generate
 
 METRICS = ("digits", "fid")
 # Samples drawn when none is given: the digits' held-out split size (the
@@ -31,9 +35,6 @@ def score(config: ml_collections.ConfigDict, model: Any, params: Any,
   ``mu`` and ``sigma`` (ours, pytorch-fid's or TTUR's). With
   ``precision_recall``, also improved precision and recall (k=3) against
   the features of as many reference images as samples (cached)."""
-  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import digits_score, fid, generate, metrics
-  from ddpm_jax.interop import inception_weights
   if metric not in METRICS:
     raise ValueError(f"the sample-quality metric must be one of {METRICS}, "
                      f"got {metric!r}")

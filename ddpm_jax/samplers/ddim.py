@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from ddpm_jax import diffusion, spacing
+from ddpm_jax import diffusion
+from ddpm_jax.samplers import spacing
 from ddpm_jax.diffusion import ApplyFn
-from ddpm_jax.sampling import ExampleNoise
-from ddpm_jax.self_conditioning import conditioned_input
+from ddpm_jax.samplers.chain import ExampleNoise, run_chain
 from ddpm_jax.schedules import DiffusionSchedule
 
 Array = jnp.ndarray
@@ -76,7 +76,7 @@ def make_plan(betas: np.ndarray, num_steps: int, *, eta: float = 0.0,
               spacing_name: str = "uniform", set_alpha_to_one: bool = True,
               steps_offset: int = 0) -> DDIMPlan:
   """The :class:`DDIMPlan` of ``num_steps`` steps chosen by ``spacing_name``
-  (see :mod:`ddpm_jax.spacing`)."""
+  (see :mod:`ddpm_jax.samplers.spacing`)."""
   t, t_prev = spacing.timestep_pairs(spacing_name, len(betas), num_steps,
                                      steps_offset)
   c = ddim_coefficients(betas, t, t_prev, eta, set_alpha_to_one)
@@ -136,10 +136,10 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
            ) -> Tuple[Array, Dict[str, Array]]:
   """DDIM sampling along ``plan`` in one ``lax.scan``: x_T ~ N(0, I) (or
   ``x_init``) and step i's noise from row b's key ``fold_in(key, offset +
-  b)`` (:class:`ddpm_jax.sampling.ExampleNoise`); ``sharding`` splits the
+  b)`` (:class:`ddpm_jax.samplers.chain.ExampleNoise`); ``sharding`` splits the
   batch over devices.
   A learned-variance network's variance channels are ignored (DDIM sets
-  its own). Returns (x_0, trajectory) as :func:`ddpm_jax.sampling.sample`
+  its own). Returns (x_0, trajectory) as :func:`ddpm_jax.samplers.ancestral.sample`
   does, the trajectory every ``return_every`` steps."""
   noise = ExampleNoise(key, shape, offset, sharding)
   x = noise.initial() if x_init is None else jnp.asarray(x_init, jnp.float32)
@@ -153,37 +153,17 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
 def run_plan(params, apply_fn, schedule, plan, x_init, noise_at, *,
              prediction, clip_denoised, rederive_eps, variance="fixedsmall",
              return_every=0, self_condition=False):
-  """The scan over ``plan`` from ``x_init``; ``noise_at(i)`` is step i's z."""
-  batch = x_init.shape[0]
-  steps = plan.num_steps
+  """The chain over ``plan`` from ``x_init``; ``noise_at(i)`` is step i's
+  z."""
 
-  def step(carry, i):
-    x, x0_prev = carry
-    t = plan.t[i]
-    t_vec = jnp.full((batch,), t, jnp.int32)
-    x_in = conditioned_input(x, x0_prev) if self_condition else x
-    out = apply_fn(params, x_in, t_vec, None).astype(jnp.float32)
+  def update(x, i, out):
     out, _ = diffusion.split_model_output(out, variance)
-    x_prev, x0 = ddim_step(schedule, x, t, plan.sqrt_alphas_cumprod_prev[i],
-                           plan.direction_coef[i], plan.sigma[i], out,
-                           noise_at(i), prediction=prediction,
-                           clip_denoised=clip_denoised,
-                           rederive_eps=rederive_eps)
-    return (x_prev, x0), x0
+    return ddim_step(schedule, x, plan.t[i], plan.sqrt_alphas_cumprod_prev[i],
+                     plan.direction_coef[i], plan.sigma[i], out,
+                     noise_at(i), prediction=prediction,
+                     clip_denoised=clip_denoised, rederive_eps=rederive_eps)
 
-  init = (x_init, jnp.zeros_like(x_init))
-  index = jnp.arange(steps, dtype=jnp.int32)
-  if not return_every:
-    (x, _), _ = jax.lax.scan(lambda c, i: (step(c, i)[0], None), init, index)
-    return x, {}
-  if steps % return_every:
-    raise ValueError(f"return_every={return_every} must divide the "
-                     f"{steps} steps")
-
-  def chunk(carry, idx):
-    carry, x0s = jax.lax.scan(step, carry, idx)
-    return carry, (carry[0], x0s[-1], plan.t[idx[-1]])
-
-  (x, _), (xs, x0s, ts) = jax.lax.scan(
-      chunk, init, index.reshape(steps // return_every, return_every))
-  return x, {"x_t": xs, "x0": x0s, "t": ts}
+  return run_chain(params, apply_fn, x_init,
+                   jnp.arange(plan.num_steps, dtype=jnp.int32),
+                   lambda i: plan.t[i], update, return_every=return_every,
+                   self_condition=self_condition)

@@ -3,7 +3,7 @@
 
 Images come as ddpm-jax samples are: [N, H, W, C] in [-1, 1], C = 3 or 1
 (grayscale is repeated to RGB). Following the released evaluations, the
-pool3 features feed FID (:func:`ddpm_jax.metrics.frechet_distance`) and
+pool3 features feed FID (:func:`ddpm_jax.evaluators.metrics.frechet_distance`) and
 the 1008 logits *without* the fc bias feed IS (the OpenAI / TTUR code
 multiplies pool3 by the fc weights only; torch-fidelity calls these
 ``logits_unbiased``).
@@ -17,7 +17,8 @@ from typing import Any, Optional, Tuple
 import jax
 import numpy as np
 
-from ddpm_jax import metrics, parallel
+from ddpm_jax import parallel
+from ddpm_jax.evaluators import metrics
 from ddpm_jax.models.inception import FIDInception
 
 _MODEL = FIDInception()

@@ -1,9 +1,9 @@
 """The offline sample-quality score of the default dataset (8x8 digits),
 for machines without the Inception weights or a network.
 
-"Digits FID": the Fréchet distance (:func:`ddpm_jax.metrics.
+"Digits FID": the Fréchet distance (:func:`ddpm_jax.evaluators.metrics.
 frechet_distance`) between the 128-d hidden features of the digits judge
-(:mod:`ddpm_jax.digits_classifier`, a CNN trained on the clean training
+(:mod:`ddpm_jax.evaluators.digits_judge`, a CNN trained on the clean training
 split) for the samples and for the held-out test split (297 images). Also
 the judge's mean confidence (max class probability) on the samples and
 the Inception-Score-like exp(E KL(p(y|x) || p(y))) of its predictions
@@ -22,14 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import data, digits_classifier, metrics
+from ddpm_jax import data
+from ddpm_jax.evaluators import digits_judge, metrics
 
 
 @jax.jit
 def _features_and_probs(params, images):
   x = jnp.asarray(images, jnp.float32)
-  feats = digits_classifier.MODEL.apply({"params": params}, x, features=True)
-  logits = digits_classifier.MODEL.apply({"params": params}, x)
+  feats = digits_judge.MODEL.apply({"params": params}, x, features=True)
+  logits = digits_judge.MODEL.apply({"params": params}, x)
   return feats, jax.nn.softmax(logits, -1)
 
 
@@ -50,7 +51,7 @@ def features(images: Any, params: Optional[Any] = None
   """(judge features [N, 128], class probabilities [N, 10]) of digits in
   [-1, 1], float64."""
   x = check_digits(images)
-  params = params if params is not None else digits_classifier.load_or_train()
+  params = params if params is not None else digits_judge.load_or_train()
   feats, probs = [], []
   for i in range(0, len(x), 512):
     f, p = _features_and_probs(params, x[i:i + 512])

@@ -8,11 +8,14 @@ from typing import Any, Dict, Optional, Sequence
 import jax
 import numpy as np
 
-from ddpm_jax import data, from_config, generate, images, progressive
+from ddpm_jax import data, from_config, images, validation
 from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import sources
 from ddpm_jax.models.unet import eps_fn
-from ddpm_jax.samplers import get_sampler
+from ddpm_jax.run.flags import FLAG_NAMES
+from ddpm_jax.samplers import figures, generate
+from ddpm_jax.samplers.registry import get_sampler
+
 
 def _check_counts(num: int, batch_size: int) -> None:
   if num <= 0:
@@ -21,33 +24,12 @@ def _check_counts(num: int, batch_size: int) -> None:
     raise ValueError(f"--batch_size must be positive, got {batch_size}")
 
 
-def _apply_overrides(config, variance: Optional[str],
-                     sampler: Optional[Dict[str, Any]] = None) -> None:
+def apply_overrides(config, variance: Optional[str],
+                    sampler: Optional[Dict[str, Any]] = None) -> None:
+  """Sets the flags' ``config.sampling`` fields and checks the result
+  (:func:`ddpm_jax.validation.validate_config`)."""
   for key, value in (sampler or {}).items():
     config.sampling[key] = value
-  s = config.sampling
-  if s.sampler != "ddim":
-    for name, default in (("eta", 0.0), ("set_alpha_to_one", True),
-                          ("rederive_eps", False)):
-      if s[name] != default:
-        raise ValueError(f"--{name} is a DDIM option: add --sampler=ddim")
-  if not 0 <= s.steps <= config.diffusion.num_timesteps:
-    raise ValueError(f"--steps must be in [0, {config.diffusion.num_timesteps}]"
-                     f" (0: all), got {s.steps}")
-  classes = int(config.model.num_classes)
-  if s.classifier:
-    if classes:
-      raise ValueError("--classifier guides unconditional models; this one "
-                       "is class-conditional: use --guidance alone")
-    from ddpm_jax import (classifier_training)  # pylint: disable=g-import-not-at-top
-    classes = int(classifier_training.classifier_config(
-        s.classifier).classifier.num_classes)
-  elif s.guidance or s.label >= 0:
-    if not classes:
-      raise ValueError("--class and --guidance need a class-conditional "
-                       "model (model.num_classes > 0) or --classifier")
-  if classes and not -1 <= s.label < classes:
-    raise ValueError(f"--class must be in [0, {classes}), got {s.label}")
   if variance:
     if variance not in VARIANCES:
       raise ValueError(f"--variance must be one of {VARIANCES}, got "
@@ -57,6 +39,7 @@ def _apply_overrides(config, variance: Optional[str],
       raise ValueError(f"--variance {variance} would replace this model's "
                        f"learned variance ({learned}): drop --variance")
     config.sampling.variance = variance
+  validation.validate_config(config, FLAG_NAMES)
 
 
 def _tag(config) -> str:
@@ -97,7 +80,7 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
   ``config.sampling`` fields (sampler, steps, eta, spacing)."""
   _check_counts(num, batch_size)
   config, params, step = sources.load_workdir(workdir, use_ema)
-  _apply_overrides(config, variance, sampler)
+  apply_overrides(config, variance, sampler)
   prefix = out or os.path.join(workdir, "samples",
                                f"sample_seed{seed}_step{step}{_tag(config)}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix)
@@ -112,7 +95,7 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
   TF checkpoint; returns the output prefix."""
   _check_counts(num, batch_size)
   config, params, _ = sources.load_model(path, image_size, use_ema)
-  _apply_overrides(config, variance, sampler)
+  apply_overrides(config, variance, sampler)
   name = os.path.basename(os.path.normpath(path)) or "model"
   prefix = out or os.path.join("samples",
                                f"{name}_seed{seed}{_tag(config)}")
@@ -148,7 +131,7 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
   returns the output prefix."""
   _check_counts(num, num)
   config, params, step = sources.load_workdir(workdir, use_ema)
-  _apply_overrides(config, None, sampler)
+  apply_overrides(config, None, sampler)
   size, ch = config.data.image_size, config.data.channels
   options = from_config.sampler_options(config)
   _, traj = get_sampler(config.sampling.sampler)(
@@ -173,10 +156,10 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
   config, params, step = sources.load_workdir(workdir, use_ema)
   t = _forward_steps(config, t)
   x0 = _held_out(config, indices)
-  x_t, samples = progressive.partial_chain(
+  x_t, samples = figures.partial_chain(
       params, eps_fn(from_config.make_model(config)),
       from_config.make_schedule(config), x0, t, jax.random.PRNGKey(seed), num,
-      **progressive.chain_options(config))
+      **figures.chain_options(config))
   rows = np.concatenate([x0[:, None], np.asarray(x_t)[:, None],
                          np.asarray(samples)], axis=1)
   prefix = out or os.path.join(workdir, "samples",
@@ -204,10 +187,10 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
   t = _forward_steps(config, t)
   a, b = _held_out(config, pair)
   lambdas = np.linspace(0.0, 1.0, num_lambdas)
-  mixed = progressive.interpolate(
+  mixed = figures.interpolate(
       params, eps_fn(from_config.make_model(config)),
       from_config.make_schedule(config), a, b, lambdas, t,
-      jax.random.PRNGKey(seed), **progressive.chain_options(config))
+      jax.random.PRNGKey(seed), **figures.chain_options(config))
   strip = np.concatenate([a[None], np.asarray(mixed), b[None]])[None]
   prefix = out or os.path.join(
       workdir, "samples",

@@ -11,25 +11,14 @@ from typing import Any, Dict, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from ddpm_jax import checkpoints, compilation, data, from_config
 from ddpm_jax.diffusion import q_sample
 from ddpm_jax.models.classifier import (NoisyClassifier,
-                                        classifier_from_config, log_prob_fn)
+                                        classifier_from_config,
+                                        init_classifier, log_prob_fn)
 from ddpm_jax.schedules import DiffusionSchedule
-
-PARAMS_DIR = "classifier_params"
-
-
-def init_params(config: ml_collections.ConfigDict,
-                classifier: NoisyClassifier) -> Any:
-  """The classifier's initial parameters (from ``config.seed``)."""
-  size, ch = config.data.image_size, config.data.channels
-  return classifier.init(jax.random.PRNGKey(config.seed),
-                         jnp.zeros((1, size, size, ch)),
-                         jnp.zeros((1,), jnp.int32))["params"]
 
 
 def classifier_loss(params: Any, classifier: NoisyClassifier,
@@ -81,13 +70,15 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str
   if config.data.name != "digits":
     raise data.DataError("the guidance classifier trains on digits only so "
                          "far: set data.name='digits'")
-  out = os.path.join(os.path.abspath(workdir), PARAMS_DIR)
+  out = os.path.join(os.path.abspath(workdir), checkpoints.CLASSIFIER_DIR)
   if os.path.exists(out):
     raise FileExistsError(f"{out} exists: give a new --workdir")
   classifier = classifier_from_config(config.classifier)
   schedule = from_config.make_schedule(config)
   tx = optax.adam(config.optim.learning_rate)
-  params = compilation.jit_once(lambda: init_params(config, classifier))()
+  params = compilation.jit_once(lambda: init_classifier(
+      classifier, config.data.image_size, config.data.channels,
+      config.seed))()
   opt_state = tx.init(params)
   batches = data.create_input_iter(
       config, num_classes=int(config.classifier.num_classes))
@@ -99,30 +90,5 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str
         jax.random.fold_in(key, step), classifier=classifier, tx=tx)
     if (step + 1) % config.training.log_every == 0:
       print(f"step {step + 1}: loss {float(loss):.4f}", flush=True)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints.write_config(workdir, config)
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(out, jax.device_get(params))
+  checkpoints.save_classifier(workdir, config, params)
   return held_out_accuracy(config, classifier, params, schedule)
-
-
-def classifier_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config of a ``train_classifier.py`` workdir (its params unread)."""
-  if not os.path.isdir(os.path.join(os.path.abspath(workdir), PARAMS_DIR)):
-    raise FileNotFoundError(f"{workdir} has no {PARAMS_DIR}: train one with "
-                            f"train_classifier.py --workdir {workdir}")
-  return checkpoints.read_config(workdir)
-
-
-def load_classifier(workdir: str) -> Tuple[ml_collections.ConfigDict,
-                                           NoisyClassifier, Any]:
-  """(config, classifier, params) of a ``train_classifier.py`` workdir."""
-  path = os.path.join(os.path.abspath(workdir), PARAMS_DIR)
-  config = classifier_config(workdir)
-  classifier = classifier_from_config(config.classifier)
-  template = jax.eval_shape(lambda: init_params(config, classifier))
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(path, template)
-  return config, classifier, jax.tree_util.tree_map(np.asarray, params)

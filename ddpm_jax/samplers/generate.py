@@ -13,12 +13,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ddpm_jax import classifier_training, guidance, parallel
+from ddpm_jax import checkpoints, guidance, parallel
 from ddpm_jax.from_config import (ConfigError, make_betas, make_schedule,
                                   num_classes, sample_labels,
                                   sampler_options)
 from ddpm_jax.models.unet import UNet, eps_fn
-from ddpm_jax.samplers import get_sampler
+from ddpm_jax.samplers.registry import get_sampler
 
 
 def _guided(config: ml_collections.ConfigDict, model: UNet, params: Any):
@@ -29,7 +29,7 @@ def _guided(config: ml_collections.ConfigDict, model: UNet, params: Any):
   scale = float(config.sampling.guidance)
   clf_dir = config.sampling.classifier
   if clf_dir:
-    clf_config, classifier, clf_params = classifier_training.load_classifier(
+    clf_config, classifier, clf_params = checkpoints.load_classifier(
         clf_dir)
     if not np.array_equal(make_betas(clf_config), make_betas(config)):
       raise ConfigError(f"the classifier in {clf_dir} was trained with "
@@ -39,6 +39,10 @@ def _guided(config: ml_collections.ConfigDict, model: UNet, params: Any):
       raise ConfigError("classifier guidance needs an eps-prediction model "
                         "(diffusion.prediction='eps')")
     classes = int(clf_config.classifier.num_classes)
+    if config.sampling.label >= classes:
+      raise ConfigError(f"sampling.label={config.sampling.label} is not a "
+                        f"class of the classifier in {clf_dir}: give one "
+                        f"in [0, {classes}) or -1 (each in turn)")
     sched = make_schedule(config)
     return (guidance.classifier_guided_fn(
         model, classifier, ch, bool(config.sampling.clip_denoised)),

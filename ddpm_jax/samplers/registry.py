@@ -3,8 +3,8 @@
 
 =========  ==================================================================
 ``ddpm``   ancestral sampling (Algorithm 2); with ``steps`` < T, improved
-           DDPM's respacing (:func:`ddpm_jax.spacing.respaced_schedule`)
-``ddim``   DDIM (:mod:`ddpm_jax.ddim`), any ``eta`` >= 0
+           DDPM's respacing (:func:`.spacing.respaced_schedule`)
+``ddim``   DDIM (:mod:`.ddim`), any ``eta`` >= 0
 =========  ==================================================================
 
 Every sampler is ``fn(params, apply_fn, betas, key, shape, **options)`` with
@@ -12,7 +12,9 @@ float64 ``betas`` (the training schedule; tables are built from them on the
 host) and returns (x_0, trajectory dict), the trajectory holding x_t, the
 predicted x_0 and the training t every ``return_every`` steps. Row b draws
 its randomness from ``fold_in(key, offset + b)``; with ``mesh`` the batch
-is split over the mesh's devices (the result is a global array).
+is split over the mesh's devices (the result is a global array). Each
+sampler takes only its own options: ``mean_from`` is the ancestral
+sampler's, ``eta``, ``set_alpha_to_one`` and ``rederive_eps`` DDIM's.
 """
 
 from __future__ import annotations
@@ -22,36 +24,28 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import numpy as np
 
-from ddpm_jax import ddim, parallel, sampling, schedules, spacing
+from ddpm_jax import parallel, schedules
+from ddpm_jax.samplers import ancestral, ddim, spacing
 from ddpm_jax.diffusion import ApplyFn
+from ddpm_jax.registry import Registry
 
 SamplerFn = Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
-_SAMPLERS: Dict[str, SamplerFn] = {}
+_SAMPLERS: Registry[SamplerFn] = Registry("sampler")
 
 
 def register_sampler(name: str) -> Callable[[SamplerFn], SamplerFn]:
   """Decorator: registers a sampler under ``name``."""
-
-  def wrap(fn: SamplerFn) -> SamplerFn:
-    if name in _SAMPLERS:
-      raise ValueError(f"sampler {name!r} is registered twice")
-    _SAMPLERS[name] = fn
-    return fn
-
-  return wrap
+  return _SAMPLERS.register(name)
 
 
 def sampler_names() -> list[str]:
   """Names accepted by :func:`get_sampler`."""
-  return sorted(_SAMPLERS)
+  return _SAMPLERS.names()
 
 
 def get_sampler(name: str) -> SamplerFn:
   """The sampler registered as ``name``."""
-  if name not in _SAMPLERS:
-    raise ValueError(f"unknown sampler {name!r}; choose one of "
-                     f"{sampler_names()}")
-  return _SAMPLERS[name]
+  return _SAMPLERS.get(name)
 
 
 def _placement(params: Any, shape: Tuple[int, ...], mesh):
@@ -65,11 +59,9 @@ def _placement(params: Any, shape: Tuple[int, ...], mesh):
 
 
 def _steps(steps: Optional[int], num_timesteps: int) -> int:
-  n = num_timesteps if steps in (None, 0) else int(steps)
-  if not 1 <= n <= num_timesteps:
-    raise ValueError(f"steps must be in [1, {num_timesteps}] (the training "
-                     f"timesteps), got {steps}")
-  return n
+  """The step count: ``steps``, or all T for None or 0 (the range is
+  checked where the timesteps are chosen, :func:`spacing.timesteps`)."""
+  return num_timesteps if steps in (None, 0) else int(steps)
 
 
 @register_sampler("ddpm")
@@ -79,16 +71,9 @@ def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
          variance: str = "fixedlarge", prediction: str = "eps",
          clip_denoised: bool = True, mean_from: str = "x0",
          return_every: int = 0, self_condition: bool = False,
-         offset: int = 0, mesh=None, eta: float = 0.0,
-         set_alpha_to_one: bool = True, rederive_eps: bool = False):
+         offset: int = 0, mesh=None):
   """Ancestral sampling over all T steps, or over ``steps`` of them chosen
-  by ``spacing_name`` with the betas respaced (improved DDPM). The DDIM
-  options are accepted only at their defaults (no effect here)."""
-  for name, value, default in (("eta", eta, 0.0),
-                               ("set_alpha_to_one", set_alpha_to_one, True),
-                               ("rederive_eps", rederive_eps, False)):
-    if value != default:
-      raise ValueError(f"{name} is a DDIM option: use sampler 'ddim'")
+  by ``spacing_name`` with the betas respaced (improved DDPM)."""
   num_t = len(betas)
   n = _steps(steps, num_t)
   if n == num_t:
@@ -100,14 +85,14 @@ def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
     schedule, kept = spacing.respaced_schedule(
         betas, spacing.timesteps(spacing_name, num_t, n, steps_offset))
   params, sharding = _placement(params, shape, mesh)
-  return sampling.sample(params, apply_fn, schedule, key, tuple(shape),
-                         clip_denoised=clip_denoised, variance=variance,
-                         mean_from=mean_from, return_every=return_every,
-                         prediction=prediction,
-                         self_condition=self_condition,
-                         timestep_map=None if kept is None else
-                         jax.numpy.asarray(kept, jax.numpy.int32),
-                         offset=offset, sharding=sharding)
+  return ancestral.sample(params, apply_fn, schedule, key, tuple(shape),
+                          clip_denoised=clip_denoised, variance=variance,
+                          mean_from=mean_from, return_every=return_every,
+                          prediction=prediction,
+                          self_condition=self_condition,
+                          timestep_map=None if kept is None else
+                          jax.numpy.asarray(kept, jax.numpy.int32),
+                          offset=offset, sharding=sharding)
 
 
 @register_sampler("ddim")

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from ddpm_jax.diffusion import ApplyFn, q_sample
-from ddpm_jax.sampling import ExampleNoise, reverse_chain
+from ddpm_jax import from_config
+from ddpm_jax.samplers.ancestral import reverse_chain
+from ddpm_jax.samplers.chain import ExampleNoise
 from ddpm_jax.schedules import DiffusionSchedule
 
 Array = jnp.ndarray
@@ -44,9 +46,9 @@ def _decode(params, apply_fn, schedule, x_t, t, noise_at, options):
   if t == 0:
     return x_t
   x, _ = reverse_chain(params, apply_fn, schedule, x_t, noise_at,
-                        options["clip_denoised"], options["variance"],
-                        options["mean_from"], 0, options["prediction"],
-                        options["self_condition"], None, num_steps=t)
+                       options["clip_denoised"], options["variance"],
+                       options["mean_from"], 0, options["prediction"],
+                       options["self_condition"], None, num_steps=t)
   return x
 
 
@@ -103,7 +105,6 @@ def interpolate(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
 def chain_options(config) -> Dict[str, Any]:
   """The keyword options of :func:`partial_chain` / :func:`interpolate`
   that a run's config selects."""
-  from ddpm_jax import from_config  # pylint: disable=g-import-not-at-top
   return dict(clip_denoised=bool(config.sampling.clip_denoised),
               variance=from_config.model_variance(config),
               mean_from=config.sampling.mean_from,

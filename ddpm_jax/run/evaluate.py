@@ -1,0 +1,68 @@
+"""What evaluate.py does: bits/dim or sample quality of a workdir's or an
+imported model."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from ddpm_jax import from_config
+from ddpm_jax.evaluators import bpd, sample_quality
+from ddpm_jax.interop import sources
+from ddpm_jax.run import sampling
+
+
+def load(workdir: Optional[str], model: Optional[str],
+         image_size: Optional[int], use_ema: bool):
+  """(config, params, step) of a train.py workdir or of an imported
+  ``model`` (step None: no training step recorded)."""
+  if workdir is not None:
+    return sources.load_workdir(workdir, use_ema)
+  config, params, _ = sources.load_model(model, image_size, use_ema)
+  return config, params, None
+
+
+def set_dataset(config, dataset: Optional[str],
+                data_dir: Optional[str]) -> None:
+  """``dataset`` ('digits', a tfds name or a directory of images: the
+  'folder' dataset) and ``data_dir`` onto ``config.data``."""
+  if dataset:
+    if os.path.isdir(dataset):
+      config.data.name, config.data.folder = "folder", dataset
+    else:
+      config.data.name = dataset
+  if data_dir is not None:
+    config.data.data_dir = data_dir
+
+
+def bits_per_dim(config, params, step, split: Optional[str], num: int,
+                 batch_size: int) -> Dict[str, Any]:
+  """Held-out bits/dim (eq. 5) and its parts on ``split`` (default the
+  config's eval split), at most ``num`` images (0: all)."""
+  if split:
+    config.data.eval_split = split
+  config.training.eval_examples = num
+  config.training.eval_batch_size = batch_size
+  result = bpd.evaluate(config, from_config.make_model(config), params,
+                        from_config.make_schedule(config))
+  result.update(step=step, split=config.data.eval_split)
+  return result
+
+
+def quality(config, params, step, metric: str, num: int, seed: int,
+            batch_size: int, sampler: Dict[str, Any],
+            variance: Optional[str], **fid_options) -> Dict[str, Any]:
+  """``metric`` ('digits' or 'fid') of ``num`` samples (0: the metric's
+  default count) drawn with the config's sampler overridden by
+  ``sampler`` fields; ``fid_options`` go to
+  :func:`ddpm_jax.evaluators.sample_quality.score`."""
+  sampling.apply_overrides(config, variance, sampler)
+  s = config.sampling
+  result = sample_quality.score(
+      config, from_config.make_model(config), params, metric,
+      num or sample_quality.DEFAULT_NUM[metric], seed, batch_size,
+      **fid_options)
+  result.update(step=step, sampler=s.sampler,
+                steps=int(s.steps) or config.diffusion.num_timesteps,
+                seed=seed)
+  return result

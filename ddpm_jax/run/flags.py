@@ -1,0 +1,84 @@
+"""Command-line flags that sample.py and evaluate.py share: where the model
+comes from, and the sampler settings that override its config."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from absl import flags
+
+from ddpm_jax import cli
+from ddpm_jax.diffusion import FIXED_VARIANCES
+from ddpm_jax.samplers.spacing import SPACINGS
+
+FLAGS = flags.FLAGS
+
+# Flag -> the config.sampling field it sets.
+_SAMPLING_FIELDS = {"sampler": "sampler", "steps": "steps", "eta": "eta",
+                    "spacing": "spacing",
+                    "set_alpha_to_one": "set_alpha_to_one",
+                    "rederive_eps": "rederive_eps", "class": "label",
+                    "guidance": "guidance", "classifier": "classifier"}
+
+
+def define_source_flags() -> None:
+  """--workdir, --model, --image_size and --ema."""
+  flags.DEFINE_string("workdir", None, "A train.py workdir.")
+  flags.DEFINE_string("model", None, "A diffusers model directory or an "
+                      "original TF checkpoint prefix (model.ckpt-NNNN), "
+                      "instead of --workdir.")
+  flags.DEFINE_integer("image_size", None, "--model TF checkpoints: the "
+                       "image size (32 for CIFAR-10, 256 for CelebA-HQ / "
+                       "LSUN).")
+  flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
+                    "ones).")
+
+
+def define_sampler_flags() -> None:
+  """The sampler settings, each overriding a ``config.sampling`` field."""
+  flags.DEFINE_enum("sampler", None, ["ddpm", "ddim"], "Sampler (default: "
+                    "the config's sampling.sampler, ddpm).")
+  flags.DEFINE_integer("steps", None, "Reverse steps (default: the "
+                       "config's; 0 = all T). Fewer than T: ddim, or ddpm "
+                       "respaced.")
+  flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic).")
+  flags.DEFINE_bool("set_alpha_to_one", None, "DDIM: the last step goes to "
+                    "abar = 1 (default), or with --noset_alpha_to_one to "
+                    "abar of timestep 0.")
+  flags.DEFINE_bool("rederive_eps", None, "DDIM: the direction term uses "
+                    "the eps of the clipped x_0 (diffusers' "
+                    "use_clipped_model_output).")
+  flags.DEFINE_enum("spacing", None, list(SPACINGS),
+                    "Which timesteps a reduced-step sampler visits.")
+  flags.DEFINE_string("variance", None, f"Override the sampler variance: "
+                      f"one of {', '.join(FIXED_VARIANCES)}.")
+  flags.DEFINE_integer("class", None, "Class-conditional models: the class "
+                       "of every sample (default: sample j gets class j mod "
+                       "the class count).")
+  flags.DEFINE_float("guidance", None, "Class-conditional models: "
+                     "classifier-free guidance scale w, eps = (1 + w) eps_c "
+                     "- w eps_null (diffusers' guidance_scale is 1 + w).")
+  flags.DEFINE_string("classifier", None, "A train_classifier.py workdir: "
+                      "guide an unconditional model with its noise-aware "
+                      "classifier at scale --guidance.")
+
+
+def check_one_source() -> None:
+  """Exits with a one-line error unless exactly one of --workdir and
+  --model is given."""
+  if (FLAGS.workdir is None) == (FLAGS.model is None):
+    cli.fail("give exactly one of --workdir (a train.py run) and --model (a "
+             "diffusers model directory or TF checkpoint)")
+
+
+def sampler_overrides() -> Dict[str, Any]:
+  """The ``config.sampling`` fields the given sampler flags set."""
+  return {field: FLAGS[name].value
+          for name, field in _SAMPLING_FIELDS.items()
+          if FLAGS[name].value is not None}
+
+
+# The config field -> the flag that sets it, for errors that name the flag
+# (:func:`ddpm_jax.validation.validate_config`).
+FLAG_NAMES = {f"sampling.{field}": f"--{name}"
+              for name, field in _SAMPLING_FIELDS.items()}
