@@ -33,6 +33,7 @@ import sys
 from absl import flags
 
 from ddpm_jax import cli
+from ddpm_jax.run import evaluate
 from ddpm_jax.run import flags as run_flags
 
 FLAGS = flags.FLAGS
@@ -84,7 +85,6 @@ def main(argv):
     cli.fail("--model does not record its data: pass --dataset (digits, a "
              "tfds name such as cifar10, or a directory of images)")
   with cli.errors_as_one_line():
-    from ddpm_jax.run import evaluate  # pylint: disable=g-import-not-at-top
     config, params, step = evaluate.load(FLAGS.workdir, FLAGS.model,
                                          FLAGS.image_size, FLAGS.ema)
     evaluate.set_dataset(config, FLAGS.dataset, FLAGS.data_dir)

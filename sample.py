@@ -14,6 +14,7 @@ from absl import flags
 
 from ddpm_jax import cli
 from ddpm_jax.run import flags as run_flags
+from ddpm_jax.run import sampling
 
 FLAGS = flags.FLAGS
 run_flags.define_source_flags()
@@ -44,7 +45,7 @@ def _indices(values):
     cli.fail(f"image indices must be integers, got {','.join(values)}")
 
 
-def _figure(sampling, mode):
+def _figure(mode):
   if mode == "progressive":
     return sampling.progressive_from_workdir(
         FLAGS.workdir, FLAGS.progressive, FLAGS.num, FLAGS.seed, FLAGS.out,
@@ -69,9 +70,8 @@ def main(argv):
   if modes and FLAGS.workdir is None:
     cli.fail(f"--{modes[0]} needs --workdir (a train.py run)")
   with cli.errors_as_one_line():
-    from ddpm_jax.run import sampling  # pylint: disable=g-import-not-at-top
     if modes:
-      print(f"wrote {_figure(sampling, modes[0])}.*")
+      print(f"wrote {_figure(modes[0])}.*")
       return
     if FLAGS.workdir is not None:
       path = sampling.sample_from_workdir(

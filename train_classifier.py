@@ -25,6 +25,7 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
   with cli.errors_as_one_line():
+    # The library loads once the flags have parsed: --help answers at once.
     from ddpm_jax.run import classifier_training  # pylint: disable=g-import-not-at-top
     accuracy = classifier_training.train_classifier(FLAGS.config,
                                                     FLAGS.workdir)

@@ -56,7 +56,7 @@ def test_guided_eps_is_algorithm_2(classifier_dir):
   config = tiny_digits_config(num_timesteps=20, batch_size=4)
   model = from_config.make_model(config)
   state = train.create_train_state(config, model,
-                                      from_config.make_optimizer(config))
+                                   from_config.make_optimizer(config))
   params = jax.tree_util.tree_map(
       lambda a: a + 0.01 * jnp.ones_like(a), state.params)  # non-zero eps
   sched = from_config.make_schedule(config)
@@ -141,7 +141,7 @@ def test_guidance_raises_the_requested_class(classifier_dir, tmp_path):
   config = tiny_digits_config(num_timesteps=20, batch_size=4)
   model = from_config.make_model(config)
   state = train.create_train_state(config, model,
-                                      from_config.make_optimizer(config))
+                                   from_config.make_optimizer(config))
   _, classifier, clf_params = checkpoints.load_classifier(wd)
   config.sampling.classifier = wd
   config.sampling.label = 3

@@ -129,7 +129,7 @@ def test_strided_module_is_nn_conv_whatever_the_backward():
       mod = conv.Conv(4, strides=2, padding=(pad, pad), backward=backward)
       assert jax.tree_util.tree_map(jnp.shape, mod.init(
           jax.random.PRNGKey(12), x)) == jax.tree_util.tree_map(jnp.shape,
-                                                               params)
+                                                                params)
       np.testing.assert_array_equal(mod.apply(params, x), want)
       got_g = jax.grad(lambda p: jnp.sum(mod.apply(p, x) ** 2))(params)
       for g, w in zip(jax.tree_util.tree_leaves(got_g),

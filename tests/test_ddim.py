@@ -201,12 +201,13 @@ def test_respacing_that_keeps_every_step_is_the_plain_chain(sched, toy):
   key = jax.random.PRNGKey(4)
   shape = (2, 6, 6, C)
   plain, _ = ancestral.sample(toy, toy_apply_jax, sched, key, shape,
-                             variance="fixedlarge")
+                              variance="fixedlarge")
   via, _ = registry.get_sampler("ddpm")(toy, toy_apply_jax, BETAS, key,
-                                        shape, steps=T, variance="fixedlarge")
+                                        shape, steps=T,
+                                        variance="fixedlarge")
   mapped, _ = ancestral.sample(toy, toy_apply_jax, respaced, key, shape,
-                              variance="fixedlarge",
-                              timestep_map=jnp.asarray(kept, jnp.int32))
+                               variance="fixedlarge",
+                               timestep_map=jnp.asarray(kept, jnp.int32))
   np.testing.assert_array_equal(np.asarray(via), np.asarray(plain))
   np.testing.assert_array_equal(np.asarray(mapped), np.asarray(plain))
 

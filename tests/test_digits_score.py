@@ -1,6 +1,7 @@
-"""The offline digits score (ddpm_jax.evaluators.digits_score) separates real digits
-from bad samples: real training digits score near 0 against the held-out
-split, Gaussian noise and a model trained for 10 steps far worse."""
+"""The offline digits score (ddpm_jax.evaluators.digits_score) separates
+real digits from bad samples: real training digits score near 0 against
+the held-out split, Gaussian noise and a model trained for 10 steps far
+worse."""
 
 import numpy as np
 import pytest

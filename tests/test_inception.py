@@ -153,8 +153,8 @@ def test_inception_outputs_batches_tiles_and_checks(random_params):
 
 
 def test_dataset_statistics_are_computed_once_and_cached(random_params,
-                                                        tmp_path,
-                                                        monkeypatch):
+                                                         tmp_path,
+                                                         monkeypatch):
   from configs import digits
   from ddpm_jax import data
   from ddpm_jax.evaluators import fid, metrics

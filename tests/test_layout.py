@@ -43,9 +43,9 @@ def _imports(name: str) -> set:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        base = ".".join(package.split(".")[:len(package.split(".")) -
-                                             node.level + 1] +
-                        ([base] if base else []))
+        parts = package.split(".")
+        parts = parts[:len(parts) - node.level + 1]
+        base = ".".join(parts + ([base] if base else []))
       lazy = _lazy_exports(base) if base in MODULES else {}
       targets = [base] + [lazy.get(a.name, f"{base}.{a.name}")
                           for a in node.names]

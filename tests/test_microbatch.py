@@ -97,7 +97,7 @@ def test_auto_microbatch_rule():
   assert train.step_conv_backward(model, 2, cpu) == "matmul"
   assert train.step_conv_backward(model, 0, cpu) == "auto"
   assert train.step_conv_backward(model.clone(conv_backward="xla"), 2,
-                                     cpu) == "xla"
+                                  cpu) == "xla"
   # What the benchmark reports: the one-pass step runs XLA's gradient in
   # plain convolutions and 'matmul' in the sub-pixel upsampling.
   assert train.step_backward_plan(model, 0, cpu) == {
@@ -105,7 +105,7 @@ def test_auto_microbatch_rule():
   assert train.step_backward_plan(model, 2, cpu) == {
       "conv": "matmul", "subpixel": "matmul"}
   assert train.step_backward_plan(model.clone(conv_backward="xla"), 2,
-                                     cpu) == {"conv": "xla", "subpixel": "xla"}
+                                  cpu) == {"conv": "xla", "subpixel": "xla"}
 
 
 @pytest.mark.parametrize("size, words", [

@@ -404,11 +404,11 @@ def test_bpd_is_the_sum_of_its_terms_and_pads_batches():
   model = from_config.make_model(config)
   schedule = from_config.make_schedule(config)
   state = train.create_train_state(config, model,
-                                      from_config.make_optimizer(config))
+                                   from_config.make_optimizer(config))
   x0 = bpd.quantize(data.digits_images("test")[:5])
   key = jax.random.PRNGKey(0)
   out = bpd.bpd_terms(state.params, eps_fn(model), schedule,
-                             jnp.asarray(x0), key, variance="fixedlarge")
+                      jnp.asarray(x0), key, variance="fixedlarge")
   assert out["terms"].shape == (10, 5)
   assert_close(out["total"], out["prior"] + out["terms"].sum(0), rtol=1e-6)
   assert_close(out["decoder"], out["terms"][0])

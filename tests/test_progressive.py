@@ -30,8 +30,8 @@ def pair():
 def test_interpolation_at_t0_returns_the_endpoints():
   a, b = pair()
   out = figures.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
-                                jnp.asarray([0.0, 0.25, 1.0]), 0,
-                                jax.random.PRNGKey(0))
+                            jnp.asarray([0.0, 0.25, 1.0]), 0,
+                            jax.random.PRNGKey(0))
   np.testing.assert_array_equal(out[0], a)
   np.testing.assert_array_equal(out[2], b)
   np.testing.assert_allclose(out[1], 0.75 * a + 0.25 * b, rtol=1e-6,
@@ -42,12 +42,12 @@ def test_interpolation_decodes_every_lambda_with_the_same_noise():
   a, b = pair()
   key = jax.random.PRNGKey(1)
   many = figures.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
-                                 jnp.linspace(0, 1, 5), 12, key)
+                             jnp.linspace(0, 1, 5), 12, key)
   assert many.shape == (5, 6, 6, 1) and np.all(np.isfinite(many))
   # lambda 0 alone, and lambda 1 with a == b swapped in: the same latents
   # and the same reverse noise, so the same decodings.
   one = figures.interpolate(PARAMS, toy_apply_jax, SCHED, a, b,
-                                jnp.asarray([0.0]), 12, key)
+                            jnp.asarray([0.0]), 12, key)
   np.testing.assert_allclose(one[0], many[0], rtol=1e-6, atol=1e-7)
   # By hand: encode a at step 12 (code index 11), decode with one row of
   # noise shared by every lambda.
@@ -65,16 +65,16 @@ def test_partial_chain_shares_x_t_and_differs_in_the_reverse_noise():
   a, b = pair()
   x0 = jnp.stack([a, b])
   x_t, out = figures.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, 10,
-                                       jax.random.PRNGKey(2), 3)
+                                   jax.random.PRNGKey(2), 3)
   assert x_t.shape == (2, 6, 6, 1) and out.shape == (2, 3, 6, 6, 1)
   assert not np.allclose(out[0, 0], out[0, 1])  # different chains
   same, none = figures.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, 0,
-                                         jax.random.PRNGKey(2), 3)
+                                     jax.random.PRNGKey(2), 3)
   np.testing.assert_array_equal(same, x0)
   np.testing.assert_array_equal(none, jnp.repeat(x0[:, None], 3, axis=1))
   with pytest.raises(ValueError, match="t must be in"):
     figures.partial_chain(PARAMS, toy_apply_jax, SCHED, x0, T + 1,
-                              jax.random.PRNGKey(2), 3)
+                          jax.random.PRNGKey(2), 3)
 
 
 def test_progression_files(tmp_path):

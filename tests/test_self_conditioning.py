@@ -108,7 +108,7 @@ def test_bound_of_a_self_conditioned_model_uses_a_first_pass_estimate():
       -1, 1, (3, 4, 4, 1)).astype(np.float32))
   key = jax.random.PRNGKey(5)
   got = bpd.bpd_terms(PARAMS, toy_apply, SCHED, jnp.asarray(x0), key,
-                             variance="fixedlarge", self_condition=True)
+                      variance="fixedlarge", self_condition=True)
   for t in range(SCHED.num_timesteps):
     noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
     t_vec = jnp.full((3,), t)

@@ -56,7 +56,7 @@ def test_nonfinite_gradient_is_skipped_only_when_asked():
 
 def test_ema_update_is_the_weighted_average():
   out = train.ema_update({"w": jnp.array([2.0])}, {"w": jnp.array([4.0])},
-                            0.75)
+                         0.75)
   np.testing.assert_allclose(out["w"], [2.5], rtol=1e-7)
 
 
@@ -134,7 +134,7 @@ def test_step_at_a_restored_counter_uses_that_steps_key():
   betas, sched, state, x0, tx = toy_step_setup()
   state = state.replace(step=jnp.array(7, jnp.int32))
   _, metrics = train.train_step(state, x0, sched, apply_fn=toy_net, tx=tx,
-                                   ema_decay=0.5)
+                                ema_decay=0.5)
   want, _ = expected_loss(betas, state.params, x0, state.rng, 7)
   assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
   step0, _ = expected_loss(betas, state.params, x0, state.rng, 0)

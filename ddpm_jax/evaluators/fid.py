@@ -3,7 +3,7 @@
 
 Images come as ddpm-jax samples are: [N, H, W, C] in [-1, 1], C = 3 or 1
 (grayscale is repeated to RGB). Following the released evaluations, the
-pool3 features feed FID (:func:`ddpm_jax.evaluators.metrics.frechet_distance`) and
+pool3 features feed FID (:func:`.metrics.frechet_distance`) and
 the 1008 logits *without* the fc bias feed IS (the OpenAI / TTUR code
 multiplies pool3 by the fc weights only; torch-fidelity calls these
 ``logits_unbiased``).

@@ -1,7 +1,7 @@
 """Sample quality of a model, the one entry that ``evaluate.py`` and the
 periodic evaluation during training share: draw samples with the config's
 sampler, then score them with the offline digits score
-(:mod:`ddpm_jax.evaluators.digits_score`) or FID / IS (:mod:`ddpm_jax.evaluators.fid`)."""
+(:mod:`.digits_score`) or FID / IS (:mod:`.fid`)."""
 
 from __future__ import annotations
 

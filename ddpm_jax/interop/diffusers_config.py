@@ -90,7 +90,8 @@ def model_config_from_diffusers(cfg: Dict[str, Any]
   Returns (model config, image size, image channels). Raises
   :class:`ConversionError` naming the first option we cannot honour.
   """
-  options = {**UNET2D_DEFAULTS, **cfg}  # what UNet2DModel assumes when a key is absent
+  # What UNet2DModel assumes for a key that config.json lacks.
+  options = {**UNET2D_DEFAULTS, **cfg}
   cls = options["_class_name"]
   if cls != "UNet2DModel":
     raise ConversionError(f"_class_name is {cls!r}; only UNet2DModel "

@@ -63,7 +63,8 @@ def settings_from_scheduler_config(cfg: Dict[str, Any]
                                    ) -> ml_collections.ConfigDict:
   """``{'diffusion': ..., 'sampling': ...}`` config fields from a
   ``DDPMScheduler`` config dict; refuses what our sampler cannot honour."""
-  options = {**SCHEDULER_DEFAULTS, **cfg}  # what DDPMScheduler assumes when a key is absent
+  # What DDPMScheduler assumes for a key that its config lacks.
+  options = {**SCHEDULER_DEFAULTS, **cfg}
   cls = options["_class_name"]
   if cls != "DDPMScheduler":
     raise ConversionError(f"scheduler _class_name is {cls!r}; only "

@@ -39,16 +39,17 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   variance reads the last C of 2C output channels). With
   ``self_condition`` each step also feeds the network the x_0 its previous
   step predicted (:mod:`ddpm_jax.self_conditioning`).
-  ``timestep_map`` (a respaced ``schedule``, :mod:`ddpm_jax.samplers.spacing`): the
-  training timestep the network sees at each index of ``schedule``.
-  Row b's randomness comes from ``fold_in(key, offset + b)``
-  (:class:`ddpm_jax.samplers.chain.ExampleNoise`); ``sharding`` splits the batch over devices.
+  ``timestep_map`` (a respaced ``schedule``, :mod:`.spacing`): the training
+  timestep the network sees at each index of ``schedule``. Row b's
+  randomness comes from ``fold_in(key, offset + b)``
+  (:class:`.chain.ExampleNoise`); ``sharding`` splits the batch over
+  devices.
   Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
   """
   noise = ExampleNoise(key, shape, offset, sharding)
   return reverse_chain(params, apply_fn, schedule, noise.initial(), noise.at,
-                        clip_denoised, variance, mean_from, return_every,
-                        prediction, self_condition, timestep_map)
+                       clip_denoised, variance, mean_from, return_every,
+                       prediction, self_condition, timestep_map)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -69,8 +70,8 @@ def sample_with_noise(params: Any, apply_fn: ApplyFn,
                      f"{noise.shape}")
   x, _ = reverse_chain(params, apply_fn, schedule,
                        jnp.asarray(x_T, jnp.float32), lambda t: noise[t],
-                        clip_denoised, variance, mean_from, 0, prediction,
-                        self_condition)
+                       clip_denoised, variance, mean_from, 0, prediction,
+                       self_condition)
   return x
 
 

@@ -139,8 +139,8 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   b)`` (:class:`ddpm_jax.samplers.chain.ExampleNoise`); ``sharding`` splits the
   batch over devices.
   A learned-variance network's variance channels are ignored (DDIM sets
-  its own). Returns (x_0, trajectory) as :func:`ddpm_jax.samplers.ancestral.sample`
-  does, the trajectory every ``return_every`` steps."""
+  its own). Returns (x_0, trajectory) as :func:`.ancestral.sample` does,
+  the trajectory every ``return_every`` steps."""
   noise = ExampleNoise(key, shape, offset, sharding)
   x = noise.initial() if x_init is None else jnp.asarray(x_init, jnp.float32)
   return run_plan(params, apply_fn, schedule, plan, x, noise.at,

@@ -19,8 +19,8 @@ from ddpm_jax.models.unet import dropout_over_batch_slice
 
 
 def slice_value_and_grad(per_example, params: Any, shared: Any,
-                          batch_args: Tuple[Any, ...], *, total: int,
-                          first_row: Any, microbatch: int):
+                         batch_args: Tuple[Any, ...], *, total: int,
+                         first_row: Any, microbatch: int):
   """(sum of the losses of the examples ``batch_args`` hold / ``total``,
   its gradient): rows ``first_row`` onwards of a batch of ``total`` rows
   (``None`` entries of ``batch_args`` stay None).
@@ -63,7 +63,7 @@ def slice_value_and_grad(per_example, params: Any, shared: Any,
 
 
 def flat_reduced_grads(per_example, mesh: Mesh, params: Any, shared: Any,
-                        batch_args: Tuple[Any, ...], microbatch: int = 0):
+                       batch_args: Tuple[Any, ...], microbatch: int = 0):
   """(mean loss, its gradient) over a batch split on ``mesh``'s data axis:
   each device differentiates the sum of its examples' losses / the batch
   size (in passes of ``microbatch`` examples if > 0), and one all-reduce

@@ -28,7 +28,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def init_fn(config: ml_collections.ConfigDict, model: UNet,
-             tx: optax.GradientTransformation):
+            tx: optax.GradientTransformation):
   """The function that builds the initial :class:`TrainState`."""
   size, ch = config.data.image_size, config.data.channels
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x1417)

@@ -85,8 +85,8 @@ def train_step(state: TrainState, batch: Any,
 
   if grad_mesh is not None and grad_mesh.size > 1:
     loss, grads = flat_reduced_grads(per_example, grad_mesh, state.params,
-                                      shared, (batch, t, noise, labels),
-                                      microbatch)
+                                     shared, (batch, t, noise, labels),
+                                     microbatch)
   elif microbatch:
     loss, grads = slice_value_and_grad(
         per_example, state.params, shared, (batch, t, noise, labels),

@@ -22,7 +22,7 @@ def main():
   config = tiny_digits_config(num_timesteps=10, batch_size=8)
   model = from_config.make_model(config)
   state = train.create_train_state(config, model,
-                                      from_config.make_optimizer(config))
+                                   from_config.make_optimizer(config))
   params = jax.device_get(state.params)
   everything = parallel.make_mesh()
   one = parallel.make_mesh(jax.devices()[:1])
