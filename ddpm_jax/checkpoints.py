@@ -9,8 +9,6 @@ a run exactly where it stopped."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -20,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default
+from ddpm_jax import parallel, paths
 from ddpm_jax.models.classifier import (NoisyClassifier,
                                         classifier_from_config,
                                         init_classifier)
@@ -30,11 +29,12 @@ CHECKPOINT_DIR = "checkpoints"
 
 def checkpoint_manager(workdir: str, max_to_keep: int = 3,
                        read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over ``workdir/checkpoints``."""
+  """A CheckpointManager over ``workdir/checkpoints`` (a local path or a
+  URL such as ``gs://bucket/run``)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
+      paths.absolute(paths.join(workdir, CHECKPOINT_DIR)), options=options)
 
 
 STATE_ITEM = "state"
@@ -68,9 +68,11 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
   taken to be damaged (a truncated write): a message names it, and with
   ``set_aside`` its directory is moved to ``checkpoints_unreadable/`` next
   to ``checkpoints/`` (kept, never deleted) so that training can save that
-  step again. If no checkpoint restores, the newest one's error is raised
-  and nothing is moved: a config that no longer matches the checkpoints is
-  not mistaken for damage.
+  step again; with several processes, every one calls this and only the
+  process given ``set_aside`` moves it, after all have finished reading
+  (a barrier on each side). If no checkpoint restores, the newest one's
+  error is raised and nothing is moved: a config that no longer matches
+  the checkpoints is not mistaken for damage.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   failures = []
@@ -79,13 +81,13 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
       # A checkpoint of another model is refused from its metadata, before
       # a restore starts reads that would outlive the error.
       mismatch = params_mismatch(
-          template, os.path.join(str(manager.directory), str(step),
-                                 STATE_ITEM))
+          template, paths.join(str(manager.directory), str(step),
+                               STATE_ITEM))
       if mismatch:
         raise ValueError(mismatch)
       items = {STATE_ITEM: ocp.args.StandardRestore(template)}
-      if os.path.isdir(os.path.join(str(manager.directory), str(step),
-                                    DATA_ITEM)):
+      if paths.isdir(paths.join(str(manager.directory), str(step),
+                                DATA_ITEM)):
         items[DATA_ITEM] = ocp.args.JsonRestore()
       out = manager.restore(step, args=ocp.args.Composite(**items))
       position = out[DATA_ITEM] if DATA_ITEM in items else None
@@ -95,13 +97,17 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
       failures.append((step, reason, e))
       continue
+    if failures:
+      # The others may still be reading: move only once all are done.
+      parallel.host_barrier(f"restore_checked_{step}")
     for bad, reason, _ in failures:
       where = ""
       if set_aside:
         where = f"; moved it to {_set_aside(manager, bad)}"
       print(f"warning: checkpoint {bad} is unreadable ({reason[:200]})"
             f"{where}; using checkpoint {step}", file=sys.stderr)
-    if failures and set_aside:
+    if failures:
+      parallel.host_barrier(f"restore_set_aside_{step}")
       manager.reload()
     return restored
   if failures:
@@ -113,7 +119,6 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
 
 def _named_shapes(tree: Any) -> dict:
   """{'a.b.c': shape} for every array of a nested dict."""
-  import jax  # pylint: disable=g-import-not-at-top
   return {".".join(str(getattr(k, "key", k)) for k in path):
           tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
@@ -152,35 +157,31 @@ def params_mismatch(template: Any, state_dir: str) -> Optional[str]:
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
-  src = os.path.join(str(manager.directory), str(step))
-  dest_dir = os.path.join(os.path.dirname(str(manager.directory)),
-                          "checkpoints_unreadable")
-  os.makedirs(dest_dir, exist_ok=True)
-  dest = os.path.join(dest_dir, f"{step}")
+  src = paths.join(str(manager.directory), str(step))
+  dest_dir = paths.join(paths.dirname(str(manager.directory)),
+                        "checkpoints_unreadable")
+  paths.makedirs(dest_dir)
+  dest = paths.join(dest_dir, f"{step}")
   n = 1
-  while os.path.exists(dest):
-    dest = os.path.join(dest_dir, f"{step}.{n}")
+  while paths.exists(dest):
+    dest = paths.join(dest_dir, f"{step}.{n}")
     n += 1
-  shutil.move(src, dest)
+  paths.move(src, dest)
   return dest
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the run's config as JSON (for sample.py and for the record)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  paths.write_text(paths.join(workdir, CONFIG_FILE),
+                   config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run wrote into ``workdir``, merged onto today's
   defaults (``configs/default.py``), so that a workdir written before a
   field existed still loads."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path) as f:
-    return default.with_defaults(json.load(f))
+  text = paths.read_text(paths.join(workdir, CONFIG_FILE))
+  return default.with_defaults(json.loads(text))
 
 
 # A train_classifier.py workdir: config.json and the params in this folder.
@@ -191,10 +192,10 @@ def save_classifier(workdir: str, config: ml_collections.ConfigDict,
                     params: Any) -> None:
   """Writes a trained guidance classifier's config and params into
   ``workdir`` (refusing to replace existing params)."""
-  path = os.path.join(os.path.abspath(workdir), CLASSIFIER_DIR)
-  if os.path.exists(path):
+  path = paths.join(paths.absolute(workdir), CLASSIFIER_DIR)
+  if paths.exists(path):
     raise FileExistsError(f"{path} exists: give a new --workdir")
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   write_config(workdir, config)
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(path, jax.device_get(params))
@@ -202,8 +203,7 @@ def save_classifier(workdir: str, config: ml_collections.ConfigDict,
 
 def classifier_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of a ``train_classifier.py`` workdir (its params unread)."""
-  if not os.path.isdir(os.path.join(os.path.abspath(workdir),
-                                    CLASSIFIER_DIR)):
+  if not paths.isdir(paths.join(paths.absolute(workdir), CLASSIFIER_DIR)):
     raise FileNotFoundError(f"{workdir} has no {CLASSIFIER_DIR}: train one "
                             f"with train_classifier.py --workdir {workdir}")
   return read_config(workdir)
@@ -218,6 +218,6 @@ def load_classifier(workdir: str) -> Tuple[ml_collections.ConfigDict,
   template = jax.eval_shape(lambda: init_classifier(
       classifier, config.data.image_size, config.data.channels, config.seed))
   with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(os.path.join(os.path.abspath(workdir),
-                                       CLASSIFIER_DIR), template)
+    params = ckpt.restore(paths.join(paths.absolute(workdir),
+                                     CLASSIFIER_DIR), template)
   return config, classifier, jax.tree_util.tree_map(np.asarray, params)

@@ -13,7 +13,8 @@ from absl import flags
 from absl import logging
 
 # Errors whose message is written for the user: printed as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError,
+               ConnectionError)
 
 
 def fail(message: str) -> NoReturn:

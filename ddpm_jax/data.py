@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
+import io
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from ddpm_jax import paths
 
 DIGITS_NUM_TRAIN = 1500
 
@@ -288,12 +290,11 @@ def folder_images(path: str, image_size: int, channels: int) -> np.ndarray:
   Images must have ``channels`` channels (1: grayscale 'L', 3: 'RGB');
   others are refused rather than silently converted.
   """
-  if not os.path.isdir(path):
+  if not paths.isdir(path):
     raise DataError(f"data.folder {path!r} is not a directory: set "
                     f"--config.data.folder to a folder of images")
-  files = sorted(
-      os.path.join(root, f) for root, _, names in os.walk(path)
-      for f in names if f.lower().endswith(IMAGE_SUFFIXES))
+  files = [f for f in paths.walk_files(path)
+           if f.lower().endswith(IMAGE_SUFFIXES)]
   if not files:
     raise DataError(f"data.folder {path!r} holds no image files "
                     f"({', '.join(IMAGE_SUFFIXES)})")
@@ -304,7 +305,7 @@ def folder_images(path: str, image_size: int, channels: int) -> np.ndarray:
   out = np.empty((len(files), image_size, image_size, channels), np.uint8)
   for i, f in enumerate(files):
     try:
-      with Image.open(f) as img:
+      with Image.open(io.BytesIO(paths.read_bytes(f))) as img:
         img.load()
         mode = img.mode
         if mode == "P":  # a palette: its colours, in the wanted layout

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
 from PIL import Image
+
+from ddpm_jax import paths
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -43,10 +45,9 @@ def write_png(path: str, image: np.ndarray) -> None:
   image = np.asarray(image)
   if image.shape[-1] == 1:
     image = image[..., 0]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  Image.fromarray(image).save(tmp)
-  os.replace(tmp, path)
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  paths.write_bytes(path, buf.getvalue())
 
 
 def write_samples(prefix: str, samples: np.ndarray, scale: int = 1) -> None:
@@ -59,10 +60,7 @@ def write_samples(prefix: str, samples: np.ndarray, scale: int = 1) -> None:
 
 def write_npz(path: str, **arrays) -> None:
   """A compressed ``.npz`` of ``arrays``, written atomically."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, path)
+  paths.save_npz(path, **arrays)
 
 
 def write_strip(path: str, rows: np.ndarray, scale: int = 1) -> None:
@@ -81,11 +79,10 @@ def write_gif(path: str, frames: np.ndarray, scale: int = 1,
   grids = [make_grid(to_uint8(f), scale=scale) for f in np.asarray(frames)]
   images = [Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
             for g in grids]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.gif"
-  images[0].save(tmp, save_all=True, append_images=images[1:],
+  buf = io.BytesIO()
+  images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
                  duration=[frame_ms] * (len(images) - 1) + [1000], loop=0)
-  os.replace(tmp, path)
+  paths.write_bytes(path, buf.getvalue())
 
 
 def write_progression(prefix: str, trajectory: dict, scale: int = 1) -> None:

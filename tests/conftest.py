@@ -28,6 +28,16 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  ".pytest_cache", "ddpm_jax"))
 
+# The bucket tests' GCS server (tests/gcs_emulator.py). The clients read
+# these variables when they are imported (gcsfs, etils.epath), so they are
+# set for the whole session before anything loads them; they affect gs://
+# paths only. The server itself starts on this port when a test asks for
+# it (tests/test_bucket.py).
+from tests import gcs_emulator  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+GCS_URL = gcs_emulator.reserve_url()
+os.environ.update(gcs_emulator.client_env(GCS_URL))
+
 # Import the PyTorch references before anything loads TensorFlow (tfds
 # tests): importing torch's triton after TensorFlow segfaults.
 for _name in ("torch", "diffusers", "denoising_diffusion_pytorch"):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddpm_jax import data
+from ddpm_jax import data, paths
 
 VERSION = 1  # bump when the architecture or the training changes
 STEPS, BATCH, SEED = 800, 128, 0
@@ -78,7 +78,7 @@ def _cache_path(cache_dir: Optional[str]) -> str:
   cache_dir = cache_dir or os.environ.get(
       "DDPM_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
                                      "ddpm_jax"))
-  return os.path.join(cache_dir, f"digits_classifier_v{VERSION}.npz")
+  return paths.join(cache_dir, f"digits_classifier_v{VERSION}.npz")
 
 
 def load_or_train(cache_dir: Optional[str] = None) -> Dict[str, Any]:
@@ -89,20 +89,18 @@ def load_or_train(cache_dir: Optional[str] = None) -> Dict[str, Any]:
   template = jax.eval_shape(lambda: MODEL.init(
       jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))["params"])
   leaves, tree = jax.tree_util.tree_flatten(template)
-  if os.path.exists(path):
+  if paths.exists(path):
     try:
-      with np.load(path, allow_pickle=False) as f:
-        arrays = [f[f"a{i}"] for i in range(len(leaves))]
+      saved = paths.load_npz(path)
+      arrays = [saved[f"a{i}"] for i in range(len(leaves))]
       if all(a.shape == l.shape for a, l in zip(arrays, leaves)):
         return jax.tree_util.tree_unflatten(tree, arrays)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
       pass  # a damaged cache entry: train again and replace it
   params = train()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"  # concurrent writers: own files
-  np.savez(tmp, **{f"a{i}": np.asarray(a) for i, a in
-                   enumerate(jax.tree_util.tree_leaves(params))})
-  os.replace(tmp, path)
+  paths.save_npz(path, compress=False,
+                 **{f"a{i}": np.asarray(a) for i, a in
+                    enumerate(jax.tree_util.tree_leaves(params))})
   return params
 
 

@@ -17,7 +17,7 @@ from typing import Any, Optional, Tuple
 import jax
 import numpy as np
 
-from ddpm_jax import parallel
+from ddpm_jax import data, parallel, paths
 from ddpm_jax.evaluators import metrics
 from ddpm_jax.models.inception import FIDInception
 
@@ -100,14 +100,14 @@ def _cache_path(config: Any, kind: str, split: str, limit: Optional[int],
                 cache_dir: str) -> str:
   d = config.data
   where = d.name if d.name != "folder" else "folder_" + "_".join(
-      p for p in os.path.abspath(d.folder).split(os.sep) if p)
+      p for p in paths.absolute(d.folder).replace("://", "/").split("/")
+      if p)
   name = f"fid_{kind}_{where}_{split}_{d.image_size}px_{limit or 'all'}.npz"
-  return os.path.join(_cache_dir(cache_dir), name)
+  return paths.join(_cache_dir(cache_dir), name)
 
 
 def _split_features(config: Any, split: str, params: Any,
                     limit: Optional[int], batch_size: int) -> np.ndarray:
-  from ddpm_jax import data  # pylint: disable=g-import-not-at-top
   return np.concatenate([
       inception_outputs(params, batch, batch_size)[0]
       for batch in data.eval_batches(config, split, batch_size, limit)])
@@ -121,7 +121,7 @@ def dataset_statistics(config: Any, split: str, params: Any,
   ``fid_stats_<dataset>_<split>_<size>px_<limit or all>.npz`` in
   ``cache_dir`` (default ``$DDPM_JAX_CACHE`` or ``~/.cache/ddpm_jax``)."""
   path = _cache_path(config, "stats", split, limit, cache_dir)
-  if os.path.exists(path):
+  if paths.exists(path):
     return metrics.load_statistics(path)
   feats = _split_features(config, split, params, limit, batch_size)
   mu, sigma = metrics.feature_statistics(feats, f"the {split} split")
@@ -139,19 +139,15 @@ def dataset_features(config: Any, split: str, params: Any,
   ``split`` of ``config.data``, for precision and recall; computed once
   and cached as float32 ``fid_feats_<...>.npz`` beside the statistics."""
   path = _cache_path(config, "feats", split, limit, cache_dir)
-  if os.path.exists(path):
+  if paths.exists(path):
     try:
-      with np.load(path, allow_pickle=False) as f:
-        return np.asarray(f["features"], np.float64)
+      return np.asarray(paths.load_npz(path)["features"], np.float64)
     except (KeyError, ValueError, OSError) as e:
       raise metrics.MetricsError(
           f"{path} is not a features file with an array 'features' ({e}): "
           f"remove it to recompute") from None
   feats = _split_features(config, split, params, limit, batch_size)
-  if not os.path.exists(path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, features=feats.astype(np.float32))
-    os.replace(tmp, path)
+  if not paths.exists(path):
+    paths.save_npz(path, compress=False, features=feats.astype(np.float32))
   return feats.astype(np.float32).astype(np.float64)
 

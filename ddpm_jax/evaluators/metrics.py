@@ -11,10 +11,11 @@ Statistics (mu, sigma) are cached as plain ``.npz`` files (read with
 
 from __future__ import annotations
 
-import os
 from typing import Tuple
 
 import numpy as np
+
+from ddpm_jax import paths
 
 
 class MetricsError(ValueError):
@@ -171,25 +172,22 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
 def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
   """Writes (mu, sigma) to ``path`` (``.npz``), atomically, never over an
   existing file."""
-  if os.path.exists(path):
+  if paths.exists(path):
     raise FileExistsError(f"{path} exists: remove it or choose another path")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"
-  np.savez(tmp, mu=np.asarray(mu, np.float64),
-           sigma=np.asarray(sigma, np.float64))
-  os.replace(tmp, path)
+  paths.save_npz(path, compress=False, mu=np.asarray(mu, np.float64),
+                 sigma=np.asarray(sigma, np.float64))
 
 
 def load_statistics(path: str) -> Tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) from a ``.npz`` with arrays ``mu`` [D] and ``sigma``
   [D, D] (ours, or pytorch-fid's / TTUR's precomputed statistics)."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path} does not exist: compute the reference "
                             f"statistics first")
   try:
-    with np.load(path, allow_pickle=False) as f:
-      mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(
-          f["sigma"], np.float64)
+    f = paths.load_npz(path)
+    mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(
+        f["sigma"], np.float64)
   except (KeyError, ValueError, OSError) as e:
     raise MetricsError(f"{path} is not a statistics file with arrays 'mu' "
                        f"and 'sigma' ({e})") from None

@@ -11,6 +11,7 @@ so it covers exactly the layers the configured model has.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -23,8 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, load_file, save
 
+from ddpm_jax import paths
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop.diffusers_config import (CONFIG_NAME, UNET2D_DEFAULTS,
                                                diffusers_config_from_model,
@@ -228,16 +230,15 @@ def state_dict_from_params(params: Any, model_cfg: ml_collections.ConfigDict
 def find_model_dir(path: str) -> Optional[str]:
   """``path`` or its ``unet/`` subfolder (the pipeline layout), whichever
   holds a UNet config.json; None if neither does."""
-  for d in (path, os.path.join(path, "unet")):
-    if os.path.isfile(os.path.join(d, CONFIG_NAME)):
+  for d in (path, paths.join(path, "unet")):
+    if paths.isfile(paths.join(d, CONFIG_NAME)):
       return d
   return None
 
 
 def _read_json(path: str) -> Dict[str, Any]:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except json.JSONDecodeError as e:
     raise ConversionError(f"{path} is not valid JSON ({e.msg} at line "
                           f"{e.lineno})") from None
@@ -250,17 +251,18 @@ def read_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
   pickled ``.bin`` is read with ``torch.load(weights_only=True)`` when
   torch is installed, and refused otherwise: nothing is ever unpickled.
   """
-  st_path = os.path.join(model_dir, WEIGHTS_NAME)
-  bin_path = os.path.join(model_dir, PICKLE_WEIGHTS_NAME)
-  if os.path.isfile(st_path):
+  st_path = paths.join(model_dir, WEIGHTS_NAME)
+  bin_path = paths.join(model_dir, PICKLE_WEIGHTS_NAME)
+  if paths.isfile(st_path):
     try:
-      state = load_file(st_path)
+      state = (load(paths.read_bytes(st_path)) if paths.is_url(st_path)
+               else load_file(st_path))
     except (SafetensorError, OSError, TypeError, ValueError) as e:
       raise ConversionError(
           f"cannot read {st_path}: {str(e).splitlines()[0]} (a float16/"
           f"bfloat16 or truncated file? save it again as float32)") from None
     return {k: np.asarray(v, np.float32) for k, v in state.items()}
-  if os.path.isfile(bin_path):
+  if paths.isfile(bin_path):
     try:
       # torch is optional (the test extra): only for a pickled .bin.
       import torch  # pylint: disable=g-import-not-at-top
@@ -271,7 +273,8 @@ def read_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
           f"safetensors.torch.save_file on a machine with torch) or install "
           f"torch") from None
     try:
-      state = torch.load(bin_path, map_location="cpu", weights_only=True)
+      state = torch.load(io.BytesIO(paths.read_bytes(bin_path)),
+                         map_location="cpu", weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
       raise ConversionError(
           f"cannot read {bin_path} with torch.load(weights_only=True): "
@@ -293,11 +296,11 @@ def read_model_dir(path: str) -> Tuple[ml_collections.ConfigDict, int, int,
   if model_dir is None:
     raise ConversionError(f"{path} has no {CONFIG_NAME} (nor unet/"
                           f"{CONFIG_NAME}): give a diffusers model directory")
-  cfg = _read_json(os.path.join(model_dir, CONFIG_NAME))
+  cfg = _read_json(paths.join(model_dir, CONFIG_NAME))
   model_cfg, size, channels = model_config_from_diffusers(cfg)
   state = read_state_dict(model_dir)
   params = params_from_state_dict(state, model_cfg, size, channels,
-                                  source=os.path.join(model_dir, WEIGHTS_NAME),
+                                  source=paths.join(model_dir, WEIGHTS_NAME),
                                   out_channels=int(
                                       {**UNET2D_DEFAULTS, **cfg}[
                                           "out_channels"]))
@@ -311,31 +314,41 @@ def write_model_dir(out_dir: str, params: Any,
   """Writes ``config.json`` + safetensors (+ ``scheduler_config.json``) that
   ``UNet2DModel.from_pretrained`` / ``DDPMScheduler.from_pretrained`` load.
 
-  Refuses an existing non-empty ``out_dir``; the files are written to a
-  temporary directory first, so an error leaves nothing behind.
+  Refuses an existing non-empty ``out_dir``. A local directory is written
+  in a temporary one first, so an error leaves nothing behind; at a URL
+  the files are objects written one by one, ``config.json`` last (a
+  directory without it is not taken for a model).
   """
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir)
-                                  or os.listdir(out_dir)):
+  if paths.exists(out_dir) and (not paths.isdir(out_dir)
+                                or paths.listdir(out_dir)):
     raise ConversionError(f"{out_dir} already exists and is not empty: "
                           f"choose a new output directory")
   out_channels = int(np.shape(params["conv_out"]["kernel"])[-1])
   config = diffusers_config_from_model(model_cfg, image_size, channels,
                                        out_channels)
-  state = state_dict_from_params(params, model_cfg)
+  files = {WEIGHTS_NAME: save(state_dict_from_params(params, model_cfg),
+                              metadata={"format": "pt"})}
+  if scheduler_config is not None:
+    files["scheduler_config.json"] = _json_bytes(scheduler_config)
+  files[CONFIG_NAME] = _json_bytes(config)
+  if paths.is_url(out_dir):
+    for name, data in files.items():
+      paths.write_bytes(paths.join(out_dir, name), data)
+    return
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".ddpm_jax_export_", dir=parent)
   try:
-    with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
-      json.dump(config, f, indent=2, sort_keys=True)
-    save_file(state, os.path.join(tmp, WEIGHTS_NAME),
-              metadata={"format": "pt"})
-    if scheduler_config is not None:
-      with open(os.path.join(tmp, "scheduler_config.json"), "w") as f:
-        json.dump(scheduler_config, f, indent=2, sort_keys=True)
+    for name, data in files.items():
+      with open(os.path.join(tmp, name), "wb") as f:
+        f.write(data)
     if os.path.isdir(out_dir):
       os.rmdir(out_dir)  # empty, checked above
     os.replace(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def _json_bytes(obj: Dict[str, Any]) -> bytes:
+  return json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")

@@ -27,8 +27,10 @@ def export_workdir(workdir: str, out: str, use_ema: bool = True) -> int:
   returns the checkpoint's step."""
   # Loaded after the flags are parsed, so that --help answers at once.
   # pylint: disable=g-import-not-at-top
+  from ddpm_jax import paths
   from ddpm_jax.interop import (ConversionError, diffusers_scheduler,
                                 diffusers_unet, sources)
+  paths.check_reachable(out)
   config, params, step = sources.load_workdir(workdir, use_ema)
   if config.model.self_condition:
     raise ConversionError("a self-conditioned model (model.self_condition) "

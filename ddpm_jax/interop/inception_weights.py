@@ -19,14 +19,16 @@ says otherwise. Tensor names are kept as in the state dict.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from typing import Any, Dict
 
 import jax
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, load_file, save
 
+from ddpm_jax import paths
 from ddpm_jax.models.inception import FIDInception
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/"
@@ -57,11 +59,12 @@ def _missing(path: str) -> FileNotFoundError:
 def read_state_dict(path: str) -> Dict[str, np.ndarray]:
   """The name -> array dict of a ``.safetensors`` file, or of a PyTorch
   state dict (``.pth``/``.pt``, ``torch.load(weights_only=True)``)."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise _missing(path)
   if path.endswith(".safetensors"):
     try:
-      return dict(load_file(path))
+      return dict(load(paths.read_bytes(path)) if paths.is_url(path)
+                  else load_file(path))
     except Exception as e:  # pylint: disable=broad-except
       raise WeightsError(f"{path} is not a readable safetensors file ({e}): "
                          f"convert the .pth again") from None
@@ -75,7 +78,8 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
                        f"ddpm_jax.interop.inception_weights --pth {path})"
                        ) from None
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(paths.read_bytes(path)),
+                       map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     raise WeightsError(f"{path} is not a plain PyTorch state dict "
                        f"({type(e).__name__}): use pytorch-fid's "
@@ -149,14 +153,12 @@ def convert(pth: str, out: str = "") -> str:
   """Writes the ``.pth`` state dict at ``pth`` as safetensors to ``out``
   (default :func:`default_path`), checked first; never overwrites."""
   out = out or default_path()
-  if os.path.exists(out):
+  if paths.exists(out):
     raise FileExistsError(f"{out} exists: remove it or pass another --out")
   state = read_state_dict(pth)
   params_from_state_dict(state)  # refuse anything but the FID Inception
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = f"{out}.{os.getpid()}.tmp"
-  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
-  os.replace(tmp, out)
+  paths.write_bytes(out, save({k: np.ascontiguousarray(v)
+                               for k, v in state.items()}))
   return out
 
 

@@ -4,14 +4,13 @@ a train.py workdir, a diffusers model directory, an original TF checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional, Tuple
 
 import ml_collections
 import numpy as np
 
 from configs import default
-from ddpm_jax import checkpoints, from_config
+from ddpm_jax import checkpoints, from_config, paths
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop import diffusers_scheduler
 from ddpm_jax.interop import diffusers_unet
@@ -27,7 +26,8 @@ def load_workdir(workdir: str, use_ema: bool = True
                  ) -> Tuple[ml_collections.ConfigDict, Any, int]:
   """A train.py workdir -> (its config, the latest checkpoint's EMA (or raw)
   params, that checkpoint's step)."""
-  if not os.path.isfile(os.path.join(workdir, checkpoints.CONFIG_FILE)):
+  paths.check_reachable(workdir)
+  if not paths.isfile(paths.join(workdir, checkpoints.CONFIG_FILE)):
     raise FileNotFoundError(
         f"{workdir!r} has no {checkpoints.CONFIG_FILE}: pass the --workdir of "
         f"a train.py run")
@@ -49,9 +49,9 @@ def load_workdir(workdir: str, use_ema: bool = True
 
 
 def _scheduler_file(path: str) -> Optional[str]:
-  for d in (path, os.path.join(path, "scheduler")):
-    f = os.path.join(d, diffusers_scheduler.SCHEDULER_CONFIG_NAME)
-    if os.path.isfile(f):
+  for d in (path, paths.join(path, "scheduler")):
+    f = paths.join(d, diffusers_scheduler.SCHEDULER_CONFIG_NAME)
+    if paths.isfile(f):
       return f
   return None
 
@@ -78,8 +78,7 @@ def load_diffusers(path: str) -> Tuple[ml_collections.ConfigDict, Any, str]:
   sched = {}
   if sched_file is not None:
     try:
-      with open(sched_file) as f:
-        sched = json.load(f)
+      sched = json.loads(paths.read_text(sched_file))
     except json.JSONDecodeError as e:
       raise ConversionError(f"{sched_file} is not valid JSON ({e.msg} at "
                             f"line {e.lineno})") from None
@@ -119,11 +118,12 @@ def load_model(path: str, image_size: Optional[int] = None,
   """A diffusers model directory or an original TF checkpoint ->
   (config with model, data, diffusion and sampling set; params; a
   description for messages)."""
+  paths.check_reachable(path)
   if diffusers_unet.find_model_dir(path) is not None:
     return load_diffusers(path)
   if tf_checkpoint.is_tf_checkpoint(path):
     return load_tf(path, image_size, use_ema)
-  if not os.path.exists(path) and not os.path.exists(path + ".index"):
+  if not paths.exists(path) and not paths.exists(path + ".index"):
     raise FileNotFoundError(f"--model {path} does not exist")
   raise ConversionError(f"{path} is neither a diffusers model directory "
                         f"(config.json + {diffusers_unet.WEIGHTS_NAME}) nor a "

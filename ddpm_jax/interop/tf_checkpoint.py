@@ -15,7 +15,6 @@ image size, which places the attention layers: the caller gives it.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Dict, Tuple
 
@@ -24,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from configs import default
+from ddpm_jax import paths
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop.diffusers_unet import params_shape
 from ddpm_jax.models.unet import unet_from_config
@@ -64,12 +64,12 @@ def _open(path: str):
   # TensorFlow takes seconds to load: only when a TF checkpoint is read.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   prefix = path
-  if os.path.isdir(path):
+  if paths.isdir(path):
     prefix = tf.train.latest_checkpoint(path)
     if prefix is None:
       raise ConversionError(f"{path} holds no TF checkpoint (no 'checkpoint' "
                             f"index file): give the model.ckpt-NNNN prefix")
-  if not os.path.exists(prefix + ".index"):
+  if not paths.exists(prefix + ".index"):
     raise ConversionError(f"{prefix}.index not found: give a TF checkpoint "
                           f"prefix such as .../model.ckpt-790000")
   try:
@@ -81,10 +81,10 @@ def _open(path: str):
 
 def is_tf_checkpoint(path: str) -> bool:
   """Whether ``path`` is a TF checkpoint prefix or a directory with one."""
-  if os.path.exists(path + ".index"):
+  if paths.exists(path + ".index"):
     return True
-  return os.path.isdir(path) and os.path.isfile(
-      os.path.join(path, "checkpoint"))
+  return paths.isdir(path) and paths.isfile(
+      paths.join(path, "checkpoint"))
 
 
 def model_config_from_shapes(shapes: Dict[str, Tuple[int, ...]],

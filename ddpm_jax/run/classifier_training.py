@@ -5,7 +5,6 @@ with the diffusion model's schedule. ``train_classifier.py`` runs it."""
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Dict, Tuple
 
 import jax
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ddpm_jax import checkpoints, compilation, data, from_config
+from ddpm_jax import checkpoints, compilation, data, from_config, paths
 from ddpm_jax.diffusion import q_sample
 from ddpm_jax.models.classifier import (NoisyClassifier,
                                         classifier_from_config,
@@ -70,8 +69,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str
   if config.data.name != "digits":
     raise data.DataError("the guidance classifier trains on digits only so "
                          "far: set data.name='digits'")
-  out = os.path.join(os.path.abspath(workdir), checkpoints.CLASSIFIER_DIR)
-  if os.path.exists(out):
+  out = paths.join(paths.absolute(workdir), checkpoints.CLASSIFIER_DIR)
+  if paths.exists(out):
     raise FileExistsError(f"{out} exists: give a new --workdir")
   classifier = classifier_from_config(config.classifier)
   schedule = from_config.make_schedule(config)

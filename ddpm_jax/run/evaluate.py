@@ -3,10 +3,9 @@ imported model."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Optional
 
-from ddpm_jax import from_config
+from ddpm_jax import from_config, paths
 from ddpm_jax.evaluators import bpd, sample_quality
 from ddpm_jax.interop import sources
 from ddpm_jax.run import sampling
@@ -27,7 +26,7 @@ def set_dataset(config, dataset: Optional[str],
   """``dataset`` ('digits', a tfds name or a directory of images: the
   'folder' dataset) and ``data_dir`` onto ``config.data``."""
   if dataset:
-    if os.path.isdir(dataset):
+    if paths.isdir(dataset):
       config.data.name, config.data.folder = "folder", dataset
     else:
       config.data.name = dataset

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Optional, Sequence
 
 import jax
 import numpy as np
 
-from ddpm_jax import data, from_config, images, validation
+from ddpm_jax import data, from_config, images, paths, validation
 from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import sources
 from ddpm_jax.models.unet import eps_fn
@@ -81,7 +80,7 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
   _check_counts(num, batch_size)
   config, params, step = sources.load_workdir(workdir, use_ema)
   apply_overrides(config, variance, sampler)
-  prefix = out or os.path.join(workdir, "samples",
+  prefix = out or paths.join(workdir, "samples",
                                f"sample_seed{seed}_step{step}{_tag(config)}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix)
 
@@ -96,8 +95,8 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
   _check_counts(num, batch_size)
   config, params, _ = sources.load_model(path, image_size, use_ema)
   apply_overrides(config, variance, sampler)
-  name = os.path.basename(os.path.normpath(path)) or "model"
-  prefix = out or os.path.join("samples",
+  name = paths.basename(path) or "model"
+  prefix = out or paths.join("samples",
                                f"{name}_seed{seed}{_tag(config)}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix)
 
@@ -138,7 +137,7 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
       params, eps_fn(from_config.make_model(config)),
       from_config.make_betas(config), jax.random.PRNGKey(seed),
       (num, size, size, ch), return_every=every, **options)
-  prefix = out or os.path.join(
+  prefix = out or paths.join(
       workdir, "samples", f"progressive_seed{seed}_step{step}{_tag(config)}")
   images.write_progression(prefix, jax.device_get(traj),
                            images.display_scale(size))
@@ -162,7 +161,7 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
       **figures.chain_options(config))
   rows = np.concatenate([x0[:, None], np.asarray(x_t)[:, None],
                          np.asarray(samples)], axis=1)
-  prefix = out or os.path.join(workdir, "samples",
+  prefix = out or paths.join(workdir, "samples",
                                f"partial_t{t}_seed{seed}_step{step}")
   images.write_strip(prefix + ".png", rows,
                      images.display_scale(config.data.image_size))
@@ -192,7 +191,7 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
       from_config.make_schedule(config), a, b, lambdas, t,
       jax.random.PRNGKey(seed), **figures.chain_options(config))
   strip = np.concatenate([a[None], np.asarray(mixed), b[None]])[None]
-  prefix = out or os.path.join(
+  prefix = out or paths.join(
       workdir, "samples",
       f"interpolate_{pair[0]}_{pair[1]}_t{t}_seed{seed}_step{step}")
   images.write_strip(prefix + ".png", strip,

@@ -4,7 +4,6 @@ cleanly on SIGTERM / SIGINT or a pod's preemption notice."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -13,10 +12,11 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from ddpm_jax import checkpoints, data, images, parallel
+from ddpm_jax import checkpoints, data, images, parallel, paths
 from ddpm_jax.evaluators import common as evaluators_common
 from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
                                   make_optimizer, make_schedule)
+from ddpm_jax.run import summary
 from ddpm_jax.samplers import generate as generate_lib
 from ddpm_jax.train.state import TrainState, create_train_state
 from ddpm_jax.train.step import make_train_step
@@ -37,7 +37,7 @@ class _SampleGrid:
     c, n = self._config, self._config.sampling.num_samples
     x = generate_lib.generate(c, self._model, params, n,
                               min(n, c.sampling.batch_size), seed=c.seed)
-    prefix = os.path.join(self._workdir, "samples", f"step_{step:08d}")
+    prefix = paths.join(self._workdir, "samples", f"step_{step:08d}")
     if self._write:
       images.write_samples(prefix, x,
                            images.display_scale(c.data.image_size))
@@ -58,7 +58,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   the batch, and process 0 alone writes logs, grids and the config.
   """
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.check_reachable(workdir)
+  paths.makedirs(workdir)
   model, tx, schedule = make_model(config), make_optimizer(config), \
       make_schedule(config)
   mesh = parallel.make_mesh()
@@ -94,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   schedule = jax.device_put(schedule, parallel.replicated(mesh))
   batches = parallel.prefetch_to_mesh(
       data.create_input_iter(config, position), mesh)
-  writer = _summary_writer(workdir) if lead else None
+  writer = summary.summary_writer(workdir) if lead else None
   t0, last = time.time(), start
   lr_fn = learning_rate_fn(config)
   bar = tqdm(total=total, initial=start, desc="train", unit="step",
@@ -219,23 +220,3 @@ class _StopOnSignal:
   def restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-
-
-def _summary_writer(workdir: str):
-  """A TensorBoard writer for ``workdir/tensorboard``, or None without
-  tensorboardX."""
-  # tensorboardX imports torch, when installed, only to accept its tensors
-  # (a measurable cost at every start; docs/benchmarks.md, 'Measurements
-  # behind design choices'); this writer is given Python floats, so torch
-  # is hidden while it loads.
-  hide = "torch" not in sys.modules
-  if hide:
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError
-  try:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  finally:
-    if hide:
-      del sys.modules["torch"]
-  return SummaryWriter(os.path.join(workdir, "tensorboard"))

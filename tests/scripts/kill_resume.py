@@ -2,6 +2,7 @@
 same command must end where an uninterrupted run ends.
 
   python tests/scripts/kill_resume.py --kills 20 [--steps 60] [--seed 0]
+      [--workdir DIR or gs://bucket/prefix]
 
 Runs a tiny digits config twice: once straight through, once killed
 ``--kills`` times at random moments (each restart resumes from the latest
@@ -46,10 +47,11 @@ def env():
 
 
 def latest_step(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(d):
+  from ddpm_jax import paths  # pylint: disable=g-import-not-at-top
+  d = paths.join(workdir, "checkpoints")
+  if not paths.isdir(d):
     return 0
-  return max([int(n) for n in os.listdir(d) if n.isdigit()] or [0])
+  return max([int(n) for n in paths.listdir(d) if n.isdigit()] or [0])
 
 
 def read_state(path):
@@ -67,7 +69,8 @@ def read_state(path):
 
 def final_params(workdir):
   """The last checkpoint's state (params, EMA, ...), read with Orbax."""
-  return read_state(os.path.join(workdir, "checkpoints", str(STEPS), "state"))
+  from ddpm_jax import paths  # pylint: disable=g-import-not-at-top
+  return read_state(paths.join(workdir, "checkpoints", str(STEPS), "state"))
 
 
 def flat(tree, prefix=""):
@@ -95,8 +98,9 @@ def main():
   STEPS = args.steps
   rng = random.Random(args.seed)
   base = args.workdir or tempfile.mkdtemp(prefix="kill_resume_")
-  straight, killed = os.path.join(base, "straight"), os.path.join(base,
-                                                                  "killed")
+  sys.path.insert(0, ROOT)
+  from ddpm_jax import paths  # pylint: disable=g-import-not-at-top
+  straight, killed = paths.join(base, "straight"), paths.join(base, "killed")
   subprocess.run(command(straight), cwd=ROOT, env=env(), check=True,
                  capture_output=True)
 

@@ -1,0 +1,218 @@
+"""The one layer through which the project reads and writes files: local
+paths and URLs (``gs://bucket/...`` and any other scheme ``etils.epath``
+knows) alike, as Orbax and tfds take them.
+
+Paths stay strings. A local path is made absolute and written atomically
+(a temporary file renamed into place); a URL is never turned into a local
+path, and an object store writes each file as one object, which is atomic
+there too.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import threading
+import uuid
+from typing import Any, Dict, List
+
+import fsspec
+import numpy as np
+from etils import epath
+
+# Several processes (the hosts of a pod, a restarted run) share a bucket:
+# a folder listing must be read afresh each time, not from gcsfs's cache.
+for _protocol in ("gs", "gcs"):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault(
+      "use_listings_cache", False)
+
+
+def is_url(path: Any) -> bool:
+  """Whether ``path`` names a location by URL (``scheme://...``)."""
+  return "://" in str(path)
+
+
+def absolute(path: Any) -> str:
+  """A local path made absolute; a URL as given."""
+  path = str(path)
+  return path if is_url(path) else os.path.abspath(path)
+
+
+def join(base: Any, *parts: str) -> str:
+  """``base`` / ``parts``, for a local path or a URL."""
+  if is_url(base):
+    return str(epath.Path(str(base)).joinpath(*parts))
+  return os.path.join(str(base), *parts)
+
+
+def dirname(path: Any) -> str:
+  """The folder holding ``path``."""
+  path = str(path).rstrip("/")
+  return str(epath.Path(path).parent) if is_url(path) else \
+      os.path.dirname(path)
+
+
+def basename(path: Any) -> str:
+  """The last component of ``path`` (ignoring a trailing slash)."""
+  return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def exists(path: Any) -> bool:
+  """Whether a file or folder exists at ``path``."""
+  return epath.Path(str(path)).exists() if is_url(path) else \
+      os.path.exists(path)
+
+
+def isdir(path: Any) -> bool:
+  """Whether ``path`` is a folder (for a URL: a prefix holding objects)."""
+  return epath.Path(str(path)).is_dir() if is_url(path) else \
+      os.path.isdir(path)
+
+
+def isfile(path: Any) -> bool:
+  """Whether ``path`` is a file."""
+  return epath.Path(str(path)).is_file() if is_url(path) else \
+      os.path.isfile(path)
+
+
+def makedirs(path: Any) -> None:
+  """Creates the folder ``path`` and its parents, if missing (at a URL
+  nothing: an object store has no folders, and a missing bucket is an
+  error for :func:`check_reachable`, never created here)."""
+  if not is_url(path):
+    os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: Any) -> List[str]:
+  """The names in folder ``path``."""
+  if is_url(path):
+    return sorted(p.name for p in epath.Path(str(path)).iterdir())
+  return sorted(os.listdir(path))
+
+
+def bucket(url: Any) -> str:
+  """The ``scheme://bucket`` a URL lies in."""
+  scheme, rest = str(url).split("://", 1)
+  return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def check_reachable(path: Any, timeout_s: float = 30.0) -> None:
+  """For a URL: raises a one-line error unless its bucket exists and
+  answers within ``timeout_s`` (a wrong name, missing credentials or an
+  unreachable endpoint would otherwise surface late, or retry for
+  minutes). Local paths pass."""
+  if not is_url(path):
+    return
+  root = bucket(path)
+  result = {}
+
+  def probe():
+    try:
+      result["exists"] = epath.Path(root).exists()
+    except Exception as e:  # pylint: disable=broad-except
+      result["error"] = e
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    raise ConnectionError(
+        f"{root} did not answer within {timeout_s:.0f} s: check the network "
+        f"and the storage endpoint (for an emulator, STORAGE_EMULATOR_HOST)")
+  if "error" in result:
+    e = result["error"]
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ConnectionError(
+        f"cannot reach {root} ({type(e).__name__}: {reason[:200]}): check "
+        f"the credentials (gcloud auth application-default login) and the "
+        f"bucket name")
+  if not result["exists"]:
+    raise FileNotFoundError(
+        f"bucket {root} does not exist or is not visible with these "
+        f"credentials: create it (gcloud storage buckets create {root}) or "
+        f"give another URL")
+
+
+def walk_files(path: Any) -> List[str]:
+  """Every file under folder ``path``, recursively, sorted."""
+  if not is_url(path):
+    return sorted(os.path.join(root, f) for root, _, names in os.walk(path)
+                  for f in names)
+  found, folders = [], [epath.Path(str(path))]
+  while folders:
+    for p in folders.pop().iterdir():
+      (folders if p.is_dir() else found).append(p)
+  return sorted(str(p) for p in found)
+
+
+def read_bytes(path: Any) -> bytes:
+  """The bytes of file ``path``."""
+  if is_url(path):
+    return epath.Path(str(path)).read_bytes()
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def read_text(path: Any) -> str:
+  """The text of file ``path`` (UTF-8)."""
+  return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: Any, data: bytes) -> None:
+  """Writes ``data`` to ``path``, creating its folder; atomically (a reader
+  sees the old file or the new one, never part of it)."""
+  folder = dirname(path)
+  if folder:
+    makedirs(folder)
+  if is_url(path):
+    epath.Path(str(path)).write_bytes(data)
+    return
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def write_text(path: Any, text: str) -> None:
+  """Writes ``text`` (UTF-8) to ``path``, atomically."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def save_npz(path: Any, compress: bool = True, **arrays: Any) -> None:
+  """An ``.npz`` of ``arrays`` (``np.savez_compressed``, or ``np.savez``
+  without ``compress``) at ``path``, atomically."""
+  buf = io.BytesIO()
+  (np.savez_compressed if compress else np.savez)(buf, **arrays)
+  write_bytes(path, buf.getvalue())
+
+
+def load_npz(path: Any) -> Dict[str, np.ndarray]:
+  """The arrays of an ``.npz`` file (read without unpickling)."""
+  with np.load(io.BytesIO(read_bytes(path)), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+def move(src: Any, dst: Any) -> None:
+  """Moves file or folder ``src`` to ``dst`` (which must not exist). At a
+  URL each object is copied, then the originals are deleted, so a crash
+  midway loses nothing."""
+  if not (is_url(src) or is_url(dst)):
+    shutil.move(src, dst)
+    return
+  if not isdir(src):
+    epath.Path(str(src)).copy(epath.Path(str(dst)))
+    epath.Path(str(src)).unlink()
+    return
+  base = str(src).rstrip("/")
+  for f in walk_files(base):
+    epath.Path(f).copy(epath.Path(join(dst, f[len(base) + 1:])))
+  rmtree(base)
+
+
+def rmtree(path: Any) -> None:
+  """Deletes folder ``path`` and everything in it."""
+  if is_url(path):
+    epath.Path(str(path)).rmtree()
+  else:
+    shutil.rmtree(path)

@@ -1,0 +1,68 @@
+"""The TensorBoard writer of a training run, for a local workdir or a URL
+(``gs://...``): events go through :mod:`ddpm_jax.paths` either way."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from ddpm_jax import paths
+
+EVENTS_DIR = "tensorboard"
+
+
+class _ObjectEvents:
+  """An event file at a URL. An object store cannot append, so the file is
+  kept in memory and written whole at each flush (as tensorboardX's own
+  GCS writer does); event files of scalar logs stay small."""
+
+  def __init__(self, path: str):
+    self._path = path
+    self._buffer = io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    paths.write_bytes(self._path, self._buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectEventsFactory:
+  """tensorboardX's writer factory for one URL scheme."""
+
+  def open(self, path: str) -> _ObjectEvents:
+    return _ObjectEvents(path)
+
+  def directory_check(self, path: str) -> None:
+    paths.makedirs(path)
+
+
+def summary_writer(workdir: str):
+  """A TensorBoard writer for ``workdir/tensorboard``, or None without
+  tensorboardX."""
+  # tensorboardX imports torch, when installed, only to accept its tensors
+  # (a measurable cost at every start; docs/benchmarks.md, 'Measurements
+  # behind design choices'); this writer is given Python floats, so torch
+  # is hidden while it loads.
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+  try:
+    # pylint: disable=g-import-not-at-top
+    from tensorboardX import SummaryWriter
+    from tensorboardX import record_writer
+  except ImportError:
+    return None
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  logdir = paths.join(workdir, EVENTS_DIR)
+  if paths.is_url(logdir):
+    # In place of tensorboardX's own gs:// writer, which needs another
+    # client and does not reach a storage emulator.
+    record_writer.register_writer_factory(logdir.split("://")[0],
+                                          _ObjectEventsFactory())
+  return SummaryWriter(logdir)
