@@ -165,6 +165,13 @@ def _tfds_builder(name: str, data_dir: Optional[str], download: bool = True):
     return builder
   try:
     builder.download_and_prepare()
+  except ImportError as e:
+    # A package that preparing this dataset needs, not the network.
+    missing = getattr(e, "name", None) or str(e)
+    raise DataError(
+        f"tfds needs the Python package {missing!r} to prepare {name!r}: "
+        f"pip install {missing} (or prepare it elsewhere: {build})"
+    ) from None
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(
         f"tfds dataset {name!r} is not in {builder.data_dir!r} and could not "

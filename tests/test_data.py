@@ -215,6 +215,20 @@ def test_tfds_not_prepared_says_what_to_do(tmp_path, monkeypatch):
     next(data.tfds_batches("mnist", "train", 4, 8, 1, seed=0,
                            data_dir=str(tmp_path)))
 
+  # A package missing to prepare it: named, and the network not blamed.
+  def no_package(self, *args, **kwargs):
+    raise ModuleNotFoundError("No module named 'importlib_resources'",
+                              name="importlib_resources")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      no_package)
+  with pytest.raises(data.DataError,
+                     match=r"package 'importlib_resources'.*pip install "
+                     r"importlib_resources") as e:
+    next(data.tfds_batches("mnist", "train", 4, 8, 1, seed=0,
+                           data_dir=str(tmp_path)))
+  assert "network" not in str(e.value)
+
 
 def write_images(folder, sizes, mode="RGB"):
   from PIL import Image
