@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ddpm_jax import paths
+from ddpm_jax import record_files
 
 DIGITS_NUM_TRAIN = 1500
 
@@ -149,6 +150,7 @@ def array_batches(images: np.ndarray, batch_size: int, seed: int,
 
 def _tfds_builder(name: str, data_dir: Optional[str], download: bool = True):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  paths.check_reachable(data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
@@ -236,6 +238,10 @@ def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
                                     process_count=count, drop_remainder=True)
 
   def read(epoch: int):
+    if paths.is_url(data_dir):  # through the path layer: record_files
+      return record_files.split_examples(
+          builder, part, _seed32(seed, epoch, index),
+          decoders={"image": tfds.decode.SkipDecoding()})
     return builder.as_dataset(
         split=part, shuffle_files=True,
         read_config=tfds.ReadConfig(shuffle_seed=_seed32(seed, epoch, index)),
@@ -393,7 +399,10 @@ def eval_batches(config, split: str, batch_size: int,
   tf.config.set_visible_devices([], "GPU")
   builder = _tfds_builder(d.name, d.data_dir or None,
                           d.download)
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+  if paths.is_url(d.data_dir):
+    ds = record_files.split_examples(builder, split)
+  else:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
   if limit:
     ds = ds.take(limit)
 

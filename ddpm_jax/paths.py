@@ -154,6 +154,13 @@ def read_bytes(path: Any) -> bytes:
     return f.read()
 
 
+def open_read(path: Any):
+  """A seekable binary file object reading ``path``; use it in ``with``."""
+  if is_url(path):
+    return epath.Path(str(path)).open("rb")
+  return open(path, "rb")  # pylint: disable=consider-using-with
+
+
 def read_text(path: Any) -> str:
   """The text of file ``path`` (UTF-8)."""
   return read_bytes(path).decode("utf-8")

@@ -11,9 +11,29 @@ import numpy as np
 import pytest
 
 from tests import gcs_emulator
+from tests.test_data import prepared_tfds  # pylint: disable=unused-import
 from tests.test_train_cli import ONE_LEVEL, ROOT, TINY, error_line, run
 
 BUCKET = "ddpm-test"
+
+
+# Folders under the repository that tests and tools write by design.
+_OWN = {".git", ".venv", "__pycache__", ".pytest_cache"}
+
+
+def _local_files():
+  """Every file and folder under the repository and the current
+  directory, but for _OWN and the package's egg-info."""
+  found = set()
+  for top in {ROOT, os.getcwd()}:
+    for folder, dirs, files in os.walk(top):
+      dirs[:] = [d for d in dirs
+                 if d not in _OWN and not d.endswith(".egg-info")]
+      found.update(os.path.join(folder, n) for n in dirs + files)
+  return found
+
+
+_BEFORE = set()
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +41,24 @@ def gcs():
   """The GCS server of this session (tests/conftest.py set every client's
   environment for it), running with BUCKET; its client environment."""
   from tests.conftest import GCS_URL
+  _BEFORE.update(_local_files())
   with gcs_emulator.emulator(GCS_URL, BUCKET):
     yield gcs_emulator.client_env(GCS_URL)
 
 
 def _local_leftovers():
-  # A URL mistaken for a local path lands in a folder named 'gs:'.
-  return [p for p in (os.path.join(ROOT, "gs:"), os.path.join(os.getcwd(),
-                                                               "gs:"))
-          if os.path.exists(p)]
+  """What appeared under the repository or the current directory since
+  the server started (a URL mistaken for a local path lands in a folder
+  named 'gs:'; a missing --workdir or --out in ./workdir or ./samples)."""
+  return sorted(_local_files() - _BEFORE)
+
+
+def _upload(folder, url):
+  """Copies local ``folder`` to ``url``, as ``gcloud storage cp -r``."""
+  from ddpm_jax import paths
+  for f in paths.walk_files(folder):
+    paths.write_bytes(paths.join(url, os.path.relpath(f, folder)),
+                      paths.read_bytes(f))
 
 
 @pytest.fixture(scope="module")
@@ -232,4 +261,127 @@ def test_no_endpoint_and_no_credentials_are_one_line_errors_within_60s(gcs):
     line = error_line(subprocess.CompletedProcess(p.args, p.returncode, out,
                                                   err))
     assert "gs://ddpm-elsewhere" in line, line
+  assert not _local_leftovers()
+
+
+def test_a_tfds_dataset_in_the_bucket_is_read_per_process(gcs,
+                                                         prepared_tfds):
+  from configs import digits as digits_config
+  from ddpm_jax import data
+  from tests.test_data import take
+  url = f"gs://{BUCKET}/tfds_tiny"
+  _upload(prepared_tfds, url)
+
+  def stream(data_dir, index, count, position=data.Position(), n=6):
+    return take(data.tfds_batches(
+        "ddpm_jax_tiny_images", "train", batch_size=4, image_size=8,
+        channels=3, seed=7, position=position, random_flip=False,
+        data_dir=data_dir, process_index=index, process_count=count), n)
+
+  def ids(batch):  # image i is constant 10 i, scaled to [-1, 1]
+    return [int(round((img[0, 0, 0] + 1) * 127.5 / 10)) for img in batch]
+
+  # 2 processes x 10 images, 2 per batch: in each epoch (5 batches) a
+  # process reads its own 10 images once, the same 10 it reads from a
+  # local copy of the dataset; the two parts are disjoint.
+  (a, pa), (b, pb) = stream(url, 0, 2), stream(url, 1, 2)
+  assert pa == pb and pa[4] == data.Position(0, 20)
+  assert pa[5] == data.Position(1, 4)
+  parts = []
+  for index, got in enumerate((a, b)):
+    seen = sorted(i for x in got[:5] for i in ids(x))
+    local, _ = stream(prepared_tfds, index, 2, n=5)
+    assert seen == sorted(i for x in local for i in ids(x))
+    assert len(set(seen)) == 10
+    parts += seen
+  assert sorted(parts) == list(range(20))
+  assert ids(a[5]) != ids(a[0])  # each epoch in its own order
+  # A resume mid-epoch and at the epoch's end reads what the stream read.
+  for k in (1, 4):
+    got, _ = stream(url, 1, 2, position=pb[k], n=1)
+    np.testing.assert_array_equal(got[0], b[k + 1])
+  # The evaluation images, in stored order: those of the local copy.
+  config = digits_config.get_config()
+  config.data.name, config.data.channels = "ddpm_jax_tiny_images", 3
+  config.data.data_dir = url
+  ours = np.concatenate(list(data.eval_batches(config, "train", 8)))
+  config.data.data_dir = prepared_tfds
+  theirs = np.concatenate(list(data.eval_batches(config, "train", 8)))
+  assert ours.shape == (20, 8, 8, 3)
+  np.testing.assert_array_equal(ours, theirs)
+  assert not _local_leftovers()
+
+
+def _documented_pod_command():
+  """The pod command of docs/training.md, as its words."""
+  import shlex
+  from tests.test_docs_commands import COMMANDS
+  (line,) = [c for _, c in COMMANDS if "--multihost" in c and "gs://" in c]
+  return shlex.split(line)
+
+
+@pytest.mark.slow
+def test_the_documented_pod_command_in_the_bucket(gcs, tmp_path):
+  import subprocess
+  import sys
+  import tensorflow_datasets as tfds
+  from ddpm_jax import paths
+  from tests.test_multihost import env, finish, free_port
+
+  # A stand-in for CIFAR-10 prepared in the bucket (`tfds build cifar10
+  # --data_dir gs://...`): the real builder's name, version and features,
+  # 16 random images.
+  class Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.builder_cls("cifar10").VERSION
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features
+                                   .FeaturesDict({
+                                       "id": tfds.features.Text(),
+                                       "image": tfds.features.Image(
+                                           shape=(32, 32, 3)),
+                                       "label": tfds.features.ClassLabel(
+                                           num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      rng = np.random.default_rng(0)
+      for i in range(16):
+        yield i, {"id": f"{i}", "label": i % 10, "image": rng.integers(
+            0, 256, (32, 32, 3), dtype=np.uint8)}
+
+  Cifar10(data_dir=str(tmp_path)).download_and_prepare()
+  _upload(str(tmp_path), f"gs://{BUCKET}/tfds")
+  # The command as documented, with the bucket, host 0's address, N and i
+  # filled in, and tiny settings after it.
+  port = free_port()
+  fill = {"gs://bucket/cifar10": f"gs://{BUCKET}/cifar10",
+          "--coordinator_address=host0:1234":
+              f"--coordinator_address=localhost:{port}",
+          "--num_processes=N": "--num_processes=2"}
+  words = [fill.get(w, w) for w in _documented_pod_command()]
+  assert words[:4] == ["python", "train.py", "--config", "configs/cifar10.py"]
+  assert words[-1] == "--process_id=i", words
+  tiny = [f"--config.data.data_dir=gs://{BUCKET}/tfds",
+          "--config.data.download=False", "--config.data.image_size=8",
+          "--config.model.ch=32", "--config.model.ch_mult=(1,)",
+          "--config.model.num_res_blocks=1",
+          "--config.model.attn_resolutions=(8,)",
+          "--config.diffusion.num_timesteps=20",
+          "--config.training.batch_size=8", "--config.training.num_steps=2",
+          "--config.training.checkpoint_every=2",
+          "--config.training.sample_every=0",
+          "--config.optim.warmup_steps=2"]
+  procs = [subprocess.Popen(
+      [sys.executable] + words[1:-1] + [f"--process_id={i}"] + tiny,
+      cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  finish(procs)
+  wd = f"gs://{BUCKET}/cifar10"
+  assert paths.listdir(f"{wd}/checkpoints") == ["2"]
+  assert json.loads(paths.read_text(f"{wd}/config.json"))["data"][
+      "name"] == "cifar10"
   assert not _local_leftovers()
