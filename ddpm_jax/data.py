@@ -1,5 +1,5 @@
 """Input pipelines: the offline ``digits`` dataset, a folder of images, and
-tfds image datasets.
+tfds image datasets (:mod:`ddpm_jax.tfds_input`).
 
 All yield float32 NHWC batches scaled to [-1, 1] through one interface,
 :func:`create_input_iter`, each with the :class:`Position` after it. The
@@ -14,23 +14,22 @@ deterministically, into 1,500 training and 297 test images.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import io
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Iterator, Optional
 
-import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ddpm_jax import paths
-from ddpm_jax import record_files
+from ddpm_jax import streams
+from ddpm_jax import tfds_input
+from ddpm_jax.streams import Batches, DataError, Position
+
+__all__ = ["Batches", "DataError", "Position", "create_input_iter",
+           "eval_batches", "array_batches", "digits_images", "digits_labels",
+           "folder_images"]
 
 DIGITS_NUM_TRAIN = 1500
-
-
-class DataError(ValueError):
-  """A dataset cannot be read; the message says which and what to do."""
 
 
 def _digits_rows(split: str, n: int) -> np.ndarray:
@@ -76,40 +75,6 @@ def _bilinear_upsample(images: np.ndarray, factor: int) -> np.ndarray:
   ]).clip(0.0, 1.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class Position:
-  """Where an input stream stands: ``offset`` examples of ``epoch`` (counted
-  over all processes) have been consumed. Saved with each checkpoint, so a
-  resumed run reads on from exactly there, even with another batch size."""
-  epoch: int = 0
-  offset: int = 0
-
-  def to_json(self) -> Dict[str, int]:
-    return {"epoch": int(self.epoch), "offset": int(self.offset)}
-
-  @classmethod
-  def from_json(cls, d: Dict[str, Any]) -> "Position":
-    return cls(int(d["epoch"]), int(d["offset"]))
-
-
-# (local batch, position after it): what every input iterator yields.
-Batches = Iterator[Tuple[np.ndarray, Position]]
-
-
-def _process(process_index: Optional[int], process_count: Optional[int]
-             ) -> Tuple[int, int]:
-  if process_index is None or process_count is None:
-    return jax.process_index(), jax.process_count()
-  return process_index, process_count
-
-
-def _local_batch_size(batch_size: int, process_count: int) -> int:
-  if batch_size % process_count:
-    raise DataError(f"training.batch_size {batch_size} is not divisible by "
-                    f"the {process_count} processes: set a multiple")
-  return batch_size // process_count
-
-
 def array_batches(images: np.ndarray, batch_size: int, seed: int,
                   position: Position = Position(), random_flip: bool = False,
                   process_index: Optional[int] = None,
@@ -128,8 +93,8 @@ def array_batches(images: np.ndarray, batch_size: int, seed: int,
   if batch_size > n:
     raise DataError(f"training.batch_size {batch_size} exceeds the dataset "
                     f"size {n}: lower training.batch_size")
-  index, count = _process(process_index, process_count)
-  local = _local_batch_size(batch_size, count)
+  index, count = streams.process_share(process_index, process_count)
+  local = streams.local_batch_size(batch_size, count)
   rows = slice(index * local, (index + 1) * local)
   epoch, offset = position.epoch, position.offset
   while True:
@@ -146,139 +111,6 @@ def array_batches(images: np.ndarray, batch_size: int, seed: int,
     if labels is not None:
       batch = {"image": batch, "label": labels[idx]}
     yield batch, Position(epoch, offset)
-
-
-def _tfds_builder(name: str, data_dir: Optional[str], download: bool = True):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  paths.check_reachable(data_dir)
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f"unknown tfds dataset {name!r} (data.name): "
-                    f"{str(e).splitlines()[0]}") from None
-  build = (f"prepare it on a machine with internet (`tfds build {name} "
-           f"--data_dir DIR`) and set data.data_dir=DIR, or use "
-           f"data.name='digits'")
-  if not download:
-    if not builder.is_prepared():
-      raise DataError(f"tfds dataset {name!r} is not in "
-                      f"{builder.data_dir!r} and data.download is False: "
-                      f"{build}")
-    return builder
-  try:
-    builder.download_and_prepare()
-  except ImportError as e:
-    # A package that preparing this dataset needs, not the network.
-    missing = getattr(e, "name", None) or str(e)
-    raise DataError(
-        f"tfds needs the Python package {missing!r} to prepare {name!r}: "
-        f"pip install {missing} (or prepare it elsewhere: {build})"
-    ) from None
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(
-        f"tfds dataset {name!r} is not in {builder.data_dir!r} and could not "
-        f"be downloaded (it needs the network on first use, and some "
-        f"datasets a manual download): {build} ({type(e).__name__}: "
-        f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
-  return builder
-
-
-def _square_resize(img, size: int):
-  """A uint8 HWC image tensor -> its central square, area-resized to
-  ``size``, as float32 in [-1, 1]."""
-  # TensorFlow takes seconds to load: only for tfds and image folders.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  h, w = tf.shape(img)[0], tf.shape(img)[1]
-  s = tf.minimum(h, w)
-  img = tf.image.crop_to_bounding_box(img, (h - s) // 2, (w - s) // 2, s, s)
-  img = tf.image.resize(img, [size, size], method="area", antialias=True)
-  return tf.cast(img, tf.float32) / 127.5 - 1.0
-
-
-def _seed32(*parts: int) -> int:
-  """A 31-bit seed for tf.data from integer parts."""
-  return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
-
-
-def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
-                 channels: int, seed: int, position: Position = Position(),
-                 random_flip: bool = True, data_dir: Optional[str] = None,
-                 process_index: Optional[int] = None,
-                 process_count: Optional[int] = None,
-                 shuffle_buffer: int = 10_000, download: bool = True
-                 ) -> Batches:
-  """Endless (batch, position) pairs from a tfds image dataset: centre crop
-  to a square, area resize to ``image_size``, optional flip, [-1, 1].
-
-  Each process reads only its own part of the split
-  (``tfds.split_for_jax_process``, equal parts) and yields
-  ``batch_size / process_count`` images per batch. Epoch e of process p
-  reads its files and shuffles them in an order drawn from (seed, e, p),
-  and flips from (seed, e, p, index), so the stream is a function of
-  (seed, position). A resume skips the epoch's consumed records before
-  they are decoded; nothing is cached in memory, so LSUN-sized datasets
-  stream. With ``download`` False a dataset not yet prepared in
-  ``data_dir`` is an immediate error rather than a download attempt.
-  """
-  # TensorFlow takes seconds to load: only for tfds and image folders.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  index, count = _process(process_index, process_count)
-  local = _local_batch_size(batch_size, count)
-  builder = _tfds_builder(name, data_dir, download)
-  if "image" not in builder.info.features:
-    raise DataError(f"tfds dataset {name!r} has no 'image' feature: choose "
-                    f"an image dataset for data.name")
-  have = builder.info.features["image"].shape[-1]
-  if have != channels:
-    raise DataError(f"tfds dataset {name!r} has {have}-channel images but "
-                    f"data.channels is {channels}: set data.channels={have}")
-  part = tfds.split_for_jax_process(split, process_index=index,
-                                    process_count=count, drop_remainder=True)
-
-  def read(epoch: int):
-    if paths.is_url(data_dir):  # through the path layer: record_files
-      return record_files.split_examples(
-          builder, part, _seed32(seed, epoch, index),
-          decoders={"image": tfds.decode.SkipDecoding()})
-    return builder.as_dataset(
-        split=part, shuffle_files=True,
-        read_config=tfds.ReadConfig(shuffle_seed=_seed32(seed, epoch, index)),
-        decoders={"image": tfds.decode.SkipDecoding()})
-
-  n_local = int(read(0).cardinality())
-  if n_local < 0:  # unknown: count once
-    n_local = sum(1 for _ in read(0))
-  if n_local < local:
-    raise DataError(f"tfds dataset {name!r} split {split!r} has {n_local} "
-                    f"examples per process, fewer than a batch of {local}: "
-                    f"lower training.batch_size")
-
-  def prep(i, example, epoch):
-    img = _square_resize(tf.io.decode_image(
-        example["image"], channels=channels, expand_animations=False),
-                         image_size)
-    if random_flip:
-      img = tf.image.stateless_random_flip_left_right(
-          img, tf.stack([tf.cast(_seed32(seed, epoch, index), tf.int64), i]))
-    return img
-
-  epoch, offset = position.epoch, position.offset
-  while True:
-    skip = offset // count
-    if skip + local > n_local:
-      epoch, offset, skip = epoch + 1, 0, 0
-    ds = read(epoch).shuffle(min(shuffle_buffer, n_local),
-                             seed=_seed32(seed, epoch, index, 1))
-    ds = ds.enumerate().skip(skip)
-    ds = ds.map(functools.partial(prep, epoch=epoch),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    for batch in ds.as_numpy_iterator():
-      offset += batch_size
-      yield batch, Position(epoch, offset)
-    epoch, offset = epoch + 1, 0
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
@@ -372,11 +204,10 @@ def create_input_iter(config, position: Position = Position(),
     images = folder_images(d.folder, d.image_size, d.channels)
     return array_batches(images, batch_size, config.seed, position,
                          d.random_flip, **where)
-  return tfds_batches(d.name, d.split, batch_size,
-                      d.image_size, d.channels, config.seed, position,
-                      d.random_flip, d.data_dir or None,
-                      shuffle_buffer=d.shuffle_buffer,
-                      download=d.download, **where)
+  return tfds_input.tfds_batches(
+      d.name, d.split, batch_size, d.image_size, d.channels, config.seed,
+      position, d.random_flip, d.data_dir or None,
+      shuffle_buffer=d.shuffle_buffer, download=d.download, **where)
 
 
 def eval_batches(config, split: str, batch_size: int,
@@ -394,19 +225,6 @@ def eval_batches(config, split: str, batch_size: int,
     for i in range(0, len(images), batch_size):
       yield images[i:i + batch_size]
     return
-  # TensorFlow takes seconds to load: only for tfds and image folders.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  builder = _tfds_builder(d.name, d.data_dir or None,
-                          d.download)
-  if paths.is_url(d.data_dir):
-    ds = record_files.split_examples(builder, split)
-  else:
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-  if limit:
-    ds = ds.take(limit)
-
-  ds = ds.map(lambda ex: _square_resize(ex["image"], d.image_size),
-              num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-  yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
-
+  yield from tfds_input.eval_images(d.name, split, batch_size, d.image_size,
+                                    d.channels, d.data_dir or None,
+                                    d.download, limit)

@@ -1,14 +1,12 @@
-"""The examples of a prepared tfds split, read through :mod:`ddpm_jax.paths`.
+"""The records of a prepared tfds split, read through :mod:`ddpm_jax.paths`
+without TensorFlow.
 
-A tfds dataset whose ``data_dir`` is a URL (``gs://...``) is read here
-rather than by ``builder.as_dataset``, which opens its record files with
-``tf.data`` straight through TensorFlow's file systems, around the path
-layer (and so around its configuration: with ``EPATH_USE_TF=false``
-etils.epath uses gcsfs, which also reaches a GCS emulator). This reads the
-same files through the one path layer every other file goes through: the
-split's file instructions (tfds' own, so ``tfds.split_for_jax_process``
-parts are exact), the TFRecord framing with its CRCs checked, and tfds'
-own decoding of each example.
+``builder.as_dataset`` would open the record files with ``tf.data``,
+straight through TensorFlow's file systems: around the path layer (and its
+configuration: with ``EPATH_USE_TF=false`` etils.epath uses gcsfs, which
+also reaches a GCS emulator) and with TensorFlow installed. Here the
+split's file instructions are tfds' own (so ``tfds.split_for_jax_process``
+parts are exact) and the TFRecord framing is read with its CRCs checked.
 """
 
 import struct
@@ -18,6 +16,7 @@ import google_crc32c
 import numpy as np
 
 from ddpm_jax import paths
+from ddpm_jax.streams import DataError
 
 # TFRecord framing: uint64 length, masked CRC32C of the length, the data,
 # masked CRC32C of the data; little-endian.
@@ -26,7 +25,7 @@ _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
   """A record file that is truncated or damaged."""
 
 
@@ -72,28 +71,16 @@ def read_records(path: str, skip: int = 0,
       i += 1
 
 
-def split_examples(builder, split, shuffle_seed: Optional[int] = None,
-                   decoders=None):
-  """A ``tf.data.Dataset`` of the examples of ``split`` (a name, a slice
-  such as ``'train[:10%]'`` or a ``tfds.split_for_jax_process`` part) of
-  the prepared tfds ``builder``, decoded as ``builder.as_dataset`` would
-  with ``decoders``. The files are read in stored order, or in an order
-  drawn from ``shuffle_seed``; the cardinality is known."""
-  # TensorFlow takes seconds to load: only for tfds datasets.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def split_records(builder, split,
+                  shuffle_seed: Optional[int] = None) -> Iterator[bytes]:
+  """The serialized examples of ``split`` (a name, a slice such as
+  ``'train[:10%]'`` or a ``tfds.split_for_jax_process`` part) of the
+  prepared tfds ``builder``: its files in stored order, or in an order
+  drawn from ``shuffle_seed``, each file's records in stored order."""
   instructions = list(builder.info.splits[split].file_instructions)
   order = np.arange(len(instructions))
   if shuffle_seed is not None:
     order = np.random.default_rng(shuffle_seed).permutation(order)
-  total = sum(int(ins.take) for ins in instructions)
-
-  def records():
-    for k in order:
-      ins = instructions[k]
-      yield from read_records(ins.filename, int(ins.skip), int(ins.take))
-
-  ds = tf.data.Dataset.from_generator(
-      records, output_signature=tf.TensorSpec((), tf.string))
-  ds = ds.apply(tf.data.experimental.assert_cardinality(total))
-  features = builder.info.features
-  return ds.map(lambda s: features.deserialize_example(s, decoders=decoders))
+  for k in order:
+    ins = instructions[k]
+    yield from read_records(ins.filename, int(ins.skip), int(ins.take))

@@ -76,3 +76,14 @@ def pytest_collection_modifyitems(items):
     return (_LONG_FILES.index(name) if name in _LONG_FILES
             else len(_LONG_FILES))
   items.sort(key=rank)  # stable: the order within a file is kept
+
+
+@pytest.fixture(scope="session")
+def prepared_tfds(tmp_path_factory):
+  """A data_dir with 'ddpm_jax_tiny_images' prepared in it
+  (tests/tfds_fakes.py)."""
+  pytest.importorskip("tensorflow")
+  from tests import tfds_fakes  # pylint: disable=g-import-not-at-top
+  d = tmp_path_factory.mktemp("tfds")
+  tfds_fakes.prepare_tiny_images(d)
+  return str(d)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from tests import gcs_emulator
-from tests.test_data import prepared_tfds  # pylint: disable=unused-import
 from tests.test_train_cli import ONE_LEVEL, ROOT, TINY, error_line, run
 
 BUCKET = "ddpm-test"
@@ -268,30 +267,33 @@ def test_a_tfds_dataset_in_the_bucket_is_read_per_process(gcs,
                                                          prepared_tfds):
   from configs import digits as digits_config
   from ddpm_jax import data
+  from ddpm_jax import tfds_input
   from tests.test_data import take
   url = f"gs://{BUCKET}/tfds_tiny"
   _upload(prepared_tfds, url)
 
   def stream(data_dir, index, count, position=data.Position(), n=6):
-    return take(data.tfds_batches(
+    return take(tfds_input.tfds_batches(
         "ddpm_jax_tiny_images", "train", batch_size=4, image_size=8,
-        channels=3, seed=7, position=position, random_flip=False,
+        channels=3, seed=7, position=position, random_flip=True,
         data_dir=data_dir, process_index=index, process_count=count), n)
 
   def ids(batch):  # image i is constant 10 i, scaled to [-1, 1]
     return [int(round((img[0, 0, 0] + 1) * 127.5 / 10)) for img in batch]
 
   # 2 processes x 10 images, 2 per batch: in each epoch (5 batches) a
-  # process reads its own 10 images once, the same 10 it reads from a
-  # local copy of the dataset; the two parts are disjoint.
+  # process reads its own 10 images once, exactly as it reads a local copy
+  # of the dataset; the two parts are disjoint.
   (a, pa), (b, pb) = stream(url, 0, 2), stream(url, 1, 2)
+  for index, got in enumerate((a, b)):
+    local, _ = stream(prepared_tfds, index, 2)
+    for x, y in zip(got, local):
+      np.testing.assert_array_equal(x, y)
   assert pa == pb and pa[4] == data.Position(0, 20)
   assert pa[5] == data.Position(1, 4)
   parts = []
   for index, got in enumerate((a, b)):
     seen = sorted(i for x in got[:5] for i in ids(x))
-    local, _ = stream(prepared_tfds, index, 2, n=5)
-    assert seen == sorted(i for x in local for i in ids(x))
     assert len(set(seen)) == 10
     parts += seen
   assert sorted(parts) == list(range(20))
@@ -324,36 +326,13 @@ def _documented_pod_command():
 def test_the_documented_pod_command_in_the_bucket(gcs, tmp_path):
   import subprocess
   import sys
-  import tensorflow_datasets as tfds
   from ddpm_jax import paths
   from tests.test_multihost import env, finish, free_port
+  from tests.tfds_fakes import prepare_cifar10_stand_in
 
   # A stand-in for CIFAR-10 prepared in the bucket (`tfds build cifar10
-  # --data_dir gs://...`): the real builder's name, version and features,
-  # 16 random images.
-  class Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    VERSION = tfds.builder_cls("cifar10").VERSION
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features
-                                   .FeaturesDict({
-                                       "id": tfds.features.Text(),
-                                       "image": tfds.features.Image(
-                                           shape=(32, 32, 3)),
-                                       "label": tfds.features.ClassLabel(
-                                           num_classes=10)}))
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-      rng = np.random.default_rng(0)
-      for i in range(16):
-        yield i, {"id": f"{i}", "label": i % 10, "image": rng.integers(
-            0, 256, (32, 32, 3), dtype=np.uint8)}
-
-  Cifar10(data_dir=str(tmp_path)).download_and_prepare()
+  # --data_dir gs://...`).
+  prepare_cifar10_stand_in(tmp_path)
   _upload(str(tmp_path), f"gs://{BUCKET}/tfds")
   # The command as documented, with the bucket, host 0's address, N and i
   # filled in, and tiny settings after it.

@@ -1,4 +1,5 @@
-"""Input pipelines: digits (offline), tfds (mocked), determinism, errors."""
+"""Input pipelines: digits (offline), image folders, determinism, errors
+(tfds datasets: test_tfds_input.py)."""
 
 import os
 
@@ -94,142 +95,6 @@ def test_create_input_iter_digits():
   assert data.Position.from_json(position.to_json()) == position
 
 
-def test_tfds_pipeline_on_mock_data():
-  tfds = pytest.importorskip("tensorflow_datasets")
-  with tfds.testing.mock_data(num_examples=12):
-    it = data.tfds_batches("mnist", "train", batch_size=4, image_size=8,
-                           channels=1, seed=0, random_flip=True)
-    batch, position = next(it)
-    assert batch.shape == (4, 8, 8, 1) and batch.dtype == np.float32
-    assert -1.0 <= batch.min() <= batch.max() <= 1.0
-    assert position == data.Position(0, 4)
-    with pytest.raises(data.DataError, match="data.channels=1"):
-      next(data.tfds_batches("mnist", "train", 4, 8, channels=3, seed=0))
-    # Same seed, same order; a resume reads on from the saved position,
-    # across the end of an epoch (3 batches of 4 per epoch).
-    a = data.tfds_batches("mnist", "train", 4, 8, 1, seed=3)
-    seq, pos = take(a, 5)
-    assert pos[3] == data.Position(1, 4)
-    assert not np.array_equal(seq[0], seq[3])  # epoch 1 reshuffled
-    for k in (1, 2, 3):
-      b = data.tfds_batches("mnist", "train", 4, 8, 1, seed=3,
-                            position=pos[k])
-      got, after = next(b)
-      np.testing.assert_array_equal(got, seq[k + 1])
-      assert after == pos[k + 1]
-
-
-@pytest.fixture(scope="module")
-def prepared_tfds(tmp_path_factory):
-  """A real tfds dataset prepared on disk (20 RGB 12x10 images, image i
-  filled with the value 10 i), so that splits, file reads and decoding are
-  tfds' own rather than mock_data's."""
-  tfds = pytest.importorskip("tensorflow_datasets")
-  pytest.importorskip("importlib_resources")  # tfds' builders need it
-
-  class DdpmJaxTinyImages(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features
-                                   .FeaturesDict({"image": tfds.features.Image(
-                                       shape=(10, 12, 3))}))
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-      for i in range(20):
-        yield i, {"image": np.full((10, 12, 3), 10 * i, np.uint8)}
-
-  d = str(tmp_path_factory.mktemp("tfds"))
-  DdpmJaxTinyImages(data_dir=d).download_and_prepare()
-  return d
-
-
-def test_tfds_each_process_reads_its_own_part(prepared_tfds):
-  def stream(index, count, position=data.Position(), n=6):
-    return take(data.tfds_batches(
-        "ddpm_jax_tiny_images", "train", batch_size=4, image_size=8,
-        channels=3, seed=7, position=position, random_flip=False,
-        data_dir=prepared_tfds, process_index=index, process_count=count), n)
-
-  def ids(batch):  # image i is constant 10 i, scaled to [-1, 1]
-    return [int(round((img[0, 0, 0] + 1) * 127.5 / 10)) for img in batch]
-
-  # 2 processes x 10 images, 2 per batch: each epoch (5 batches) visits its
-  # own 10 images once, and the two processes' images are disjoint.
-  (a, pa), (b, pb) = stream(0, 2), stream(1, 2)
-  assert all(x.shape == (2, 8, 8, 3) for x in a + b)
-  assert pa == pb and pa[4] == data.Position(0, 20)
-  assert pa[5] == data.Position(1, 4)
-  seen_a = sorted(i for x in a[:5] for i in ids(x))
-  seen_b = sorted(i for x in b[:5] for i in ids(x))
-  assert len(set(seen_a)) == len(set(seen_b)) == 10
-  assert sorted(seen_a + seen_b) == list(range(20))
-  one, _ = stream(0, 1, n=5)
-  assert sorted(i for x in one for i in ids(x)) == list(range(20))
-  # The epochs are shuffled differently.
-  assert ids(a[5]) != ids(a[0])
-  # Pixel p becomes p / 127.5 - 1 exactly: 0 -> -1, 10 i (constant images
-  # stay constant through the area resize) -> 10 i / 127.5 - 1.
-  values = np.unique(np.concatenate([x.ravel() for x in one]))
-  np.testing.assert_allclose(values, np.arange(20) * 10 / 127.5 - 1.0,
-                             rtol=0, atol=1e-6)
-  # A resume mid-epoch and at the epoch's end reads what the stream read.
-  for k in (1, 4):
-    got, _ = stream(1, 2, position=pb[k], n=1)
-    np.testing.assert_array_equal(got[0], b[k + 1])
-
-
-def test_tfds_pixels_map_to_minus_one_and_one():
-  # The map every tfds image takes: uint8 0 -> -1.0 and 255 -> +1.0.
-  tf = pytest.importorskip("tensorflow")
-  img = tf.constant(np.stack([np.zeros((6, 4, 3), np.uint8),
-                              np.full((6, 4, 3), 255, np.uint8)]))
-  lo, hi = (np.asarray(data._square_resize(img[i], 4)) for i in range(2))
-  assert lo.shape == (4, 4, 3)
-  np.testing.assert_array_equal(lo, -1.0)
-  np.testing.assert_array_equal(hi, 1.0)
-
-
-def test_tfds_not_prepared_says_what_to_do(tmp_path, monkeypatch):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  with pytest.raises(data.DataError, match="data.download is False"):
-    next(data.tfds_batches("mnist", "train", 4, 8, 1, seed=0,
-                           data_dir=str(tmp_path), download=False))
-  with pytest.raises(data.DataError, match="unknown tfds dataset"):
-    next(data.tfds_batches("no_such_dataset_xyz", "train", 4, 8, 1, seed=0,
-                           data_dir=str(tmp_path)))
-
-  # No network: tfds' download fails (here at once; offline machines can
-  # take minutes of retries to get there) and the error says what to do.
-  def offline(self, *args, **kwargs):
-    raise ConnectionError("no route to host")
-
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                      offline)
-  with pytest.raises(data.DataError,
-                     match=r"needs the network on first use.*tfds build"):
-    next(data.tfds_batches("mnist", "train", 4, 8, 1, seed=0,
-                           data_dir=str(tmp_path)))
-
-  # A package missing to prepare it: named, and the network not blamed.
-  def no_package(self, *args, **kwargs):
-    raise ModuleNotFoundError("No module named 'importlib_resources'",
-                              name="importlib_resources")
-
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                      no_package)
-  with pytest.raises(data.DataError,
-                     match=r"package 'importlib_resources'.*pip install "
-                     r"importlib_resources") as e:
-    next(data.tfds_batches("mnist", "train", 4, 8, 1, seed=0,
-                           data_dir=str(tmp_path)))
-  assert "network" not in str(e.value)
-
-
 def write_images(folder, sizes, mode="RGB"):
   from PIL import Image
   os.makedirs(folder, exist_ok=True)
@@ -291,19 +156,6 @@ def tiny_train_config(name, channels):
   config.data.name = name
   config.data.channels = channels
   return config
-
-
-def test_train_path_on_tfds_mock_cifar10(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  from ddpm_jax.run import train_loop
-  config = tiny_train_config("cifar10", 3)
-  config.data.random_flip = True
-  wd = str(tmp_path / "run")
-  with tfds.testing.mock_data(num_examples=16):
-    state = train_loop.train_and_evaluate(config, wd)
-  assert int(state.step) == 2
-  assert os.path.isfile(os.path.join(wd, "samples", "step_00000002.png"))
-  assert os.listdir(os.path.join(wd, "checkpoints")) == ["2"]
 
 
 def test_train_path_on_an_image_folder(tmp_path):

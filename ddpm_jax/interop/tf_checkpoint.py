@@ -61,8 +61,12 @@ def tf_variable_name(keys: Tuple[str, ...]) -> str:
 
 
 def _open(path: str):
-  # TensorFlow takes seconds to load: only when a TF checkpoint is read.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # TensorFlow (the `tf` extra) loads only when a TF checkpoint is read.
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConversionError(f"reading the TF checkpoint {path} needs "
+                          f"TensorFlow: pip install 'ddpm-jax[tf]'") from None
   prefix = path
   if paths.isdir(path):
     prefix = tf.train.latest_checkpoint(path)

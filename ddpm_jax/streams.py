@@ -1,0 +1,51 @@
+"""What every input stream shares: its :class:`Position`, the error a
+dataset raises, and each process's share of a global batch."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import jax
+import numpy as np
+
+
+class DataError(ValueError):
+  """A dataset cannot be read; the message says which and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+  """Where an input stream stands: ``offset`` examples of ``epoch`` (counted
+  over all processes) have been consumed. Saved with each checkpoint, so a
+  resumed run reads on from exactly there, even with another batch size."""
+  epoch: int = 0
+  offset: int = 0
+
+  def to_json(self) -> Dict[str, int]:
+    return {"epoch": int(self.epoch), "offset": int(self.offset)}
+
+  @classmethod
+  def from_json(cls, d: Dict[str, Any]) -> "Position":
+    return cls(int(d["epoch"]), int(d["offset"]))
+
+
+# (local batch, position after it): what every input iterator yields.
+Batches = Iterator[Tuple[np.ndarray, Position]]
+
+
+def process_share(process_index: Optional[int], process_count: Optional[int]
+                  ) -> Tuple[int, int]:
+  """(index, count) of this process: as given, or JAX's when either is
+  None."""
+  if process_index is None or process_count is None:
+    return jax.process_index(), jax.process_count()
+  return process_index, process_count
+
+
+def local_batch_size(batch_size: int, process_count: int) -> int:
+  """This process's share of a global batch of ``batch_size``."""
+  if batch_size % process_count:
+    raise DataError(f"training.batch_size {batch_size} is not divisible by "
+                    f"the {process_count} processes: set a multiple")
+  return batch_size // process_count

@@ -1,0 +1,62 @@
+"""tfds datasets prepared on disk from generated examples, offline: the
+input pipeline reads their record files as it reads any prepared
+dataset's. Needs TensorFlow (the test extra) to prepare them."""
+
+import numpy as np
+
+
+def prepare_tiny_images(data_dir):
+  """'ddpm_jax_tiny_images' in ``data_dir``: 20 RGB 12x10 images, image i
+  filled with the value 10 i, one 'train' split."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class DdpmJaxTinyImages(tfds.core.GeneratorBasedBuilder,
+                          skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features
+                                   .FeaturesDict({"image": tfds.features.Image(
+                                       shape=(10, 12, 3))}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(20):
+        yield i, {"image": np.full((10, 12, 3), 10 * i, np.uint8)}
+
+  DdpmJaxTinyImages(data_dir=str(data_dir)).download_and_prepare()
+
+
+def prepare_cifar10_stand_in(data_dir, n=16):
+  """A stand-in for CIFAR-10 prepared in ``data_dir`` (as `tfds build
+  cifar10` would): the real builder's name, version and features, ``n``
+  random images (image i with label i % 10); the images, (n, 32, 32, 3)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3),
+                                             dtype=np.uint8)
+
+  class Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.builder_cls("cifar10").VERSION
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features
+                                   .FeaturesDict({
+                                       "id": tfds.features.Text(),
+                                       "image": tfds.features.Image(
+                                           shape=(32, 32, 3)),
+                                       "label": tfds.features.ClassLabel(
+                                           num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(n):
+        yield i, {"id": f"{i}", "label": i % 10, "image": images[i]}
+
+  Cifar10(data_dir=str(data_dir)).download_and_prepare()
+  return images
