@@ -49,9 +49,13 @@ def env():
 def latest_step(workdir):
   from ddpm_jax import paths  # pylint: disable=g-import-not-at-top
   d = paths.join(workdir, "checkpoints")
-  if not paths.isdir(d):
+  try:
+    names = paths.listdir(d)
+  except FileNotFoundError:
+    # Not yet written; in a bucket also a folder whose only object (a
+    # checkpoint being written) vanished between a check and the listing.
     return 0
-  return max([int(n) for n in paths.listdir(d) if n.isdigit()] or [0])
+  return max([int(n) for n in names if n.isdigit()] or [0])
 
 
 def read_state(path):
