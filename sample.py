@@ -5,7 +5,8 @@ unless --noema). --model: a diffusers UNet2DModel directory (config.json +
 diffusion_pytorch_model.safetensors, with scheduler_config.json if present),
 such as google/ddpm-cifar10-32 downloaded once, or an original TF checkpoint
 (model.ckpt-NNNN, with --image_size). Runs the lax.scan sampler and writes
-OUT.png (a grid) and OUT.npz (uint8 images, key 'images').
+OUT.png (a grid), OUT.npz (uint8 images, key 'images') and OUT.json (the
+settings), never over an existing output (see --out).
 """
 
 import sys
@@ -22,18 +23,28 @@ run_flags.define_sampler_flags()
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch_size", 64, "Samples drawn per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_string("out", None, "Output prefix (default: "
-                    "WORKDIR/samples/sample_seed<SEED>_step<STEP>, or "
-                    "samples/<MODEL NAME>_seed<SEED> for --model).")
-flags.DEFINE_integer("progressive", None, "Also record x_t and the predicted "
-                     "x_0 every K steps (paper Fig. 6): writes OUT_x0.png, "
-                     "OUT_xt.png, OUT.gif and OUT_trajectory.npz.")
+flags.DEFINE_string("out", None, "Output prefix; an existing one is an "
+                    "error (outputs are never overwritten). Default: "
+                    "WORKDIR/samples/sample_seed<SEED>_step<STEP><SETTINGS>, "
+                    "or MODEL_FOLDER/samples/sample_seed<SEED><SETTINGS> for "
+                    "--model, where <SETTINGS> names each sampling option "
+                    "that differs from configs/default.py (e.g. _ddim50_"
+                    "trailing_eta0.5); a default name already taken gets "
+                    "_2, _3 ... OUT.json records every setting.")
+flags.DEFINE_integer("progressive", None, "Instead of the sample grid, "
+                     "record x_t and the predicted x_0 every K steps (paper "
+                     "Fig. 6): OUT_x0.png, OUT_xt.png, OUT.gif and "
+                     "OUT_trajectory.npz, OUT by default WORKDIR/samples/"
+                     "progressive<K>_seed<SEED>_step<STEP><SETTINGS>.")
 flags.DEFINE_list("partial", None, "Held-out image indices: noise each to "
                   "step --t, then draw --num reverse chains from it (paper "
-                  "Fig. 7). --workdir only.")
+                  "Fig. 7): OUT.png and OUT.npz, OUT by default "
+                  "WORKDIR/samples/partial_t<T>_seed<SEED>_step<STEP>. "
+                  "--workdir only.")
 flags.DEFINE_list("interpolate", None, "Two held-out image indices I,J: "
-                  "interpolate in x_t at step --t (paper Fig. 8). --workdir "
-                  "only.")
+                  "interpolate in x_t at step --t (paper Fig. 8): OUT.png "
+                  "and OUT.npz, OUT by default WORKDIR/samples/interpolate_"
+                  "I_J_t<T>_seed<SEED>_step<STEP>. --workdir only.")
 flags.DEFINE_integer("t", None, "Forward steps for --partial and "
                      "--interpolate (0: the images themselves; default T/2).")
 flags.DEFINE_integer("lambdas", 11, "--interpolate: evenly spaced lambdas "
@@ -84,7 +95,7 @@ def main(argv):
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
           image_size=FLAGS.image_size, variance=FLAGS.variance,
           sampler=run_flags.sampler_overrides())
-  print(f"wrote {path}.png and {path}.npz")
+  print(f"wrote {path}.png, {path}.npz and {path}.json")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ python train_classifier.py --config configs/digits_classifier.py --workdir W
 
 Writes W/config.json and W/classifier_params (Orbax), then prints the
 held-out accuracy at a few t as one JSON line. Use it with
-sample.py --workdir MODEL --classifier W --class 3 --guidance 2.
+sample.py --workdir MODEL --classifier W --class 3 --guidance 10, as in
+docs/sampling.md.
 """
 
 import json

@@ -93,12 +93,27 @@ def config_from_flags() -> ml_collections.ConfigDict:
   return config
 
 
+def require_reference():
+  """The torch module, with diffusers importable (the test extra), or an
+  exit with one line saying what to install."""
+  try:
+    import diffusers  # pylint: disable=unused-import
+    import torch
+  except ImportError as e:
+    sys.exit(f"error: the PyTorch reference side needs {e.name!r}: pip "
+             f"install -e '.[test]', or pass --jax_only")
+  return torch
+
+
 def setup_from_flags():
   """(config, torch device) from the shared flags: :func:`config_from_flags`,
-  and --torch_device auto -> cuda if present."""
-  import torch
+  and --torch_device auto -> cuda if present (None with --jax_only, which
+  needs no PyTorch)."""
   from absl import flags
   config = config_from_flags()
+  if flags.FLAGS.jax_only:
+    return config, None
+  torch = require_reference()
   device = flags.FLAGS.torch_device
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,14 +143,20 @@ def torch_scheduler(config: ml_collections.ConfigDict):
                        variance_type="fixed_small", clip_sample=True)
 
 
+def say(message: str) -> None:
+  """A progress line on stderr (stdout holds the JSON results)."""
+  print(message, file=sys.stderr, flush=True)
+
+
 def alternate(runs: Dict[str, Callable[[], float]], repeats: int
               ) -> Dict[str, List[float]]:
-  """Calls each of ``runs`` (returning seconds) in turn, ``repeats`` times;
-  returns every name's times."""
+  """Calls each of ``runs`` (returning seconds) in turn, ``repeats`` times,
+  with a line per run on stderr; returns every name's times."""
   times = {name: [] for name in runs}
-  for _ in range(repeats):
+  for k in range(repeats):
     for name, fn in runs.items():
       times[name].append(fn())
+      say(f"{name} run {k + 1}/{repeats}: {times[name][-1]:.3f} s")
   return times
 
 
@@ -167,12 +188,15 @@ def jax_environment() -> Dict[str, str]:
   }
 
 
-def environment() -> Dict[str, str]:
+def environment(with_torch: bool = True) -> Dict[str, str]:
   """:func:`jax_environment` with PyTorch's device and the PyTorch
-  libraries' versions, for docs/benchmarks.md."""
+  libraries' versions (unless not ``with_torch``), for
+  docs/benchmarks.md."""
+  env = jax_environment()
+  if not with_torch:
+    return env
   import diffusers
   import torch
-  env = jax_environment()
   versions = env.pop("versions")
   env["torch_device"] = ("cuda: " + torch.cuda.get_device_name(0)
                          if torch.cuda.is_available() else

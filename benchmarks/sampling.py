@@ -89,8 +89,10 @@ def main(argv):
   config, device = common.setup_from_flags()
   config.diffusion.num_timesteps = FLAGS.timesteps
   runs, firsts = {}, {}
+  common.say("jax: first call (compiles, then samples) ...")
   firsts["jax"], runs["jax"] = jax_side(config, FLAGS.num)
   if not FLAGS.jax_only:
+    common.say("torch: first call ...")
     firsts["torch"], runs["torch"] = torch_side(config, FLAGS.num, device)
   times = common.alternate(runs, FLAGS.repeats)
   out = {}
@@ -109,7 +111,7 @@ def main(argv):
     out["torch"]["mode"] = FLAGS.torch_mode
   for name in out:
     print(json.dumps(out[name]))
-  env = common.environment()
+  env = common.environment(not FLAGS.jax_only)
   print(json.dumps(env))
   if FLAGS.jax_only:
     print(f"sample {FLAGS.config} {FLAGS.num} images x {FLAGS.timesteps} "

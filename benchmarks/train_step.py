@@ -155,13 +155,15 @@ def main(argv):
   config.training.batch_size = batch
   if FLAGS.conv_backward:
     config.model.conv_backward = FLAGS.conv_backward
+  common.say("jax: compile and a first call ...")
   compile_s, jax_first, jax_run, (flops, compiled_flops), micro, backward = (
       jax_side(config, batch))
   runs, firsts = {"jax": jax_run}, {"jax": jax_first}
   if not FLAGS.jax_only:
+    common.say("torch: first call ...")
     firsts["torch"], runs["torch"] = torch_side(config, batch, device)
   times = common.alternate(runs, FLAGS.repeats)
-  env = common.environment()
+  env = common.environment(not FLAGS.jax_only)
   out = {}
   for name, first in firsts.items():
     med = common.median(times[name])

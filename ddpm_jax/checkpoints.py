@@ -9,6 +9,7 @@ a run exactly where it stopped."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -25,6 +26,30 @@ from ddpm_jax.models.classifier import (NoisyClassifier,
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+
+
+class _RoutineReadOnlyNotes(logging.Filter):
+  """Drops the warnings Orbax logs on every read-only restore (sampling,
+  evaluation, export), which read like errors but report nothing wrong:
+  the options a read-only manager ignores, the read-only directory, and
+  the step metadata missing from a state item (which
+  :func:`params_mismatch` reads on its own; the step's is elsewhere)."""
+
+  _NOTES = ("CheckpointManagerOptions.read_only=True",
+            "Given directory is read only")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = str(record.msg)
+    if msg.startswith(self._NOTES):
+      return False
+    return not (msg.startswith("Metadata file does not exist") and
+                str(record.args[0] if record.args else "").endswith(
+                    f"/{STATE_ITEM}/_CHECKPOINT_METADATA"))
+
+
+logging.getLogger("absl").addFilter(_RoutineReadOnlyNotes())
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int = 3,
@@ -35,10 +60,6 @@ def checkpoint_manager(workdir: str, max_to_keep: int = 3,
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
   return ocp.CheckpointManager(
       paths.absolute(paths.join(workdir, CHECKPOINT_DIR)), options=options)
-
-
-STATE_ITEM = "state"
-DATA_ITEM = "data"
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,

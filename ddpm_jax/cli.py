@@ -12,9 +12,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
+# absl's help flags: asking for help succeeds.
+HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull",
+              "--helpxml"}
+
 # Errors whose message is written for the user: printed as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError,
-               ConnectionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
+               FloatingPointError, KeyError, ConnectionError)
 
 
 def fail(message: str) -> NoReturn:
@@ -61,14 +65,27 @@ def run(main) -> int:
     # Orbax logs every save at INFO; keep the console to progress and errors.
     logging.set_verbosity(logging.WARNING)
     enable_compilation_cache()
-    from ddpm_jax import parallel  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from ddpm_jax import parallel
+    from ddpm_jax import progress
+    progress.enable()
     parallel.use_cpu_cores()
     return main(argv)
 
   def parse_flags(argv):
     try:
       rest = flags.FLAGS(argv)
+    except SystemExit:
+      if HELP_FLAGS & set(argv[1:]):
+        sys.exit(0)  # absl exits with 1 after printing the help asked for
+      raise
     except flags.Error as e:
+      text = str(e).strip()
+      if "Error whilst parsing config file" in text:
+        # ml_collections wraps the config's own error in a traceback: its
+        # last line is the message the config file wrote for the user.
+        reason = text.splitlines()[-1].split(": ", 1)[-1]
+        fail(f"{text.split(':', 1)[0]}: {reason}")
       fail(f"{_first_line(e)} (see --helpshort)")
     except (AttributeError, KeyError) as e:
       overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]

@@ -30,6 +30,7 @@ __all__ = ["Batches", "DataError", "Position", "create_input_iter",
            "folder_images"]
 
 DIGITS_NUM_TRAIN = 1500
+DIGITS_NUM_IMAGES = 1797
 
 
 def _digits_rows(split: str, n: int) -> np.ndarray:
@@ -169,6 +170,41 @@ def folder_images(path: str, image_size: int, channels: int) -> np.ndarray:
   return out.astype(np.float32) / 127.5 - 1.0
 
 
+def _classes(config, num_classes: Optional[int]) -> int:
+  """The label count a pipeline must yield, checked against the data."""
+  d = config.data
+  classes = (int(config.model.num_classes) if num_classes is None
+             else int(num_classes))
+  if d.name == "digits":
+    if d.channels != 1:
+      raise DataError("digits are grayscale: set data.channels=1")
+    if classes and classes != 10:
+      raise DataError(f"digits has 10 classes: set model.num_classes=10, "
+                      f"not {classes}")
+  elif classes and d.name == "folder":
+    raise DataError("an image folder has no labels: set model.num_classes=0")
+  elif classes:
+    raise DataError(f"class labels are read from digits only so far, not "
+                    f"{d.name!r}: set model.num_classes=0")
+  return classes
+
+
+def check_source(config, num_classes: Optional[int] = None) -> None:
+  """Raises the :class:`DataError` that reading ``config.data`` would,
+  without reading it (a tfds dataset is prepared first, where allowed):
+  for the entry points to call before they write anything."""
+  d = config.data
+  _classes(config, num_classes)
+  if d.name == "digits":
+    _digits_rows(d.split, DIGITS_NUM_IMAGES)
+  elif d.name == "folder":
+    if not paths.isdir(d.folder):
+      raise DataError(f"data.folder {d.folder!r} is not a directory: set "
+                      f"--config.data.folder to a folder of images")
+  else:
+    tfds_input.check(d.name, d.channels, d.data_dir or None, d.download)
+
+
 def create_input_iter(config, position: Position = Position(),
                       process_index: Optional[int] = None,
                       process_count: Optional[int] = None,
@@ -180,26 +216,12 @@ def create_input_iter(config, position: Position = Position(),
   d = config.data
   batch_size = config.training.batch_size
   where = dict(process_index=process_index, process_count=process_count)
-  classes = (int(config.model.num_classes) if num_classes is None
-             else int(num_classes))
+  classes = _classes(config, num_classes)
   if d.name == "digits":
-    if d.channels != 1:
-      raise DataError("digits are grayscale: set data.channels=1")
-    split = d.split
-    images = digits_images(split, d.image_size)
-    labels = None
-    if classes:
-      if classes != 10:
-        raise DataError(f"digits has 10 classes: set model.num_classes=10, "
-                        f"not {classes}")
-      labels = digits_labels(split)
+    images = digits_images(d.split, d.image_size)
+    labels = digits_labels(d.split) if classes else None
     return array_batches(images, batch_size, config.seed, position,
                          d.random_flip, labels=labels, **where)
-  if classes and d.name == "folder":
-    raise DataError("an image folder has no labels: set model.num_classes=0")
-  if classes:
-    raise DataError(f"class labels are read from digits only so far, not "
-                    f"{d.name!r}: set model.num_classes=0")
   if d.name == "folder":
     images = folder_images(d.folder, d.image_size, d.channels)
     return array_batches(images, batch_size, config.seed, position,

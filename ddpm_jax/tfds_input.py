@@ -190,6 +190,13 @@ def _prefetch(it: Iterator, depth: int) -> Iterator:
     stop.set()
 
 
+def check(name: str, channels: int, data_dir: Optional[str] = None,
+          download: bool = True) -> None:
+  """Raises the :class:`DataError` reading ``name`` would (preparing it
+  first where ``download`` allows), without reading it."""
+  _check_images(prepared_builder(name, data_dir, download), name, channels)
+
+
 def _seed32(*parts: int) -> int:
   """A 31-bit seed from integer parts."""
   return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)

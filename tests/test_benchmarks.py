@@ -56,3 +56,27 @@ def test_compile_time_reports_the_step_and_its_parts():
   assert parts[-1]["param_arrays"] > 0
   assert "jax_devices" in json.loads(lines[-2])
   assert lines[-1].startswith("compile seconds: step ")
+
+
+def test_without_the_test_extra(tmp_path):
+  # PyTorch and diffusers made unimportable: --jax_only times the JAX side
+  # with a progress line per run; without it, one line says what to do.
+  for name in ("torch", "diffusers"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named {name!r}\", "
+        f"name={name!r})\n")
+  env = dict(os.environ, PYTHONPATH=str(tmp_path))
+  args = [sys.executable, "benchmarks/sampling.py", "--config", "smoke",
+          "--num", "2", "--timesteps", "2", "--repeats", "2"]
+  p = subprocess.run(args + ["--jax_only"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600, env=env)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "jax run 1/2: " in p.stderr and "jax run 2/2: " in p.stderr
+  assert json.loads(p.stdout.splitlines()[-3])["side"] == "jax"
+  p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                     timeout=600, env=env)
+  assert p.returncode == 1
+  assert p.stderr.strip().splitlines()[-1] == (
+      "error: the PyTorch reference side needs 'diffusers': pip install -e "
+      "'.[test]', or pass --jax_only"), p.stderr[-2000:]

@@ -463,6 +463,11 @@ def test_bpd_decreases_with_training(tmp_path):
   assert e.returncode == 0, e.stderr[-3000:]
   final = json.loads(e.stdout.strip().splitlines()[-1])
   assert final["step"] == 200 and final["num_examples"] == 64
+  # Long work says so: a line before each evaluation in the run, and a
+  # progress bar for evaluate.py's bits/dim.
+  assert "step 100: bits/dim on test ..." in p.stdout, p.stdout[-2000:]
+  assert "step 200: drawing the sample grid (4 samples) ..." in p.stdout
+  assert "bits/dim: " in e.stderr, e.stderr[-2000:]
   assert final["total"] == pytest.approx(bpd[200], rel=1e-5)
   # The initial model (step 0: EMA = init) is far worse.
   e0 = subprocess.run([sys.executable, "-c", (

@@ -90,6 +90,11 @@ def test_train_resume_and_sample(tmp_path):
   imgs = np.load(out + ".npz")["images"]
   assert imgs.shape == (6, 8, 8, 1) and imgs.dtype == np.uint8
   assert os.path.getsize(out + ".png") > 100
+  # Quiet: none of Orbax's routine notes on a read-only restore, and a
+  # progress bar for the sampling.
+  for note in ("read only", "read_only", "Metadata file does not exist"):
+    assert note not in p.stderr, p.stderr[-2000:]
+  assert "sampling 6 (20 steps)" in p.stderr, p.stderr[-2000:]
   # Deterministic in the seed.
   p = run("sample.py", "--workdir", wd, "--num", "6", "--batch_size", "4",
           "--seed", "1", "--out", out + "b")
@@ -104,6 +109,34 @@ def test_train_resume_and_sample(tmp_path):
   line = error_line(run("sample.py", "--workdir", wd, "--eta", "0.5",
                         "--out", out + "x"))
   assert "--sampler=ddim" in line and not os.path.exists(out + "x.npz")
+  # Nothing is overwritten: the same settings again take the next free
+  # name, another spacing its own name, and an explicit --out that exists
+  # is a one-line error that leaves it as it was. Each output has a JSON
+  # sidecar with every setting.
+  ddim = ["--num", "6", "--batch_size", "4", "--seed", "1", "--sampler",
+          "ddim", "--steps", "5", "--eta", "0.5"]
+  p = run("sample.py", "--workdir", wd, *ddim)
+  assert p.returncode == 0, p.stderr[-3000:]
+  again = os.path.join(wd, "samples", "sample_seed1_step5_ddim5_eta0.5_2")
+  assert f"wrote {again}.png" in p.stdout, p.stdout
+  np.testing.assert_array_equal(np.load(again + ".npz")["images"], fast)
+  p = run("sample.py", "--workdir", wd, *ddim, "--spacing", "trailing")
+  assert p.returncode == 0, p.stderr[-3000:]
+  trailing = os.path.join(wd, "samples",
+                          "sample_seed1_step5_ddim5_trailing_eta0.5")
+  settings = json.load(open(trailing + ".json"))
+  assert settings["sampling"]["spacing"] == "trailing"
+  assert settings["step"] == 5 and settings["seed"] == 1 and settings["ema"]
+  assert settings["source"] == wd and settings["num"] == 6
+  np.testing.assert_array_equal(
+      np.load(os.path.join(wd, "samples", "sample_seed1_step5_ddim5_eta0.5"
+                           ".npz"))["images"], fast)
+  before = open(out + ".npz", "rb").read()
+  line = error_line(run("sample.py", "--workdir", wd, "--num", "2",
+                        "--out", out))
+  assert line == f"error: {out}.png exists: choose another --out (outputs " \
+      "are never overwritten)", line
+  assert open(out + ".npz", "rb").read() == before
   # The paper's figures: progressive (Fig. 6), partial chains (Fig. 7),
   # interpolation (Fig. 8; at t=0 its ends are the held-out images).
   fig = str(tmp_path / "fig")
@@ -171,6 +204,20 @@ def test_train_resume_and_sample(tmp_path):
   assert "already exists" in line
   assert before == {f: os.path.getmtime(os.path.join(exported, f))
                     for f in os.listdir(exported)}
+  # Without --out: the export goes into the workdir, and samples of a
+  # --model into the model's folder (never the current directory).
+  p = run("-m", "ddpm_jax.interop.export", "--workdir", wd)
+  assert p.returncode == 0, p.stderr[-3000:]
+  default = os.path.join(wd, "diffusers_step5")
+  assert f"wrote {default} (step 5" in p.stdout, p.stdout
+  name = "diffusion_pytorch_model.safetensors"
+  assert open(os.path.join(default, name), "rb").read() == open(
+      os.path.join(exported, name), "rb").read()
+  p = run("sample.py", "--model", default, "--num", "6", "--batch_size", "4",
+          "--seed", "1")
+  assert p.returncode == 0, p.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(os.path.join(
+      default, "samples", "sample_seed1.npz"))["images"], imgs)
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path):
@@ -261,3 +308,30 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
                         str(tmp_path / "never")))
   assert "params.conv_in.bias has shape (32,)" in line, line
   assert not os.path.exists(str(tmp_path / "never") + ".npz")
+
+
+@pytest.mark.parametrize("entry", ["train.py", "sample.py", "evaluate.py",
+                                   "train_classifier.py",
+                                   "-m ddpm_jax.interop.export"])
+def test_help_succeeds(entry):
+  p = run(*entry.split(), "--help")
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "--workdir" in p.stdout
+  assert run(*entry.split(), "--no_such_flag").returncode == 1
+
+
+def test_config_and_data_errors_come_before_anything_is_written(tmp_path):
+  wd = str(tmp_path / "run")
+  # A dataset that is not prepared, with downloads off: one line, and no
+  # workdir (no config.json, TensorBoard file or checkpoints/).
+  line = error_line(run("train.py", "--config", "configs/cifar10.py",
+                        "--workdir", wd, "--config.data.download=False",
+                        f"--config.data.data_dir={tmp_path / 'tfds'}"))
+  assert "data.download is False" in line and "tfds build cifar10" in line
+  assert not os.path.exists(wd)
+  # A config file's own error (an unknown Table 2 row) is shown, not
+  # ml_collections' "Error whilst parsing config file".
+  line = error_line(run("train.py", "--config",
+                        "configs/cifar10_table2.py:nosuch", "--workdir", wd))
+  assert "unknown Table 2 row 'nosuch'" in line and "eps_mse" in line, line
+  assert not os.path.exists(wd)

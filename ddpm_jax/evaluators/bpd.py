@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ddpm_jax import data, losses, parallel, self_conditioning
+from ddpm_jax import data, losses, parallel, progress, self_conditioning
 from ddpm_jax.diffusion import ApplyFn, q_sample
 from ddpm_jax.from_config import model_variance, self_conditioned
 from ddpm_jax.models.unet import UNet, eps_fn
@@ -116,7 +116,8 @@ def evaluate_bpd(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   params = parallel.on_mesh(params, mesh)
   sums = dict.fromkeys(PARTS, 0.0)
   count = 0
-  for i, batch in enumerate(batches):
+  for i, batch in enumerate(progress.bar(batches, desc="bits/dim",
+                                         unit="batch")):
     batch = quantize(np.asarray(batch, np.float32))
     n = len(batch)
     pad = (-n) % mesh.size

@@ -21,6 +21,8 @@ from ddpm_jax.schedules import DiffusionSchedule
 class Evaluator(Protocol):
   """What the training loop calls every N steps."""
 
+  title: str  # what it is doing, for the log line before it runs
+
   def run(self, params: Any, step: int) -> Iterator[Tuple[str, Any]]:
     """Evaluates ``params`` (the EMA ones) after ``step`` steps."""
 
@@ -34,6 +36,7 @@ class BitsPerDim:
   def __init__(self, config: ml_collections.ConfigDict, model: UNet,
                schedule: DiffusionSchedule):
     self._config, self._model, self._schedule = config, model, schedule
+    self.title = f"bits/dim on {config.data.eval_split}"
 
   def run(self, params: Any, step: int) -> Iterator[Tuple[str, Any]]:
     del step
@@ -53,6 +56,8 @@ class SampleQuality:
 
   def __init__(self, config: ml_collections.ConfigDict, model: UNet):
     self._config, self._model = config, model
+    self.title = (f"{config.training.quality_metric} of "
+                  f"{config.training.quality_samples} samples")
 
   def run(self, params: Any, step: int) -> Iterator[Tuple[str, Any]]:
     del step

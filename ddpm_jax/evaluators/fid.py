@@ -17,7 +17,7 @@ from typing import Any, Optional, Tuple
 import jax
 import numpy as np
 
-from ddpm_jax import data, parallel, paths
+from ddpm_jax import data, parallel, paths, progress
 from ddpm_jax.evaluators import metrics
 from ddpm_jax.models.inception import FIDInception
 
@@ -62,7 +62,8 @@ def inception_outputs(params: Any, images: Any, batch_size: int = 200,
   params = parallel.on_mesh(params, mesh)
   batch = -(-int(batch_size) // mesh.size) * mesh.size
   feats, logits = [], []
-  for i in range(0, len(x), batch):
+  for i in progress.bar(range(0, len(x), batch), desc="Inception features",
+                        unit="batch"):
     chunk = x[i:i + batch]
     pad = -len(chunk) % mesh.size
     if pad:

@@ -13,6 +13,7 @@ import ml_collections
 import optax
 
 from ddpm_jax import checkpoints, compilation, data, from_config, paths
+from ddpm_jax import progress
 from ddpm_jax.diffusion import q_sample
 from ddpm_jax.models.classifier import (NoisyClassifier,
                                         classifier_from_config,
@@ -82,12 +83,14 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str
   batches = data.create_input_iter(
       config, num_classes=int(config.classifier.num_classes))
   key = jax.random.PRNGKey(config.seed)
-  for step in range(int(config.training.num_steps)):
+  bar = progress.bar(range(int(config.training.num_steps)),
+                     desc="train classifier", unit="step")
+  for step in bar:
     batch, _ = next(batches)
     params, opt_state, loss = classifier_step(
         params, opt_state, schedule, jax.tree_util.tree_map(jnp.asarray, batch),
         jax.random.fold_in(key, step), classifier=classifier, tx=tx)
     if (step + 1) % config.training.log_every == 0:
-      print(f"step {step + 1}: loss {float(loss):.4f}", flush=True)
+      bar.write(f"step {step + 1}: loss {float(loss):.4f}")
   checkpoints.save_classifier(workdir, config, params)
   return held_out_accuracy(config, classifier, params, schedule)

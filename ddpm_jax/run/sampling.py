@@ -10,7 +10,9 @@ import numpy as np
 from ddpm_jax import data, from_config, images, paths, validation
 from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import sources
+from ddpm_jax.interop import tf_checkpoint
 from ddpm_jax.models.unet import eps_fn
+from ddpm_jax.run import outputs
 from ddpm_jax.run.flags import FLAG_NAMES
 from ddpm_jax.samplers import figures, generate
 from ddpm_jax.samplers.registry import get_sampler
@@ -41,31 +43,13 @@ def apply_overrides(config, variance: Optional[str],
   validation.validate_config(config, FLAG_NAMES)
 
 
-def _tag(config) -> str:
-  """'' for the full ancestral chain, else e.g. '_ddim50_eta0.5'."""
-  s = config.sampling
-  name, steps = s.sampler, s.steps
-  if name == "ddpm" and steps in (0, config.diffusion.num_timesteps):
-    return _class_tag(config)
-  tag = f"_{name}{steps or config.diffusion.num_timesteps}"
-  if s.eta:
-    tag += f"_eta{s.eta:g}"
-  return tag + _class_tag(config)
-
-
-def _class_tag(config) -> str:
-  s = config.sampling
-  tag = f"_class{s.label}" if s.label >= 0 else ""
-  if s.guidance:
-    tag += f"_w{s.guidance:g}"
-  return tag
-
-
 def _draw_and_write(config, params, num: int, batch_size: int, seed: int,
-                    prefix: str) -> str:
+                    prefix: str, explicit: bool, **settings) -> str:
+  prefix = outputs.claim(prefix, outputs.SAMPLES, explicit)
   x = generate.generate(config, from_config.make_model(config), params, num,
                         min(batch_size, num), seed)
   images.write_samples(prefix, x, images.display_scale(config.data.image_size))
+  outputs.write_settings(prefix, config, seed=seed, num=num, **settings)
   return prefix
 
 
@@ -75,14 +59,25 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
                         variance: Optional[str] = None,
                         sampler: Optional[Dict[str, Any]] = None) -> str:
   """Writes ``num`` samples of ``workdir``'s latest checkpoint; returns the
-  output prefix (``.png`` and ``.npz`` are appended). ``sampler`` overrides
-  ``config.sampling`` fields (sampler, steps, eta, spacing)."""
+  output prefix (``.png``, ``.npz`` and the settings' ``.json`` are
+  appended; :mod:`ddpm_jax.run.outputs` names it and never overwrites).
+  ``sampler`` overrides ``config.sampling`` fields (sampler, steps, eta,
+  spacing ...)."""
   _check_counts(num, batch_size)
   config, params, step = sources.load_workdir(workdir, use_ema)
   apply_overrides(config, variance, sampler)
-  prefix = out or paths.join(workdir, "samples",
-                               f"sample_seed{seed}_step{step}{_tag(config)}")
-  return _draw_and_write(config, params, num, batch_size, seed, prefix)
+  prefix = out or paths.join(
+      workdir, "samples",
+      f"sample_seed{seed}_step{step}{outputs.sampling_tag(config, use_ema)}")
+  return _draw_and_write(config, params, num, batch_size, seed, prefix,
+                         out is not None, source=workdir, step=step,
+                         use_ema=use_ema)
+
+
+def model_dir(path: str) -> str:
+  """The folder of a --model (a diffusers directory, or the folder of a TF
+  checkpoint prefix)."""
+  return path.rstrip("/") if paths.isdir(path) else paths.dirname(path)
 
 
 def sample_from_model(path: str, num: int, batch_size: int, seed: int,
@@ -91,14 +86,18 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
                       variance: Optional[str] = None,
                       sampler: Optional[Dict[str, Any]] = None) -> str:
   """Writes ``num`` samples of a diffusers model directory or an original
-  TF checkpoint; returns the output prefix."""
+  TF checkpoint (by default in the model's folder, under samples/);
+  returns the output prefix."""
   _check_counts(num, batch_size)
   config, params, _ = sources.load_model(path, image_size, use_ema)
   apply_overrides(config, variance, sampler)
-  name = paths.basename(path) or "model"
-  prefix = out or paths.join("samples",
-                               f"{name}_seed{seed}{_tag(config)}")
-  return _draw_and_write(config, params, num, batch_size, seed, prefix)
+  tag = outputs.sampling_tag(config, use_ema)
+  if tf_checkpoint.is_tf_checkpoint(path) and not paths.isdir(path):
+    tag = f"_{paths.basename(path)}{tag}"  # model.ckpt-NNNN
+  prefix = out or paths.join(model_dir(path), "samples",
+                             f"sample_seed{seed}{tag}")
+  return _draw_and_write(config, params, num, batch_size, seed, prefix,
+                         out is not None, source=path, use_ema=use_ema)
 
 
 def _held_out(config, indices: Sequence[int]) -> np.ndarray:
@@ -137,10 +136,14 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
       params, eps_fn(from_config.make_model(config)),
       from_config.make_betas(config), jax.random.PRNGKey(seed),
       (num, size, size, ch), return_every=every, **options)
-  prefix = out or paths.join(
-      workdir, "samples", f"progressive_seed{seed}_step{step}{_tag(config)}")
+  prefix = outputs.claim(out or paths.join(
+      workdir, "samples", f"progressive{every}_seed{seed}_step{step}"
+      f"{outputs.sampling_tag(config, use_ema)}"), outputs.PROGRESSION,
+                         out is not None)
   images.write_progression(prefix, jax.device_get(traj),
                            images.display_scale(size))
+  outputs.write_settings(prefix, config, source=workdir, step=step,
+                         seed=seed, use_ema=use_ema, num=num, every=every)
   return prefix
 
 
@@ -161,8 +164,12 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
       **figures.chain_options(config))
   rows = np.concatenate([x0[:, None], np.asarray(x_t)[:, None],
                          np.asarray(samples)], axis=1)
-  prefix = out or paths.join(workdir, "samples",
-                               f"partial_t{t}_seed{seed}_step{step}")
+  prefix = outputs.claim(out or paths.join(
+      workdir, "samples", f"partial_t{t}_seed{seed}_step{step}"
+      f"{'' if use_ema else '_raw'}"), outputs.STRIP, out is not None)
+  outputs.write_settings(prefix, config, source=workdir, step=step,
+                         seed=seed, use_ema=use_ema, num=num, t=t,
+                         indices=list(indices))
   images.write_strip(prefix + ".png", rows,
                      images.display_scale(config.data.image_size))
   images.write_npz(prefix + ".npz", x0=images.to_uint8(x0),
@@ -191,9 +198,13 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
       from_config.make_schedule(config), a, b, lambdas, t,
       jax.random.PRNGKey(seed), **figures.chain_options(config))
   strip = np.concatenate([a[None], np.asarray(mixed), b[None]])[None]
-  prefix = out or paths.join(
+  prefix = outputs.claim(out or paths.join(
       workdir, "samples",
-      f"interpolate_{pair[0]}_{pair[1]}_t{t}_seed{seed}_step{step}")
+      f"interpolate_{pair[0]}_{pair[1]}_t{t}_seed{seed}_step{step}"
+      f"{'' if use_ema else '_raw'}"), outputs.STRIP, out is not None)
+  outputs.write_settings(prefix, config, source=workdir, step=step,
+                         seed=seed, use_ema=use_ema, t=t, pair=list(pair),
+                         lambdas=num_lambdas)
   images.write_strip(prefix + ".png", strip,
                      images.display_scale(config.data.image_size))
   images.write_npz(prefix + ".npz", lambdas=lambdas,

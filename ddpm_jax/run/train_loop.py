@@ -32,6 +32,8 @@ class _SampleGrid:
     self._config, self._model = config, model
     self._workdir, self._write = workdir, write
     self._path = ""
+    self.title = (f"drawing the sample grid ({config.sampling.num_samples} "
+                  f"samples)")
 
   def run(self, params, step: int):
     c, n = self._config, self._config.sampling.num_samples
@@ -59,6 +61,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   validate_config(config)
   paths.check_reachable(workdir)
+  data.check_source(config)  # before anything is written to the workdir
   paths.makedirs(workdir)
   model, tx, schedule = make_model(config), make_optimizer(config), \
       make_schedule(config)
@@ -183,6 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         save(done)
       for every, evaluator in evaluators:
         if evaluators_common.due(every, done, total):
+          if lead:
+            bar.write(f"step {done}: {evaluator.title} ...")
           results = dict(evaluator.run(state.ema_params, done))
           if writer is not None:
             for k, v in results.items():

@@ -13,7 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ddpm_jax import checkpoints, guidance, parallel
+from ddpm_jax import checkpoints, guidance, parallel, progress
 from ddpm_jax.from_config import (ConfigError, make_betas, make_schedule,
                                   num_classes, sample_labels,
                                   sampler_options)
@@ -89,7 +89,10 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
   if config.sampling.classifier:
     options["clip_denoised"] = False  # the guided apply_fn clips first
   out = []
-  for i in range(int(math.ceil(num / batch))):
+  steps = int(config.sampling.steps) or config.diffusion.num_timesteps
+  for i in progress.bar(range(int(math.ceil(num / batch))),
+                        desc=f"sampling {num} ({steps} steps)",
+                        unit="batch"):
     x, _ = draw(inputs_for(i * batch, batch), apply_fn, betas, key,
                 (batch, size, size, ch),
                 offset=i * batch, mesh=mesh, **options)

@@ -1,0 +1,27 @@
+"""Progress bars for the loops that can run long (sampling, bits/dim,
+Inception features, classifier training): shown once a command-line entry
+point calls :func:`enable` (``ddpm_jax.cli.run`` does), on process 0 only;
+silent in library use."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import jax
+from tqdm import tqdm
+
+_ENABLED = [False]
+
+
+def enable(on: bool = True) -> None:
+  """Shows (or hides) the bars from now on."""
+  _ENABLED[0] = on
+
+
+def bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None,
+        desc: str, unit: str) -> tqdm:
+  """A tqdm bar over ``iterable`` (or updated by hand), on stderr; a no-op
+  unless enabled, and on processes other than 0."""
+  return tqdm(iterable, total=total, desc=desc, unit=unit,
+              disable=not _ENABLED[0] or jax.process_index() != 0,
+              dynamic_ncols=True)
