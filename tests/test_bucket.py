@@ -267,19 +267,14 @@ def test_a_tfds_dataset_in_the_bucket_is_read_per_process(gcs,
                                                          prepared_tfds):
   from configs import digits as digits_config
   from ddpm_jax import data
-  from ddpm_jax import tfds_input
-  from tests.test_data import take
+  from tests.tfds_fakes import tiny_image_ids as ids
+  from tests.tfds_fakes import tiny_images_stream
   url = f"gs://{BUCKET}/tfds_tiny"
   _upload(prepared_tfds, url)
 
-  def stream(data_dir, index, count, position=data.Position(), n=6):
-    return take(tfds_input.tfds_batches(
-        "ddpm_jax_tiny_images", "train", batch_size=4, image_size=8,
-        channels=3, seed=7, position=position, random_flip=True,
-        data_dir=data_dir, process_index=index, process_count=count), n)
-
-  def ids(batch):  # image i is constant 10 i, scaled to [-1, 1]
-    return [int(round((img[0, 0, 0] + 1) * 127.5 / 10)) for img in batch]
+  def stream(data_dir, index, count, position=None, n=6):
+    return tiny_images_stream(data_dir, index, count, position, n,
+                              random_flip=True)
 
   # 2 processes x 10 images, 2 per batch: in each epoch (5 batches) a
   # process reads its own 10 images once, exactly as it reads a local copy

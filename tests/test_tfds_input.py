@@ -17,6 +17,8 @@ from ddpm_jax import data
 from ddpm_jax import tfds_input
 from tests.test_data import take, tiny_train_config
 from tests.tfds_fakes import prepare_cifar10_stand_in
+from tests.tfds_fakes import tiny_image_ids as ids
+from tests.tfds_fakes import tiny_images_stream
 
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("tensorflow")  # to prepare the datasets
@@ -71,14 +73,8 @@ def test_tfds_pipeline_shuffles_flips_and_resumes(tmp_path):
 
 
 def test_tfds_each_process_reads_its_own_part(prepared_tfds):
-  def stream(index, count, position=data.Position(), n=6):
-    return take(tfds_input.tfds_batches(
-        "ddpm_jax_tiny_images", "train", batch_size=4, image_size=8,
-        channels=3, seed=7, position=position, random_flip=False,
-        data_dir=prepared_tfds, process_index=index, process_count=count), n)
-
-  def ids(batch):  # image i is constant 10 i, scaled to [-1, 1]
-    return [int(round((img[0, 0, 0] + 1) * 127.5 / 10)) for img in batch]
+  def stream(index, count, position=None, n=6):
+    return tiny_images_stream(prepared_tfds, index, count, position, n)
 
   # 2 processes x 10 images, 2 per batch: each epoch (5 batches) visits its
   # own 10 images once, and the two processes' images are disjoint.

@@ -60,3 +60,24 @@ def prepare_cifar10_stand_in(data_dir, n=16):
 
   Cifar10(data_dir=str(data_dir)).download_and_prepare()
   return images
+
+
+def tiny_images_stream(data_dir, index, count, position=None, n=6,
+                       random_flip=False):
+  """(batches, positions): the first ``n`` of process ``index`` of
+  ``count`` reading 'ddpm_jax_tiny_images' in batches of 4 (global) at
+  8x8, seed 7."""
+  from ddpm_jax import data, tfds_input  # pylint: disable=g-import-not-at-top
+  it = tfds_input.tfds_batches(
+      "ddpm_jax_tiny_images", "train", batch_size=4, image_size=8,
+      channels=3, seed=7, position=position or data.Position(),
+      random_flip=random_flip, data_dir=data_dir, process_index=index,
+      process_count=count)
+  pairs = [next(it) for _ in range(n)]
+  return [b for b, _ in pairs], [p for _, p in pairs]
+
+
+def tiny_image_ids(batch):
+  """Which images of 'ddpm_jax_tiny_images' a batch holds (image i is
+  constant 10 i, scaled to [-1, 1])."""
+  return [int(round((img[0, 0, 0] + 1) * 127.5 / 10)) for img in batch]
