@@ -335,3 +335,19 @@ def test_config_and_data_errors_come_before_anything_is_written(tmp_path):
                         "configs/cifar10_table2.py:nosuch", "--workdir", wd))
   assert "unknown Table 2 row 'nosuch'" in line and "eps_mse" in line, line
   assert not os.path.exists(wd)
+
+
+def test_train_classifier_shows_progress(tmp_path):
+  wd = str(tmp_path / "clf")
+  args = ["train_classifier.py", "--config", "configs/digits_classifier.py",
+          "--workdir", wd, "--config.training.num_steps=3",
+          "--config.training.log_every=1"]
+  p = run(*args)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "train classifier: 100%" in p.stderr, p.stderr[-2000:]
+  lines = p.stdout.strip().splitlines()
+  assert [l.split(":")[0] for l in lines[:-1] if l.startswith("step ")] == [
+      "step 1", "step 2", "step 3"]
+  assert "held_out_accuracy_at_t" in json.loads(lines[-1])
+  # Again into the same workdir: refused in one line, nothing replaced.
+  assert "give a new --workdir" in error_line(run(*args))
