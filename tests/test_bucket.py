@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests import gcs_emulator
+from tests.processes import wait_then_signal
 from tests.test_train_cli import ONE_LEVEL, ROOT, TINY, error_line, run
 
 BUCKET = "ddpm-test"
@@ -166,12 +167,8 @@ def test_sigterm_then_a_damaged_newest_checkpoint_in_the_bucket(gcs):
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **gcs),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    deadline = time.time() + 300
-    while not (paths.isdir(f"{wd}/checkpoints") and
-               len(paths.listdir(f"{wd}/checkpoints")) >= 2):
-      assert proc.poll() is None and time.time() < deadline
-      time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    wait_then_signal([proc], lambda: paths.isdir(f"{wd}/checkpoints") and len(
+        paths.listdir(f"{wd}/checkpoints")) >= 2, signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
   finally:
     if proc.poll() is None:
@@ -210,12 +207,8 @@ def test_two_hosts_preempted_and_resumed_in_the_bucket(gcs):
                     "--config.training.checkpoint_every=100000",
                     "--config.training.sample_every=0")
   try:
-    deadline = time.time() + 300
-    while not paths.exists(f"{pre}/config.json"):
-      assert all(p.poll() is None for p in procs) and time.time() < deadline
-      time.sleep(0.5)
-    time.sleep(5)
-    procs[1].send_signal(signal.SIGTERM)
+    wait_then_signal(procs, lambda: paths.exists(f"{pre}/config.json"),
+                     signal.SIGTERM, target=1, settle=5)
   finally:
     outs = finish(procs)
   said = re.findall(r"preemption: saved the checkpoint of step (\d+)",

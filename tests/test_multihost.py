@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "scripts"))
 from kill_resume import flat, read_state  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.processes import wait_then_signal  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.test_train_cli import ONE_LEVEL  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = [
@@ -120,12 +120,9 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
                     "--config.training.checkpoint_every=100000",
                     "--config.training.sample_every=0")
   try:
-    deadline = time.time() + 300
-    while not os.path.exists(os.path.join(pre, "config.json")):
-      assert all(p.poll() is None for p in procs) and time.time() < deadline
-      time.sleep(0.5)
-    time.sleep(5)
-    procs[1].send_signal(signal.SIGTERM)
+    wait_then_signal(
+        procs, lambda: os.path.exists(os.path.join(pre, "config.json")),
+        signal.SIGTERM, target=1, settle=5)
   finally:
     outs = finish(procs)
   said = re.findall(r"preemption: saved the checkpoint of step (\d+)",

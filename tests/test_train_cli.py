@@ -7,10 +7,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+
+from tests.processes import wait_then_signal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -270,12 +271,9 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
       text=True)
   try:
     # config.json is written just before the first step; give it a few.
-    deadline = time.time() + 300
-    while not os.path.exists(os.path.join(wd, "config.json")):
-      assert proc.poll() is None and time.time() < deadline
-      time.sleep(0.5)
-    time.sleep(8)
-    proc.send_signal(signal.SIGTERM)
+    wait_then_signal(
+        [proc], lambda: os.path.exists(os.path.join(wd, "config.json")),
+        signal.SIGTERM, settle=8)
     out, err = proc.communicate(timeout=300)
   finally:
     if proc.poll() is None:
