@@ -66,7 +66,7 @@ def torch():
 # cores; the other files follow in collection order.
 _LONG_FILES = ("test_guidance_quality", "test_multihost", "test_train_cli",
                "test_classifier_guidance", "test_interop_diffusers",
-               "test_kill_resume", "test_parallel", "test_digits_score",
+               "test_kill_resume", "test_docs_run", "test_parallel", "test_digits_score",
                "test_objectives", "test_self_conditioning")
 
 

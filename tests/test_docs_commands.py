@@ -3,8 +3,9 @@
 own flag definitions, its --config file loads with its overrides and
 passes validate_config (tests/scripts/parse_commands.py), each argparse
 script lists every option used, and each ``bash`` script exists and parses.
-The commands' behaviour end to end is tested elsewhere with tiny settings
-(test_train_cli, test_guidance, test_benchmarks ...)."""
+tests/test_docs_run.py then runs the train.py, train_classifier.py,
+exporter, sample.py and evaluate.py commands as written, with tiny sizes;
+test_benchmarks, test_kill_resume and test_bucket run the others."""
 
 import collections
 import json
