@@ -62,12 +62,14 @@ def torch():
 
 # The longest test files first: with pytest-xdist's per-file distribution
 # (pyproject addopts) the workers then finish together instead of one
-# running a long file alone at the end. Rough order of their cost on 2 CPU
-# cores; the other files follow in collection order.
-_LONG_FILES = ("test_guidance_quality", "test_multihost", "test_train_cli",
-               "test_classifier_guidance", "test_interop_diffusers",
-               "test_kill_resume", "test_docs_run", "test_parallel", "test_digits_score",
-               "test_objectives", "test_self_conditioning")
+# running a long file alone at the end. Their order of cost on 2 CPU cores
+# (as pytest --durations gives them); the others follow in collection order.
+_LONG_FILES = ("test_bucket", "test_train_cli", "test_multihost",
+               "test_guidance_quality", "test_parallel", "test_objectives",
+               "test_kill_resume", "test_docs_run", "test_guidance",
+               "test_benchmarks", "test_classifier_guidance",
+               "test_interop_diffusers", "test_digits_score",
+               "test_self_conditioning")
 
 
 def pytest_collection_modifyitems(items):

@@ -13,13 +13,12 @@ import os
 import pathlib
 import shlex
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from tests import test_docs_commands as docs
+from tests.processes import run_in_one_process
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Added after each documented command: the smallest settings that still run
@@ -76,16 +75,6 @@ def _documented():
   return out
 
 
-def _run(entry, argvs, cwd):
-  cmd = [sys.executable, str(ROOT / "tests" / "scripts" / "run_commands.py")]
-  cmd += ["-m", entry] if entry.startswith("ddpm_jax") else [entry]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  p = subprocess.run(cmd, input=json.dumps(argvs), cwd=cwd, env=env,
-                     capture_output=True, text=True, timeout=900)
-  assert p.returncode == 0, p.stderr[-3000:]
-  return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def _wrote(stdout):
   """The paths a command's 'wrote A.png, A.npz and A.json' / 'wrote A.*' /
   'wrote DIR (step ...' line names."""
@@ -117,19 +106,18 @@ def test_documented_commands_run_as_written(tmp_path):
       (tmp_path / "models").mkdir()
       shutil.copytree(tmp_path / "workdir" / "digits" / "diffusers_step2",
                       tmp_path / DOWNLOADED_MODEL)
-    for result in _run(entry, argvs, tmp_path):
-      results[(entry, " ".join(result["argv"][:len(result["argv"]) -
-                                              len(TINY[entry])]))] = result
+    for r in run_in_one_process(entry, argvs, tmp_path):
+      results[(entry, " ".join(r.argv[:len(r.argv) - len(TINY[entry])]))] = r
   failed = []
   for (entry, line), r in results.items():
     if (entry, line) in NEEDS_DOWNLOAD:
-      last = r["stderr"].strip().splitlines()[-1]
-      assert r["rc"] == 1 and last.startswith("error: ") and (
-          "download https://" in last), (line, r["stderr"][-2000:])
+      last = r.stderr.strip().splitlines()[-1]
+      assert r.returncode == 1 and last.startswith("error: ") and (
+          "download https://" in last), (line, r.stderr[-2000:])
       continue
-    if r["rc"] != 0:
-      failed.append(f"python {entry} {line}: rc {r['rc']}: "
-                    f"{r['stderr'][-1500:]}")
+    if r.returncode != 0:
+      failed.append(f"python {entry} {line}: rc {r.returncode}: "
+                    f"{r.stderr[-1500:]}")
   assert not failed, "\n\n".join(failed)
 
   # What the commands made, where the docs say.
@@ -140,8 +128,8 @@ def test_documented_commands_run_as_written(tmp_path):
   for (entry, line), r in results.items():
     if entry != "sample.py":
       continue
-    paths = _wrote(r["stdout"])
-    assert paths, (line, r["stdout"])
+    paths = _wrote(r.stdout)
+    assert paths, (line, r.stdout)
     for path in paths:
       if path.endswith(".*"):
         assert list((tmp_path / os.path.dirname(path)).glob(
@@ -159,7 +147,7 @@ def test_documented_commands_run_as_written(tmp_path):
   # docs/sampling.md names the third command's output (at step 1500 there).
   line = ("--workdir workdir/digits --sampler ddim --steps 50 --eta 1.0 "
           "--spacing trailing")
-  assert _wrote(results[("sample.py", line)]["stdout"])[0] == (
+  assert _wrote(results[("sample.py", line)].stdout)[0] == (
       "workdir/digits/samples/sample_seed0_step2_ddim50_trailing_eta1.png")
   assert "writes `sample_seed0_step1500_ddim50_trailing_eta1`" in " ".join(
       (ROOT / "docs" / "sampling.md").read_text().split())
@@ -169,5 +157,5 @@ def test_documented_commands_run_as_written(tmp_path):
                                           "workdir"]
   for (entry, line), r in results.items():
     if entry == "evaluate.py" and (entry, line) not in NEEDS_DOWNLOAD:
-      value = json.loads(r["stdout"].strip().splitlines()[-1])
+      value = json.loads(r.stdout.strip().splitlines()[-1])
       assert value, line

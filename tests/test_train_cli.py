@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.processes import wait_then_signal
+from tests.processes import run_in_one_process, wait_then_signal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -96,33 +96,47 @@ def test_train_resume_and_sample(tmp_path):
   for note in ("read only", "read_only", "Metadata file does not exist"):
     assert note not in p.stderr, p.stderr[-2000:]
   assert "sampling 6 (20 steps)" in p.stderr, p.stderr[-2000:]
+  # The other sample.py, evaluate.py and exporter runs go a few to a
+  # process (tests/processes.py), in this order.
+  ddim = ["--num", "6", "--batch_size", "4", "--seed", "1", "--sampler",
+          "ddim", "--steps", "5", "--eta", "0.5"]
+  fig = str(tmp_path / "fig")
+  before = open(out + ".npz", "rb").read()
+  (same_seed, fast_run, eta_alone, ddim_again, trailing_run, taken,
+   prog, part, interp, interp_bad) = run_in_one_process("sample.py", [
+       ["--workdir", wd, "--num", "6", "--batch_size", "4", "--seed", "1",
+        "--out", out + "b"],
+       ["--workdir", wd, *ddim],
+       ["--workdir", wd, "--eta", "0.5", "--out", out + "x"],
+       ["--workdir", wd, *ddim],
+       ["--workdir", wd, *ddim, "--spacing", "trailing"],
+       ["--workdir", wd, "--num", "2", "--out", out],
+       ["--workdir", wd, "--progressive", "5", "--num", "2", "--out",
+        fig + "_prog"],
+       ["--workdir", wd, "--partial", "0,3", "--t", "10", "--num", "3",
+        "--out", fig + "_part"],
+       ["--workdir", wd, "--interpolate", "0,1", "--t", "0", "--lambdas",
+        "3", "--out", fig + "_interp"],
+       ["--workdir", wd, "--interpolate", "0", "--out", fig + "_bad"]])
   # Deterministic in the seed.
-  p = run("sample.py", "--workdir", wd, "--num", "6", "--batch_size", "4",
-          "--seed", "1", "--out", out + "b")
+  assert same_seed.returncode == 0, same_seed.stderr[-3000:]
   np.testing.assert_array_equal(np.load(out + "b.npz")["images"], imgs)
   # DDIM in 5 steps, named after the sampler; --eta needs --sampler=ddim.
-  p = run("sample.py", "--workdir", wd, "--num", "6", "--batch_size", "4",
-          "--seed", "1", "--sampler", "ddim", "--steps", "5", "--eta", "0.5")
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert fast_run.returncode == 0, fast_run.stderr[-3000:]
   fast = np.load(os.path.join(wd, "samples",
                               "sample_seed1_step5_ddim5_eta0.5.npz"))["images"]
   assert fast.shape == imgs.shape and not np.array_equal(fast, imgs)
-  line = error_line(run("sample.py", "--workdir", wd, "--eta", "0.5",
-                        "--out", out + "x"))
+  line = error_line(eta_alone)
   assert "--sampler=ddim" in line and not os.path.exists(out + "x.npz")
   # Nothing is overwritten: the same settings again take the next free
   # name, another spacing its own name, and an explicit --out that exists
   # is a one-line error that leaves it as it was. Each output has a JSON
   # sidecar with every setting.
-  ddim = ["--num", "6", "--batch_size", "4", "--seed", "1", "--sampler",
-          "ddim", "--steps", "5", "--eta", "0.5"]
-  p = run("sample.py", "--workdir", wd, *ddim)
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert ddim_again.returncode == 0, ddim_again.stderr[-3000:]
   again = os.path.join(wd, "samples", "sample_seed1_step5_ddim5_eta0.5_2")
-  assert f"wrote {again}.png" in p.stdout, p.stdout
+  assert f"wrote {again}.png" in ddim_again.stdout, ddim_again.stdout
   np.testing.assert_array_equal(np.load(again + ".npz")["images"], fast)
-  p = run("sample.py", "--workdir", wd, *ddim, "--spacing", "trailing")
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert trailing_run.returncode == 0, trailing_run.stderr[-3000:]
   trailing = os.path.join(wd, "samples",
                           "sample_seed1_step5_ddim5_trailing_eta0.5")
   settings = json.load(open(trailing + ".json"))
@@ -132,93 +146,86 @@ def test_train_resume_and_sample(tmp_path):
   np.testing.assert_array_equal(
       np.load(os.path.join(wd, "samples", "sample_seed1_step5_ddim5_eta0.5"
                            ".npz"))["images"], fast)
-  before = open(out + ".npz", "rb").read()
-  line = error_line(run("sample.py", "--workdir", wd, "--num", "2",
-                        "--out", out))
+  line = error_line(taken)
   assert line == f"error: {out}.png exists: choose another --out (outputs " \
       "are never overwritten)", line
   assert open(out + ".npz", "rb").read() == before
   # The paper's figures: progressive (Fig. 6), partial chains (Fig. 7),
   # interpolation (Fig. 8; at t=0 its ends are the held-out images).
-  fig = str(tmp_path / "fig")
-  p = run("sample.py", "--workdir", wd, "--progressive", "5", "--num", "2",
-          "--out", fig + "_prog")
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert prog.returncode == 0, prog.stderr[-3000:]
   traj = np.load(fig + "_prog_trajectory.npz")
   assert traj["x0"].shape == (4, 2, 8, 8, 1) and os.path.exists(
       fig + "_prog.gif")
-  p = run("sample.py", "--workdir", wd, "--partial", "0,3", "--t", "10",
-          "--num", "3", "--out", fig + "_part")
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert part.returncode == 0, part.stderr[-3000:]
   assert np.load(fig + "_part.npz")["samples"].shape == (2, 3, 8, 8, 1)
-  p = run("sample.py", "--workdir", wd, "--interpolate", "0,1", "--t", "0",
-          "--lambdas", "3", "--out", fig + "_interp")
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert interp.returncode == 0, interp.stderr[-3000:]
   from ddpm_jax import data, images
   held_out = images.to_uint8(data.digits_images("test")[:2])
   mixed = np.load(fig + "_interp.npz")["images"]
   np.testing.assert_array_equal(mixed[0], held_out[0])
   np.testing.assert_array_equal(mixed[-1], held_out[1])
-  line = error_line(run("sample.py", "--workdir", wd, "--interpolate", "0",
-                        "--out", fig + "_bad"))
-  assert "two image indices" in line
+  assert "two image indices" in error_line(interp_bad)
 
-  # The offline digits score of the trained workdir, one JSON line.
-  p = run("evaluate.py", "--workdir", wd, "--metric", "digits", "--num", "8",
-          "--steps", "5")
-  assert p.returncode == 0, p.stderr[-3000:]
-  score = json.loads(p.stdout.strip().splitlines()[-1])
-  assert score["num_samples"] == 8 and score["steps"] == 5
-  assert score["digits_fid"] > 0 and 0 < score["confidence"] <= 1
-  # FID without the Inception weights: where to get them, before sampling.
-  line = error_line(run("evaluate.py", "--workdir", wd, "--metric", "fid",
-                        "--inception", str(tmp_path / "none.safetensors")))
-  assert "download https://" in line and "inception_weights" in line
-
-  # Exported to diffusers, then sampled from the exported directory with
-  # the exported scheduler config (T=20): same model, same samples.
+  # Exported to diffusers; exporting again onto the same directory is
+  # refused and changes nothing; without --out the export goes into the
+  # workdir (never the current directory).
   exported = str(tmp_path / "exported")
-  p = run("-m", "ddpm_jax.interop.export", "--workdir", wd, "--out", exported)
-  assert p.returncode == 0, p.stderr[-3000:]
+  first, = run_in_one_process("ddpm_jax.interop.export",
+                              [["--workdir", wd, "--out", exported]])
+  assert first.returncode == 0, first.stderr[-3000:]
   assert sorted(os.listdir(exported)) == [
       "config.json", "diffusion_pytorch_model.safetensors",
       "scheduler_config.json"]
   with open(os.path.join(exported, "scheduler_config.json")) as f:
     assert json.load(f)["num_train_timesteps"] == 20
-  p = run("sample.py", "--model", exported, "--num", "6", "--batch_size", "4",
-          "--seed", "1", "--out", out + "c")
-  assert p.returncode == 0, p.stderr[-3000:]
-  np.testing.assert_array_equal(np.load(out + "c.npz")["images"], imgs)
-  # evaluate.py takes the imported model too, given its data.
-  p = run("evaluate.py", "--model", exported, "--dataset", "digits",
-          "--metric", "digits", "--num", "8", "--steps", "5")
-  assert p.returncode == 0, p.stderr[-3000:]
-  score = json.loads(p.stdout.strip().splitlines()[-1])
-  assert score["num_samples"] == 8 and score["step"] is None
-  line = error_line(run("evaluate.py", "--model", exported))
-  assert "--dataset" in line
-  # Exporting again onto the same directory is refused; nothing changes.
   before = {f: os.path.getmtime(os.path.join(exported, f))
             for f in os.listdir(exported)}
-  line = error_line(run("-m", "ddpm_jax.interop.export", "--workdir", wd,
-                        "--out", exported))
-  assert "already exists" in line
+  refused, default_run = run_in_one_process("ddpm_jax.interop.export", [
+      ["--workdir", wd, "--out", exported], ["--workdir", wd]])
+  assert "already exists" in error_line(refused)
   assert before == {f: os.path.getmtime(os.path.join(exported, f))
                     for f in os.listdir(exported)}
-  # Without --out: the export goes into the workdir, and samples of a
-  # --model into the model's folder (never the current directory).
-  p = run("-m", "ddpm_jax.interop.export", "--workdir", wd)
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert default_run.returncode == 0, default_run.stderr[-3000:]
   default = os.path.join(wd, "diffusers_step5")
-  assert f"wrote {default} (step 5" in p.stdout, p.stdout
+  assert f"wrote {default} (step 5" in default_run.stdout, default_run.stdout
   name = "diffusion_pytorch_model.safetensors"
   assert open(os.path.join(default, name), "rb").read() == open(
       os.path.join(exported, name), "rb").read()
-  p = run("sample.py", "--model", default, "--num", "6", "--batch_size", "4",
-          "--seed", "1")
-  assert p.returncode == 0, p.stderr[-3000:]
+  # Sampled from the exported directories with the exported scheduler
+  # config (T=20): same model, same samples; the samples of a --model go
+  # into the model's folder.
+  from_exported, from_default = run_in_one_process("sample.py", [
+      ["--model", exported, "--num", "6", "--batch_size", "4", "--seed", "1",
+       "--out", out + "c"],
+      ["--model", default, "--num", "6", "--batch_size", "4", "--seed", "1"]])
+  assert from_exported.returncode == 0, from_exported.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(out + "c.npz")["images"], imgs)
+  assert from_default.returncode == 0, from_default.stderr[-3000:]
   np.testing.assert_array_equal(np.load(os.path.join(
       default, "samples", "sample_seed1.npz"))["images"], imgs)
+
+  # The offline digits score of the trained workdir and of the exported
+  # model (given its data), one JSON line each; FID without the Inception
+  # weights says where to get them, before sampling.
+  score_run, fid_run, model_score_run, no_dataset = run_in_one_process(
+      "evaluate.py", [
+          ["--workdir", wd, "--metric", "digits", "--num", "8", "--steps",
+           "5"],
+          ["--workdir", wd, "--metric", "fid", "--inception",
+           str(tmp_path / "none.safetensors")],
+          ["--model", exported, "--dataset", "digits", "--metric", "digits",
+           "--num", "8", "--steps", "5"],
+          ["--model", exported]])
+  assert score_run.returncode == 0, score_run.stderr[-3000:]
+  score = json.loads(score_run.stdout.strip().splitlines()[-1])
+  assert score["num_samples"] == 8 and score["steps"] == 5
+  assert score["digits_fid"] > 0 and 0 < score["confidence"] <= 1
+  line = error_line(fid_run)
+  assert "download https://" in line and "inception_weights" in line
+  assert model_score_run.returncode == 0, model_score_run.stderr[-3000:]
+  score = json.loads(model_score_run.stdout.strip().splitlines()[-1])
+  assert score["num_samples"] == 8 and score["step"] is None
+  assert "--dataset" in error_line(no_dataset)
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path):
