@@ -86,7 +86,8 @@ def main(argv):
              "tfds name such as cifar10, or a directory of images)")
   with cli.errors_as_one_line():
     config, params, step = evaluate.load(FLAGS.workdir, FLAGS.model,
-                                         FLAGS.image_size, FLAGS.ema)
+                                         FLAGS.image_size, FLAGS.ema,
+                                         FLAGS.dtype)
     evaluate.set_dataset(config, FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.metric == "bpd":
       result = evaluate.bits_per_dim(config, params, step, FLAGS.split,

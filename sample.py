@@ -60,14 +60,15 @@ def _figure(mode):
   if mode == "progressive":
     return sampling.progressive_from_workdir(
         FLAGS.workdir, FLAGS.progressive, FLAGS.num, FLAGS.seed, FLAGS.out,
-        FLAGS.ema, sampler=run_flags.sampler_overrides())
+        FLAGS.ema, sampler=run_flags.sampler_overrides(),
+        dtype=FLAGS.dtype)
   if mode == "partial":
     return sampling.partial_from_workdir(
         FLAGS.workdir, _indices(FLAGS.partial), FLAGS.t, FLAGS.num,
-        FLAGS.seed, FLAGS.out, FLAGS.ema)
+        FLAGS.seed, FLAGS.out, FLAGS.ema, dtype=FLAGS.dtype)
   return sampling.interpolate_from_workdir(
       FLAGS.workdir, _indices(FLAGS.interpolate), FLAGS.t, FLAGS.lambdas,
-      FLAGS.seed, FLAGS.out, FLAGS.ema)
+      FLAGS.seed, FLAGS.out, FLAGS.ema, dtype=FLAGS.dtype)
 
 
 def main(argv):
@@ -88,13 +89,14 @@ def main(argv):
       path = sampling.sample_from_workdir(
           FLAGS.workdir, num=FLAGS.num, batch_size=FLAGS.batch_size,
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
-          variance=FLAGS.variance, sampler=run_flags.sampler_overrides())
+          variance=FLAGS.variance, sampler=run_flags.sampler_overrides(),
+          dtype=FLAGS.dtype)
     else:
       path = sampling.sample_from_model(
           FLAGS.model, num=FLAGS.num, batch_size=FLAGS.batch_size,
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
           image_size=FLAGS.image_size, variance=FLAGS.variance,
-          sampler=run_flags.sampler_overrides())
+          sampler=run_flags.sampler_overrides(), dtype=FLAGS.dtype)
   print(f"wrote {path}.png, {path}.npz and {path}.json")
 
 

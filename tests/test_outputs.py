@@ -12,6 +12,7 @@ from ddpm_jax.run import outputs
 def tag(**sampling):
   config = digits.get_config()  # T = 1000
   use_ema = sampling.pop("use_ema", True)
+  config.model.dtype = sampling.pop("dtype", "float32")
   for k, v in sampling.items():
     config.sampling[k] = v
   return outputs.sampling_tag(config, use_ema)
@@ -32,8 +33,12 @@ def test_every_setting_that_changes_the_samples_is_named():
   assert tag(label=3, guidance=2.0) == "_class3_w2"
   assert tag(guidance=2.0, classifier="clf") == "_clf2"
   assert tag(use_ema=False) == "_raw"
+  assert tag(dtype="bfloat16") == "_bf16"
+  assert tag(sampler="ddim", steps=50, dtype="bfloat16",
+             use_ema=False) == "_ddim50_bf16_raw"
   names = [tag(), tag(steps=100), tag(steps=100, spacing="trailing"),
            tag(variance="fixedsmall"), tag(use_ema=False),
+           tag(dtype="bfloat16"),
            tag(guidance=2.0, label=1), tag(guidance=2.0, classifier="c")]
   assert len(set(names)) == len(names)
 

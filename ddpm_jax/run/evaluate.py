@@ -12,13 +12,18 @@ from ddpm_jax.run import sampling
 
 
 def load(workdir: Optional[str], model: Optional[str],
-         image_size: Optional[int], use_ema: bool):
+         image_size: Optional[int], use_ema: bool,
+         dtype: Optional[str] = None):
   """(config, params, step) of a train.py workdir or of an imported
-  ``model`` (step None: no training step recorded)."""
+  ``model`` (step None: no training step recorded), run in compute
+  ``dtype`` (default: the config's)."""
   if workdir is not None:
-    return sources.load_workdir(workdir, use_ema)
-  config, params, _ = sources.load_model(model, image_size, use_ema)
-  return config, params, None
+    config, params, step = sources.load_workdir(workdir, use_ema)
+  else:
+    config, params, _ = sources.load_model(model, image_size, use_ema)
+    step = None
+  sampling.set_compute_dtype(config, dtype)
+  return config, params, step
 
 
 def set_dataset(config, dataset: Optional[str],

@@ -22,7 +22,7 @@ _SAMPLING_FIELDS = {"sampler": "sampler", "steps": "steps", "eta": "eta",
 
 
 def define_source_flags() -> None:
-  """--workdir, --model, --image_size and --ema."""
+  """--workdir, --model, --image_size, --ema and --dtype."""
   flags.DEFINE_string("workdir", None, "A train.py workdir.")
   flags.DEFINE_string("model", None, "A diffusers model directory or an "
                       "original TF checkpoint prefix (model.ckpt-NNNN), "
@@ -32,6 +32,10 @@ def define_source_flags() -> None:
                        "LSUN).")
   flags.DEFINE_bool("ema", True, "Use the EMA parameters (--noema: the raw "
                     "ones).")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "The U-Net's "
+                    "compute dtype (default: the model's: a workdir's "
+                    "model.dtype, float32 for --model). Parameters and the "
+                    "sampler's chain stay float32.")
 
 
 def define_sampler_flags() -> None:

@@ -21,7 +21,8 @@ STRIP = (".png", ".npz", ".json")
 def sampling_tag(config, use_ema: bool = True) -> str:
   """A name suffix for every sampling setting that differs from the
   project defaults (configs/default.py), e.g. '_ddim50_trailing_eta0.5';
-  '' for the full ancestral chain of the EMA parameters."""
+  '' for the full ancestral chain of the EMA parameters in float32
+  (:func:`model_tag`)."""
   s, d = config.sampling, default_config.get_default_config().sampling
   big_t = config.diffusion.num_timesteps
   parts = []
@@ -46,6 +47,16 @@ def sampling_tag(config, use_ema: bool = True) -> str:
     parts.append(f"class{s.label}")
   if s.guidance:
     parts.append(f"{'clf' if s.classifier else 'w'}{s.guidance:g}")
+  return "".join(f"_{p}" for p in parts) + model_tag(config, use_ema)
+
+
+def model_tag(config, use_ema: bool = True) -> str:
+  """The name suffix of how the network runs: '_bf16' for a bfloat16
+  compute dtype, '_raw' for the raw (not EMA) parameters."""
+  parts = []
+  if config.model.dtype != "float32":
+    parts.append({"bfloat16": "bf16"}.get(config.model.dtype,
+                                         config.model.dtype))
   if not use_ema:
     parts.append("raw")
   return "".join(f"_{p}" for p in parts)
@@ -73,9 +84,10 @@ def write_settings(prefix: str, config, *, source: str, seed: int,
                    use_ema: bool, step: Optional[int] = None,
                    **extra: Any) -> None:
   """``prefix.json``: what drew these outputs (the source and its step,
-  the seed, EMA or raw, every ``config.sampling`` field, and ``extra``)."""
+  the seed, EMA or raw, the compute dtype, every ``config.sampling``
+  field, and ``extra``)."""
   settings: Dict[str, Any] = {"source": source, "step": step, "seed": seed,
-                              "ema": use_ema,
+                              "ema": use_ema, "dtype": config.model.dtype,
                               "num_timesteps": config.diffusion.num_timesteps,
                               "sampling": config.sampling.to_dict(), **extra}
   paths.write_text(prefix + ".json", json.dumps(settings, indent=2) + "\n")

@@ -43,6 +43,24 @@ def apply_overrides(config, variance: Optional[str],
   validation.validate_config(config, FLAG_NAMES)
 
 
+def set_compute_dtype(config, dtype: Optional[str]) -> None:
+  """``--dtype``: the U-Net's compute dtype for this run ('float32' or
+  'bfloat16'; None keeps the config's). Parameters, the schedule and the
+  chain stay float32; the network's output is cast to float32."""
+  if dtype is None:
+    return
+  if dtype not in from_config.COMPUTE_DTYPES:
+    raise ValueError(f"--dtype must be one of {from_config.COMPUTE_DTYPES}, "
+                     f"got {dtype!r}")
+  config.model.dtype = dtype
+
+
+def _load_workdir(workdir: str, use_ema: bool, dtype: Optional[str]):
+  config, params, step = sources.load_workdir(workdir, use_ema)
+  set_compute_dtype(config, dtype)
+  return config, params, step
+
+
 def _draw_and_write(config, params, num: int, batch_size: int, seed: int,
                     prefix: str, explicit: bool, **settings) -> str:
   prefix = outputs.claim(prefix, outputs.SAMPLES, explicit)
@@ -57,14 +75,15 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
                         out: Optional[str] = None,
                         use_ema: bool = True,
                         variance: Optional[str] = None,
-                        sampler: Optional[Dict[str, Any]] = None) -> str:
+                        sampler: Optional[Dict[str, Any]] = None,
+                        dtype: Optional[str] = None) -> str:
   """Writes ``num`` samples of ``workdir``'s latest checkpoint; returns the
   output prefix (``.png``, ``.npz`` and the settings' ``.json`` are
   appended; :mod:`ddpm_jax.run.outputs` names it and never overwrites).
   ``sampler`` overrides ``config.sampling`` fields (sampler, steps, eta,
-  spacing ...)."""
+  spacing ...); ``dtype`` the compute dtype (:func:`set_compute_dtype`)."""
   _check_counts(num, batch_size)
-  config, params, step = sources.load_workdir(workdir, use_ema)
+  config, params, step = _load_workdir(workdir, use_ema, dtype)
   apply_overrides(config, variance, sampler)
   prefix = out or paths.join(
       workdir, "samples",
@@ -84,12 +103,14 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
                       out: Optional[str] = None, use_ema: bool = True,
                       image_size: Optional[int] = None,
                       variance: Optional[str] = None,
-                      sampler: Optional[Dict[str, Any]] = None) -> str:
+                      sampler: Optional[Dict[str, Any]] = None,
+                      dtype: Optional[str] = None) -> str:
   """Writes ``num`` samples of a diffusers model directory or an original
   TF checkpoint (by default in the model's folder, under samples/);
   returns the output prefix."""
   _check_counts(num, batch_size)
   config, params, _ = sources.load_model(path, image_size, use_ema)
+  set_compute_dtype(config, dtype)
   apply_overrides(config, variance, sampler)
   tag = outputs.sampling_tag(config, use_ema)
   if tf_checkpoint.is_tf_checkpoint(path) and not paths.isdir(path):
@@ -123,12 +144,13 @@ def _forward_steps(config, t: Optional[int]) -> int:
 
 def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
                              out: Optional[str] = None, use_ema: bool = True,
-                             sampler: Optional[Dict[str, Any]] = None) -> str:
+                             sampler: Optional[Dict[str, Any]] = None,
+                             dtype: Optional[str] = None) -> str:
   """Fig. 6: ``num`` samples with their x_t and predicted x_0 every
   ``every`` steps, written by :func:`ddpm_jax.images.write_progression`;
   returns the output prefix."""
   _check_counts(num, num)
-  config, params, step = sources.load_workdir(workdir, use_ema)
+  config, params, step = _load_workdir(workdir, use_ema, dtype)
   apply_overrides(config, None, sampler)
   size, ch = config.data.image_size, config.data.channels
   options = from_config.sampler_options(config)
@@ -150,12 +172,13 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
 def partial_from_workdir(workdir: str, indices: Sequence[int],
                          t: Optional[int], num: int, seed: int,
                          out: Optional[str] = None,
-                         use_ema: bool = True) -> str:
+                         use_ema: bool = True,
+                         dtype: Optional[str] = None) -> str:
   """Fig. 7: for each held-out image, one x_t after ``t`` forward steps and
   ``num`` reverse chains from it. Writes a grid (a row per image: x_0, x_t,
   the samples) and ``.npz`` (``x_t``, ``samples``); returns the prefix."""
   _check_counts(num, num)
-  config, params, step = sources.load_workdir(workdir, use_ema)
+  config, params, step = _load_workdir(workdir, use_ema, dtype)
   t = _forward_steps(config, t)
   x0 = _held_out(config, indices)
   x_t, samples = figures.partial_chain(
@@ -166,7 +189,7 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
                          np.asarray(samples)], axis=1)
   prefix = outputs.claim(out or paths.join(
       workdir, "samples", f"partial_t{t}_seed{seed}_step{step}"
-      f"{'' if use_ema else '_raw'}"), outputs.STRIP, out is not None)
+      f"{outputs.model_tag(config, use_ema)}"), outputs.STRIP, out is not None)
   outputs.write_settings(prefix, config, source=workdir, step=step,
                          seed=seed, use_ema=use_ema, num=num, t=t,
                          indices=list(indices))
@@ -180,7 +203,8 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
 def interpolate_from_workdir(workdir: str, pair: Sequence[int],
                              t: Optional[int], num_lambdas: int, seed: int,
                              out: Optional[str] = None,
-                             use_ema: bool = True) -> str:
+                             use_ema: bool = True,
+                             dtype: Optional[str] = None) -> str:
   """Fig. 8: held-out images ``pair`` encoded to x_t (``t`` forward steps),
   mixed at ``num_lambdas`` evenly spaced lambdas in [0, 1] and decoded with
   shared noise. Writes a strip (x0_a, the decodings, x0_b) and ``.npz``
@@ -189,7 +213,7 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
     raise ValueError(f"--interpolate takes two image indices, got {pair}")
   if num_lambdas < 2:
     raise ValueError(f"--lambdas must be >= 2, got {num_lambdas}")
-  config, params, step = sources.load_workdir(workdir, use_ema)
+  config, params, step = _load_workdir(workdir, use_ema, dtype)
   t = _forward_steps(config, t)
   a, b = _held_out(config, pair)
   lambdas = np.linspace(0.0, 1.0, num_lambdas)
@@ -201,7 +225,7 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
   prefix = outputs.claim(out or paths.join(
       workdir, "samples",
       f"interpolate_{pair[0]}_{pair[1]}_t{t}_seed{seed}_step{step}"
-      f"{'' if use_ema else '_raw'}"), outputs.STRIP, out is not None)
+      f"{outputs.model_tag(config, use_ema)}"), outputs.STRIP, out is not None)
   outputs.write_settings(prefix, config, source=workdir, step=step,
                          seed=seed, use_ema=use_ema, t=t, pair=list(pair),
                          lambdas=num_lambdas)
