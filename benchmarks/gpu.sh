@@ -15,6 +15,12 @@
 #            paper-sized goal's absolute time (130 s)
 #   compile  train step vs PyTorch under torch.compile, whose first call
 #            alone took 91 s (250 s)
+#   profile  benchmarks/profile.py: the top ops of the train step (batch
+#            128) and of the sampler (256 images x 100 steps), with CUDA
+#            graphs off so that the trace shows each op; traces in
+#            $OUT/profile_train and $OUT/profile_sample (200 + 150 s; not
+#            in the default set: run it as its own call, or instead of a
+#            part already measured)
 # Logs go to $OUT (the device tool's folder that comes back) or
 # /tmp/ddpm_jax_gpu; each part's last lines are printed. The train parts
 # print the MFU against GPU_BENCH_PEAK TFLOP/s (default 989).
@@ -68,7 +74,15 @@ for p in $parts; do
     compile) part compile 250 benchmarks/train_step.py --config "$config" \
                --batch 128 --torch_mode compile ${peak:+--peak_tflops $peak} \
                $extra ;;
-    *) echo "gpu.sh: unknown part '$p' (train, ratio, sample, compile)" >&2
+    profile)
+      export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="
+      part profile_train 200 benchmarks/profile.py --config "$config" \
+        --what train --batch 128 --calls 3 --out "$out/profile_train" $extra
+      part profile_sample 150 benchmarks/profile.py --config "$config" \
+        --what sample --num 256 --timesteps 100 --calls 1 \
+        --out "$out/profile_sample" $extra ;;
+    *) echo "gpu.sh: unknown part '$p' (train, ratio, sample, compile," \
+         "profile)" >&2
        exit 2 ;;
   esac
 done

@@ -80,3 +80,57 @@ def test_without_the_test_extra(tmp_path):
   assert p.stderr.strip().splitlines()[-1] == (
       "error: the PyTorch reference side needs 'diffusers': pip install -e "
       "'.[test]', or pass --jax_only"), p.stderr[-2000:]
+
+
+def test_hlo_costs_count_convolutions_and_dots():
+  # benchmarks/hlo_costs.py on a compiled program of known work: a 3x3
+  # convolution (2 * 4*6*6*8 outputs * 3*3*5 inputs each) and a dot
+  # (2 * 7*9 outputs * 11 each), each in its own call.
+  import sys
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import hlo_costs
+  import jax
+  import jax.numpy as jnp
+  x = jnp.ones((4, 6, 6, 5))
+  w = jnp.ones((3, 3, 5, 8))
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  costs = hlo_costs.instruction_costs(conv.lower(x, w).compile().as_text())
+  assert max(c.flops for c in costs.values()) == 2 * 4 * 6 * 6 * 8 * 45
+  a, b = jnp.ones((7, 11)), jnp.ones((11, 9))
+  costs = hlo_costs.instruction_costs(
+      jax.jit(jnp.dot).lower(a, b).compile().as_text())
+  top = max(costs.values(), key=lambda c: c.flops)
+  assert top.flops == 2 * 7 * 9 * 11
+  assert top.bytes == 4 * (7 * 11 + 11 * 9 + 7 * 9)
+
+
+def test_profile_tables_the_ops_of_a_traced_step_and_sampler(tmp_path):
+  lines = run("benchmarks/profile.py", "--config", "smoke", "--what",
+              "train", "--batch", "4", "--calls", "2", "--out",
+              str(tmp_path / "train"))
+  rows = [json.loads(l) for l in lines if l.startswith('{"op"')]
+  summary = json.loads([l for l in lines if l.startswith('{"what"')][0])
+  assert summary["module"] == "jit_train_step" and summary["calls"] == 2
+  assert rows and sum(r["share"] for r in rows) <= 1.0001
+  assert [r["total_ms"] for r in rows] == sorted(
+      (r["total_ms"] for r in rows), reverse=True)
+  # The convolutions' fusions have a FLOP rate; loops are not rows.
+  assert any(r["gflop_per_s"] for r in rows)
+  assert not any(r["kind"] == "while" for r in rows)
+  assert summary["conv_dot_gflop_per_call"] > 0
+  assert list((tmp_path / "train").glob("**/*.trace.json.gz"))
+  assert lines[-len(rows) - 1].startswith("op ")
+  # The sampler: the ops of its scan body run once per step (3 steps,
+  # one device).
+  lines = run("benchmarks/profile.py", "--config", "smoke", "--what",
+              "sample", "--num", "2", "--timesteps", "3", "--calls", "1",
+              "--out", str(tmp_path / "sample"))
+  rows = [json.loads(l) for l in lines if l.startswith('{"op"')]
+  assert max(r["runs_per_call"] for r in rows) == 3
+  assert any(r["gflop_per_s"] and r["runs_per_call"] == 3 for r in rows)
+  # A trace folder that is not empty is refused.
+  p = subprocess.run([sys.executable, "benchmarks/profile.py", "--out",
+                      str(tmp_path / "sample")], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 1 and "is not empty" in p.stderr.splitlines()[-1]
