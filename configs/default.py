@@ -150,6 +150,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.training.max_to_keep = 3
   # A non-finite loss or gradient stops the run (False) or skips the update.
   config.training.skip_nonfinite = False
+  # Train steps per jitted call (a lax.fori_loop over that many batches):
+  # above 1 for small models whose step is shorter than the cost of
+  # launching it. Logs, checkpoints, evaluations and SIGTERM still happen
+  # at their own steps (a call stops short of them).
+  config.training.steps_per_call = 1
   # The objective: 'mse' (L_simple for eps), 'kl' (the bound's terms, in
   # bits) or 'hybrid' (mse + hybrid_lambda * the bound, the mean's gradient
   # stopped in it; improved DDPM). loss_weighting of the mse: 'none',

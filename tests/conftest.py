@@ -67,6 +67,7 @@ def torch():
 _LONG_FILES = ("test_bucket", "test_train_cli", "test_multihost",
                "test_guidance_quality", "test_parallel", "test_objectives",
                "test_kill_resume", "test_docs_run", "test_quality_parity",
+               "test_steps_per_call",
                "test_guidance",
                "test_benchmarks", "test_classifier_guidance",
                "test_interop_diffusers", "test_digits_score",

@@ -9,7 +9,9 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from tqdm import tqdm
 
 from ddpm_jax import checkpoints, data, images, parallel, paths
@@ -19,7 +21,7 @@ from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
 from ddpm_jax.run import summary
 from ddpm_jax.samplers import generate as generate_lib
 from ddpm_jax.train.state import TrainState, create_train_state
-from ddpm_jax.train.step import make_train_step
+from ddpm_jax.train.step import make_multi_step, make_train_step
 from ddpm_jax.validation import validate_config
 
 
@@ -94,10 +96,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpoints.write_config(workdir, config)
 
   start, total = int(state.step), int(config.training.num_steps)
-  step_fn = make_train_step(config, model, tx, mesh, state_shardings)
+  k = int(config.training.steps_per_call)
+  step_fn = (make_train_step(config, model, tx, mesh, state_shardings)
+             if k == 1 else
+             make_multi_step(config, model, tx, mesh, state_shardings, k))
   schedule = jax.device_put(schedule, parallel.replicated(mesh))
   batches = parallel.prefetch_to_mesh(
-      data.create_input_iter(config, position), mesh)
+      data.create_input_iter(config, position), mesh, size=max(2, k))
   writer = summary.summary_writer(workdir) if lead else None
   t0, last = time.time(), start
   lr_fn = learning_rate_fn(config)
@@ -109,20 +114,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   evaluators = evaluators_common.from_config(config, model, schedule) + [
       (int(config.training.sample_every) or total,
        _SampleGrid(config, model, workdir, lead))]
+  # The steps after which something happens: a call stops short of them.
+  periods = [int(config.training.log_every),
+             int(config.training.checkpoint_every)] + [
+                 int(every) for every, _ in evaluators]
 
-  def check_finite(done, metrics):
+  def chunk(step):
+    # How many steps the call from `step` runs (1 with steps_per_call 1).
+    nxt = min([total] + [(step // p + 1) * p for p in periods if p > 0])
+    return min(k, nxt - step)
+
+  def check_finite(done, metrics, n=1):
     # A step whose loss or gradient is not finite: stop before anything is
     # saved (or count it, when the config says to skip such updates).
+    # `metrics` are those of the n steps up to `done` (one row each when
+    # several steps run per call).
     nonlocal skipped
-    if bool(jax.device_get(metrics["finite"])):
+    finite = np.atleast_1d(jax.device_get(metrics["finite"]))[:n]
+    if finite.all():
       return
     if skip:
-      skipped += 1
+      skipped += int((~finite).sum())
       return
+    first = int(np.argmin(finite))
+    loss = np.atleast_1d(jax.device_get(metrics["loss"]))[first]
     raise FloatingPointError(
-        f"loss or gradient is not finite at step {done} (loss "
-        f"{float(jax.device_get(metrics['loss']))}); stopped without saving "
-        f"it, the last checkpoint is step {manager.latest_step()} (set "
+        f"loss or gradient is not finite at step {done - n + 1 + first} "
+        f"(loss {float(loss)}); stopped without saving it, the last "
+        f"checkpoint is step {manager.latest_step()} (set "
         f"--config.training.skip_nonfinite=True to skip such steps)")
 
   def save(step):
@@ -133,9 +152,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Several: JAX's preemption service catches SIGTERM on any of them and
   # all agree on the step to stop at (manager.reached_preemption).
   stop = _StopOnSignal(sigterm=not multihost)
-  pending = None  # the previous step, checked once the next is dispatched
+  pending = None  # the previous call's steps, checked once the next is out
+  step = start
   try:
-    for step in range(start, total):
+    while step < total:
       if multihost and manager.reached_preemption(step):
         stop.requested = "preemption"
       if stop.requested:
@@ -148,20 +168,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           bar.write(f"{stop.requested}: saved the checkpoint of step {step} "
                     f"and stopped; run the same command to continue")
         break
-      batch, position = next(batches)
+      n = chunk(step)
+      taken = [next(batches) for _ in range(n)]
+      position = taken[-1][1]
+      if k == 1:
+        args = (state, taken[0][0], schedule)
+      else:  # the call's unused slots repeat the last batch
+        args = (state, tuple(b for b, _ in taken) +
+                (taken[-1][0],) * (k - n), jnp.int32(n), schedule)
       if multihost and step == start:
         # Compile first, then line the processes up: one still compiling
         # when another runs the step would time out gloo's context set-up.
-        step_fn = step_fn.lower(state, batch, schedule).compile()
+        step_fn = step_fn.lower(*args).compile()
         parallel.host_barrier(f"train_step_compiled_{start}")
-      state, metrics = step_fn(state, batch, schedule)
-      done = step + 1
+      state, metrics = step_fn(*args)
+      done = step + n
       if pending is not None:
         check_finite(*pending)
-      pending = (done, metrics)
+      pending = (done, metrics, n)
       if done % config.training.log_every == 0 or done == total:
-        check_finite(done, metrics)
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        check_finite(done, metrics, n)
+        m = {key: float(np.atleast_1d(v)[n - 1])
+             for key, v in jax.device_get(metrics).items()}
         dt = time.time() - t0
         m["img_per_s"] = (done - last) * bs / max(dt, 1e-9)
         m["steps_per_s"] = (done - last) / max(dt, 1e-9)
@@ -173,16 +201,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         bar.set_postfix(loss=f"{m['loss']:.4f}",
                         img_s=f"{m['img_per_s']:.0f}")
         if writer is not None:
-          for k, v in m.items():
-            writer.add_scalar(f"train/{k}", v, done)
+          for key, v in m.items():
+            writer.add_scalar(f"train/{key}", v, done)
         if lead:  # one line per log_every steps on stdout, beside the bar
           bar.write(f"step {done}: loss {m['loss']:.5f} grad_norm "
                     f"{m['grad_norm']:.4f} lr {m['learning_rate']:.3g} "
                     f"steps/s {m['steps_per_s']:.2f} img/s "
                     f"{m['img_per_s']:.1f}")
-      bar.update(1)
+      bar.update(n)
+      step = done
       if done % config.training.checkpoint_every == 0 or done == total:
-        check_finite(done, metrics)
+        check_finite(done, metrics, n)
         save(done)
       for every, evaluator in evaluators:
         if evaluators_common.due(every, done, total):
@@ -190,8 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             bar.write(f"step {done}: {evaluator.title} ...")
           results = dict(evaluator.run(state.ema_params, done))
           if writer is not None:
-            for k, v in results.items():
-              writer.add_scalar(f"eval/{k}", v, done)
+            for key, v in results.items():
+              writer.add_scalar(f"eval/{key}", v, done)
           if lead:
             bar.write(f"step {done}: {evaluator.summary(results)}")
   finally:

@@ -17,6 +17,7 @@ _EXPORTS = {
     "train_state_shapes": "state",
     "apply_gradients": "step", "ema_update": "step",
     "make_train_step": "step", "train_step": "step",
+    "make_multi_step": "step", "multi_step": "step",
 }
 __all__ = sorted(_EXPORTS)
 

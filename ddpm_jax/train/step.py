@@ -1,6 +1,7 @@
 """One training step (Algorithm 1): draw t and the noise from the step's
 key, differentiate the objective, apply the optimizer and the EMA; and
-:func:`make_train_step`, the step jitted over a device mesh."""
+:func:`make_train_step`, the step jitted over a device mesh, and
+:func:`make_multi_step`, several steps in one jitted call."""
 
 from __future__ import annotations
 
@@ -129,18 +130,11 @@ def apply_gradients(state: TrainState, grads: Any, loss: jnp.ndarray, *,
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: UNet,
-                    tx: optax.GradientTransformation, mesh: Mesh,
-                    state_shardings: Any):
-  """:func:`train_step` jitted over ``mesh``: the batch split over the data
-  axis, the state in ``state_shardings`` and donated, metrics replicated.
-  Call it as ``step(state, batch, schedule)``.
-
-  With microbatches (:func:`microbatch_size`) on CPU devices, a U-Net
-  whose ``conv_backward`` is 'auto' is differentiated by 'matmul': XLA's own
-  kernel gradient inside the ``lax.scan`` of the passes is much slower on
-  the CPU than 'matmul' there (docs/benchmarks.md, 'Measurements behind
-  design choices'). Same parameters, same function."""
+def _bound_step(config: ml_collections.ConfigDict, model: UNet,
+                tx: optax.GradientTransformation, mesh: Mesh,
+                state_shardings: Any):
+  """:func:`train_step` with everything but (state, batch, schedule)
+  bound from ``config`` (see :func:`make_train_step`)."""
   flat = flat_grads_pay(mesh, state_shardings)
   micro = step_microbatch_size(config, mesh, state_shardings)
   backward = step_conv_backward(model, micro, mesh)
@@ -159,8 +153,67 @@ def make_train_step(config: ml_collections.ConfigDict, model: UNet,
                              "label_dropout", 0.0)),
                          grad_mesh=mesh if flat else None,
                          microbatch=micro)
+  return fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: UNet,
+                    tx: optax.GradientTransformation, mesh: Mesh,
+                    state_shardings: Any):
+  """:func:`train_step` jitted over ``mesh``: the batch split over the data
+  axis, the state in ``state_shardings`` and donated, metrics replicated.
+  Call it as ``step(state, batch, schedule)``.
+
+  With microbatches (:func:`microbatch_size`) on CPU devices, a U-Net
+  whose ``conv_backward`` is 'auto' is differentiated by 'matmul': XLA's own
+  kernel gradient inside the ``lax.scan`` of the passes is much slower on
+  the CPU than 'matmul' there (docs/benchmarks.md, 'Measurements behind
+  design choices'). Same parameters, same function."""
   rep = parallel.replicated(mesh)
-  return jax.jit(fn,
+  return jax.jit(_bound_step(config, model, tx, mesh, state_shardings),
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),
                                rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
+
+def multi_step(state: TrainState, batches: Tuple[Any, ...], n: jnp.ndarray,
+               schedule: DiffusionSchedule, *, step_fn
+               ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
+  """The first ``n`` of ``batches`` (a tuple of k batches, 1 <= n <= k),
+  one ``step_fn(state, batch, schedule)`` each, in one ``lax.fori_loop``.
+  Returns the state and each metric with a leading axis of k: row i is
+  step i's (rows from n on are zeros). ``n`` is traced, so one program
+  runs every chunk length."""
+  k = len(batches)
+  stacked = jax.tree_util.tree_map(lambda *b: jnp.stack(b), *batches)
+  shapes = jax.eval_shape(step_fn, state, batches[0], schedule)[1]
+  rows = jax.tree_util.tree_map(
+      lambda s: jnp.zeros((k,) + s.shape, s.dtype), shapes)
+
+  def body(i, carry):
+    state, rows = carry
+    batch = jax.tree_util.tree_map(
+        lambda b: jax.lax.dynamic_index_in_dim(b, i, keepdims=False),
+        stacked)
+    state, metrics = step_fn(state, batch, schedule)
+    return state, jax.tree_util.tree_map(lambda r, m: r.at[i].set(m), rows,
+                                         metrics)
+
+  return jax.lax.fori_loop(0, n, body, (state, rows))
+
+
+def make_multi_step(config: ml_collections.ConfigDict, model: UNet,
+                    tx: optax.GradientTransformation, mesh: Mesh,
+                    state_shardings: Any, k: int):
+  """:func:`multi_step` of k batches, jitted over ``mesh`` as
+  :func:`make_train_step` jits one step (the state donated). Call it as
+  ``steps(state, (batch_1, ..., batch_k), n, schedule)``: up to k train
+  steps for one dispatch, for models whose step is shorter than the cost
+  of launching it (``training.steps_per_call``)."""
+  rep = parallel.replicated(mesh)
+  fn = functools.partial(multi_step, step_fn=_bound_step(
+      config, model, tx, mesh, state_shardings))
+  return jax.jit(fn,
+                 in_shardings=(state_shardings,
+                               (parallel.batch_sharding(mesh),) * int(k),
+                               rep, rep),
                  out_shardings=(state_shardings, rep), donate_argnums=(0,))
