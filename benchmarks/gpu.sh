@@ -15,7 +15,7 @@
 #            paper-sized goal's absolute time (130 s)
 #   compile  train step vs PyTorch under torch.compile, whose first call
 #            alone took 91 s (250 s)
-#   profile  benchmarks/profile.py: the top ops of the train step (batch
+#   profile  benchmarks/op_profile.py: the top ops of the train step (batch
 #            128) and of the sampler (256 images x 100 steps), with CUDA
 #            graphs off so that the trace shows each op; traces in
 #            $OUT/profile_train and $OUT/profile_sample (200 + 150 s; not
@@ -76,9 +76,9 @@ for p in $parts; do
                $extra ;;
     profile)
       export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="
-      part profile_train 200 benchmarks/profile.py --config "$config" \
+      part profile_train 200 benchmarks/op_profile.py --config "$config" \
         --what train --batch 128 --calls 3 --out "$out/profile_train" $extra
-      part profile_sample 150 benchmarks/profile.py --config "$config" \
+      part profile_sample 150 benchmarks/op_profile.py --config "$config" \
         --what sample --num 256 --timesteps 100 --calls 1 \
         --out "$out/profile_sample" $extra ;;
     *) echo "gpu.sh: unknown part '$p' (train, ratio, sample, compile," \

@@ -1,6 +1,6 @@
 """FLOPs and bytes of each instruction of a compiled XLA program, read from
 its optimized HLO text (``jax.stages.Compiled.as_text()``), for
-benchmarks/profile.py's table.
+benchmarks/op_op_profile.py's table.
 
 FLOPs count the multiply-adds of convolutions and dots (2 per
 multiply-add), also inside fusions and as library calls (cuDNN

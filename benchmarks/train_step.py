@@ -31,6 +31,9 @@ FLAGS = flags.FLAGS
 common.define_shared_flags()
 flags.DEFINE_integer("batch", None, "Batch size (default: the config's).")
 flags.DEFINE_integer("steps", 10, "Train steps per timed run.")
+flags.DEFINE_integer("steps_per_call", 1, "JAX: train steps per jitted "
+                     "call (training.steps_per_call; --steps must be a "
+                     "multiple).")
 flags.DEFINE_enum("conv_backward", None, ["auto", "xla", "matmul"],
                   "Override config.model.conv_backward (ddpm_jax/models/"
                   "conv.py), e.g. 'xla' to time XLA's own gradient.")
@@ -48,7 +51,9 @@ def jax_side(config, batch_size):
   mesh = parallel.make_mesh()
   state = train.create_train_state(config, model, tx, mesh)
   shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-  step = train.make_train_step(config, model, tx, mesh, shardings)
+  k = FLAGS.steps_per_call
+  step = (train.make_train_step(config, model, tx, mesh, shardings) if k == 1
+          else train.make_multi_step(config, model, tx, mesh, shardings, k))
   schedule = jax.device_put(from_config.make_schedule(config),
                             parallel.replicated(mesh))
   d = config.data
@@ -59,15 +64,17 @@ def jax_side(config, batch_size):
       parallel.batch_sharding(mesh))
   holder = {"state": state}
   lowered = compiled = None
+  # K steps per call: the same batch K times, all K steps run.
+  inputs = (batch,) if k == 1 else ((batch,) * k, jax.numpy.int32(k))
 
   def compile_step():  # tracing and lowering counted in the compile time
     nonlocal lowered, compiled
-    lowered = step.lower(holder["state"], batch, schedule)
+    lowered = step.lower(holder["state"], *inputs, schedule)
     compiled = lowered.compile()
 
   def steps(n):
-    for _ in range(n):
-      holder["state"], metrics = compiled(holder["state"], batch, schedule)
+    for _ in range(max(1, n // k)):
+      holder["state"], metrics = compiled(holder["state"], *inputs, schedule)
     jax.block_until_ready((holder["state"], metrics))
 
   compile_s = common.timed(compile_step)
@@ -81,14 +88,18 @@ def jax_side(config, batch_size):
   # Both counts are one device's program, times the devices.
   counted = lowered
   micro = train.step_microbatch_size(config, mesh, shardings)
+  if k > 1:  # the loop's body is counted once: count one step
+    counted = train.make_train_step(config, model, tx, mesh, shardings
+                                    ).lower(holder["state"], batch, schedule)
   if micro:
     one = config.copy_and_resolve_references()
     one.training.microbatch_size = 0
     counted = train.make_train_step(one, model, tx, mesh, shardings).lower(
         holder["state"], batch, schedule)
   flops = _flops(counted) * jax.device_count()
-  compiled_flops = None if micro else _flops(compiled) * jax.device_count()
-  backward = train.step_backward_plan(model, micro, mesh)
+  compiled_flops = (None if micro or k > 1 else
+                    _flops(compiled) * jax.device_count())
+  backward = train.step_backward_plan(model, micro, mesh, in_loop=k > 1)
   return compile_s, first_s, lambda: common.timed(lambda: steps(
       FLAGS.steps)), (flops, compiled_flops), micro, backward
 
@@ -151,6 +162,9 @@ def torch_side(config, batch_size, device):
 def main(argv):
   del argv
   config, device = common.setup_from_flags()
+  if FLAGS.steps_per_call < 1 or FLAGS.steps % FLAGS.steps_per_call:
+    sys.exit(f"error: --steps {FLAGS.steps} must be a positive multiple of "
+             f"--steps_per_call {FLAGS.steps_per_call}")
   batch = int(FLAGS.batch or config.training.batch_size)
   config.training.batch_size = batch
   if FLAGS.conv_backward:
@@ -179,6 +193,9 @@ def main(argv):
   # resolves it).
   out["jax"]["conv_backward"] = backward
   out["jax"]["microbatch"] = micro  # per device; 0: one pass
+  out["jax"]["steps_per_call"] = FLAGS.steps_per_call
+  out["jax"]["steps_per_s"] = round(FLAGS.steps / common.median(
+      times["jax"]), 2)
   if flops:
     # The FLOPs the step does on all devices; MFU is achieved / the peak
     # of every device.

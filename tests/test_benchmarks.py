@@ -33,6 +33,13 @@ def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
              ) < 1e-4, jax_side
   assert set(jax_side["conv_backward"]) == {"conv", "subpixel"}
   assert "ratio jax/torch" in lines[-1]
+  # Several steps per call: the steps counted, the loop's backward plan.
+  lines = run("benchmarks/train_step.py", "--config", "smoke", "--batch",
+              "8", "--steps", "4", "--steps_per_call", "2", "--repeats", "1",
+              "--jax_only")
+  jax_side = json.loads(lines[-3])
+  assert jax_side["steps_per_call"] == 2 and jax_side["steps_per_s"] > 0
+  assert jax_side["gflop_per_step"] > 0
   lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
               "--timesteps", "2", "--repeats", "1")
   assert json.loads(lines[-4])["timesteps"] == 2
@@ -106,7 +113,7 @@ def test_hlo_costs_count_convolutions_and_dots():
 
 
 def test_profile_tables_the_ops_of_a_traced_step_and_sampler(tmp_path):
-  lines = run("benchmarks/profile.py", "--config", "smoke", "--what",
+  lines = run("benchmarks/op_profile.py", "--config", "smoke", "--what",
               "train", "--batch", "4", "--calls", "2", "--out",
               str(tmp_path / "train"))
   rows = [json.loads(l) for l in lines if l.startswith('{"op"')]
@@ -123,14 +130,14 @@ def test_profile_tables_the_ops_of_a_traced_step_and_sampler(tmp_path):
   assert lines[-len(rows) - 1].startswith("op ")
   # The sampler: the ops of its scan body run once per step (3 steps,
   # one device).
-  lines = run("benchmarks/profile.py", "--config", "smoke", "--what",
+  lines = run("benchmarks/op_profile.py", "--config", "smoke", "--what",
               "sample", "--num", "2", "--timesteps", "3", "--calls", "1",
               "--out", str(tmp_path / "sample"))
   rows = [json.loads(l) for l in lines if l.startswith('{"op"')]
   assert max(r["runs_per_call"] for r in rows) == 3
   assert any(r["gflop_per_s"] and r["runs_per_call"] == 3 for r in rows)
   # A trace folder that is not empty is refused.
-  p = subprocess.run([sys.executable, "benchmarks/profile.py", "--out",
+  p = subprocess.run([sys.executable, "benchmarks/op_profile.py", "--out",
                       str(tmp_path / "sample")], cwd=ROOT,
                      capture_output=True, text=True, timeout=600)
   assert p.returncode == 1 and "is not empty" in p.stderr.splitlines()[-1]

@@ -172,26 +172,28 @@ def step_platform(mesh: Mesh) -> str:
   return next(iter(mesh.devices.flat)).platform
 
 
-def step_conv_backward(model: Any, micro: int, mesh: Mesh) -> Optional[str]:
+def step_conv_backward(model: Any, micro: int, mesh: Mesh,
+                       in_loop: bool = False) -> Optional[str]:
   """The ``conv_backward`` the train step differentiates ``model`` with:
   the model's own, with 'auto' resolved by
-  :func:`ddpm_jax.models.conv.resolve_backward` where the step is
-  microbatched (``micro`` > 0: the layers run inside a ``lax.scan``);
+  :func:`ddpm_jax.models.conv.resolve_backward` where the layers run
+  inside a loop: the step is microbatched (``micro`` > 0, a ``lax.scan``)
+  or runs in a loop of steps (``in_loop``, ``training.steps_per_call``);
   None for a model without the field."""
   own = getattr(model, "conv_backward", None)
-  if own is None or not micro:
+  if own is None or not (micro or in_loop):
     return own
   return conv.resolve_backward(own, in_scan=True,
                                platform=step_platform(mesh))
 
 
-def step_backward_plan(model: Any, micro: int,
-                       mesh: Mesh) -> Optional[Dict[str, str]]:
+def step_backward_plan(model: Any, micro: int, mesh: Mesh,
+                       in_loop: bool = False) -> Optional[Dict[str, str]]:
   """{layer kind: backward} that the train step runs for ``model``
   (:func:`ddpm_jax.models.conv.backward_plan`); None for a model without
   ``conv_backward``."""
-  backward = step_conv_backward(model, micro, mesh)
+  backward = step_conv_backward(model, micro, mesh, in_loop)
   if backward is None:
     return None
-  return conv.backward_plan(backward, in_scan=bool(micro),
+  return conv.backward_plan(backward, in_scan=bool(micro) or in_loop,
                             platform=step_platform(mesh))

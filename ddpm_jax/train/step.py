@@ -132,12 +132,13 @@ def apply_gradients(state: TrainState, grads: Any, loss: jnp.ndarray, *,
 
 def _bound_step(config: ml_collections.ConfigDict, model: UNet,
                 tx: optax.GradientTransformation, mesh: Mesh,
-                state_shardings: Any):
+                state_shardings: Any, in_loop: bool = False):
   """:func:`train_step` with everything but (state, batch, schedule)
-  bound from ``config`` (see :func:`make_train_step`)."""
+  bound from ``config`` (see :func:`make_train_step`); ``in_loop``: it
+  runs inside :func:`multi_step`'s loop."""
   flat = flat_grads_pay(mesh, state_shardings)
   micro = step_microbatch_size(config, mesh, state_shardings)
-  backward = step_conv_backward(model, micro, mesh)
+  backward = step_conv_backward(model, micro, mesh, in_loop)
   if backward != getattr(model, "conv_backward", backward):
     model = model.clone(conv_backward=backward)
   classes = num_classes(config)
@@ -211,7 +212,7 @@ def make_multi_step(config: ml_collections.ConfigDict, model: UNet,
   of launching it (``training.steps_per_call``)."""
   rep = parallel.replicated(mesh)
   fn = functools.partial(multi_step, step_fn=_bound_step(
-      config, model, tx, mesh, state_shardings))
+      config, model, tx, mesh, state_shardings, in_loop=True))
   return jax.jit(fn,
                  in_shardings=(state_shardings,
                                (parallel.batch_sharding(mesh),) * int(k),

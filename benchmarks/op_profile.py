@@ -1,8 +1,8 @@
 """Where the device time of a train step or of the sampler goes: traces
 --calls calls with jax.profiler and prints the ops that took longest.
 
-    python benchmarks/profile.py --config tiny8 --what train --out /tmp/prof
-    python benchmarks/profile.py --config cifar10 --bf16 --what sample \\
+    python benchmarks/op_profile.py --config tiny8 --what train --out /tmp/prof
+    python benchmarks/op_profile.py --config cifar10 --bf16 --what sample \\
         --num 256 --timesteps 1000 --out $OUT/profile
 
 Compiles the program (the train step as train.py jits it, or the whole
@@ -16,6 +16,10 @@ and calls are left out: their ops are counted), and its achieved GFLOP/s
 and GB/s (FLOPs of its convolutions and dots, and bytes of its operands
 and result, from the compiled program: benchmarks/hlo_costs.py). One JSON
 line per op, then one with the totals; the table last, for reading.
+
+(Named op_profile.py, not profile.py: run as a script, this folder comes
+first on sys.path, where a profile.py would stand in for the standard
+library's profile module that cProfile, and PyTorch through it, import.)
 
 On a GPU, XLA may launch kernels as CUDA graphs, which hide the ops from
 the trace: benchmarks/gpu.sh runs this with
