@@ -121,6 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   def chunk(step):
     # How many steps the call from `step` runs (1 with steps_per_call 1).
+    if k == 1:
+      return 1
     nxt = min([total] + [(step // p + 1) * p for p in periods if p > 0])
     return min(k, nxt - step)
 
