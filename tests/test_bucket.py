@@ -201,9 +201,14 @@ def test_two_hosts_preempted_and_resumed_in_the_bucket(gcs):
   from tests.test_multihost import (assert_same_state, finish, saved_state,
                                     start_job)
   # SIGTERM to the second host of a 2-process x 2-device job: both save
-  # the same step in the bucket and exit.
+  # the same step in the bucket and exit. Three steps per jitted call
+  # (steps_per_call 4, stopped short at each log): the hosts agree on a
+  # call to stop before, not on a step (test_multihost.py runs one step
+  # per call).
   pre = f"gs://{BUCKET}/multihost_pre"
-  procs = start_job(pre, "--config.training.num_steps=100000",
+  calls = ("--config.training.steps_per_call=4",
+           "--config.training.log_every=3")
+  procs = start_job(pre, *calls, "--config.training.num_steps=100000",
                     "--config.training.checkpoint_every=100000",
                     "--config.training.sample_every=0")
   try:
@@ -216,13 +221,15 @@ def test_two_hosts_preempted_and_resumed_in_the_bucket(gcs):
   assert said, outs[0][-2000:]
   step = int(said[0])
   assert paths.listdir(f"{pre}/checkpoints") == [str(step)]
-  # Resumed to step + 2, it ends exactly where an uninterrupted job does.
+  assert step % 3 == 0, step  # between calls
+  # Resumed to step + 2 (one call of two steps), it ends exactly where an
+  # uninterrupted job does.
   total = step + 2
   job = f"gs://{BUCKET}/multihost_job"
-  finish(start_job(job, f"--config.training.num_steps={total}",
+  finish(start_job(job, *calls, f"--config.training.num_steps={total}",
                    "--config.training.checkpoint_every=100000",
                    "--config.training.sample_every=0"))
-  finish(start_job(pre, f"--config.training.num_steps={total}",
+  finish(start_job(pre, *calls, f"--config.training.num_steps={total}",
                    "--config.training.checkpoint_every=100000",
                    "--config.training.sample_every=0"))
   assert_same_state(saved_state(job, total), saved_state(pre, total),

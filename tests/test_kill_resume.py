@@ -1,6 +1,11 @@
 """train.py killed with SIGKILL at random moments and restarted ends where
 an uninterrupted run ends (tests/scripts/kill_resume.py; run it with
---kills 20 for the long version)."""
+--kills 20 for the long version).
+
+Here with two steps per jitted call (training.steps_per_call) and a
+checkpoint every three steps, so that calls of two and of one step
+alternate and kills land inside calls; tests/test_bucket.py runs the same
+script with one step per call and a checkpoint every step."""
 
 import json
 import os
@@ -15,7 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_sigkill_and_restart_matches_uninterrupted_run(tmp_path):
   p = subprocess.run([sys.executable, "tests/scripts/kill_resume.py",
-                      "--kills", "3", "--steps", "12", "--seed", "1", "--workdir",
+                      "--kills", "3", "--steps", "12", "--seed", "1",
+                      "--steps_per_call", "2", "--checkpoint_every", "3",
+                      "--workdir",
                       str(tmp_path)], cwd=ROOT, capture_output=True,
                      text=True, timeout=1200)
   assert p.stdout.strip(), p.stderr[-3000:]

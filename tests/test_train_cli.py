@@ -285,7 +285,9 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
   proc = subprocess.Popen(
       [sys.executable, "train.py", *TINY, "--workdir", wd,
        "--config.training.num_steps=100000",
-       "--config.training.checkpoint_every=100000"],
+       "--config.training.checkpoint_every=100000",
+       # Four steps per jitted call: the signal is honoured between calls.
+       "--config.training.steps_per_call=4"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
   try:

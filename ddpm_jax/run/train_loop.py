@@ -152,14 +152,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   multihost = jax.process_count() > 1
   # One process alone: SIGTERM/SIGINT set a flag checked between steps.
   # Several: JAX's preemption service catches SIGTERM on any of them and
-  # all agree on the step to stop at (manager.reached_preemption).
+  # all agree on the call to stop before (manager.reached_preemption). The
+  # service sets that point one past the furthest counter it was shown and
+  # stops only on that exact value, so it counts calls, not steps: with
+  # steps_per_call > 1 the step would jump past it and no host would stop.
   stop = _StopOnSignal(sigterm=not multihost)
   pending = None  # the previous call's steps, checked once the next is out
   step = start
+  calls = 0
   try:
     while step < total:
-      if multihost and manager.reached_preemption(step):
+      if multihost and manager.reached_preemption(calls):
         stop.requested = "preemption"
+      calls += 1
       if stop.requested:
         if pending is not None:
           check_finite(*pending)

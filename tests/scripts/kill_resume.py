@@ -3,6 +3,7 @@ same command must end where an uninterrupted run ends.
 
   python tests/scripts/kill_resume.py --kills 20 [--steps 60] [--seed 0]
       [--workdir DIR or gs://bucket/prefix]
+      [--steps_per_call K --checkpoint_every N]
 
 Runs a tiny digits config twice: once straight through, once killed
 ``--kills`` times at random moments (each restart resumes from the latest
@@ -25,20 +26,21 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 STEPS = 60  # --steps
+OPTIONS = []  # --steps_per_call and --checkpoint_every, as config overrides
 BASE_ARGS = [
     "--config", "configs/digits.py", "--config.model.ch=32",
     "--config.model.num_res_blocks=1", "--config.diffusion.num_timesteps=20",
     # One resolution level: the kills and restarts are what is tested.
     "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)",
     "--config.training.batch_size=8", "--config.training.log_every=1",
-    "--config.training.checkpoint_every=1", "--config.training.max_to_keep=2",
+    "--config.training.max_to_keep=2",
     "--config.sampling.num_samples=1", "--config.sampling.batch_size=1",
     "--config.optim.warmup_steps=2",
 ]
 
 
 def command(workdir):
-  return [sys.executable, "train.py", *BASE_ARGS,
+  return [sys.executable, "train.py", *BASE_ARGS, *OPTIONS,
           f"--config.training.num_steps={STEPS}", "--workdir", workdir]
 
 
@@ -97,9 +99,16 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--steps", type=int, default=60)
+  parser.add_argument("--steps_per_call", type=int, default=1,
+                      help="training.steps_per_call of both runs")
+  parser.add_argument("--checkpoint_every", type=int, default=1,
+                      help="training.checkpoint_every of both runs")
   args = parser.parse_args()
   global STEPS
   STEPS = args.steps
+  OPTIONS.extend([
+      f"--config.training.steps_per_call={args.steps_per_call}",
+      f"--config.training.checkpoint_every={args.checkpoint_every}"])
   rng = random.Random(args.seed)
   base = args.workdir or tempfile.mkdtemp(prefix="kill_resume_")
   sys.path.insert(0, ROOT)
