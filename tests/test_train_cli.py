@@ -286,8 +286,10 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
       [sys.executable, "train.py", *TINY, "--workdir", wd,
        "--config.training.num_steps=100000",
        "--config.training.checkpoint_every=100000",
-       # Four steps per jitted call: the signal is honoured between calls.
-       "--config.training.steps_per_call=4"],
+       # Four steps per jitted call (no log to stop short of): the signal
+       # is honoured between calls.
+       "--config.training.steps_per_call=4",
+       "--config.training.log_every=100000"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
   try:
@@ -302,6 +304,7 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
   assert proc.returncode == 0, err[-3000:]
   steps = os.listdir(os.path.join(wd, "checkpoints"))
   assert len(steps) == 1 and int(steps[0]) > 0, steps
+  assert int(steps[0]) % 4 == 0, steps  # between calls of 4 steps
   assert f"SIGTERM: saved the checkpoint of step {steps[0]}" in out + err
   # The same workdir with another model: one line naming the array and the
   # fix, before any read starts (no stray traceback at exit); the

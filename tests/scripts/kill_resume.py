@@ -26,14 +26,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 STEPS = 60  # --steps
-OPTIONS = []  # --steps_per_call and --checkpoint_every, as config overrides
+OPTIONS = []  # from --steps_per_call and --checkpoint_every
 BASE_ARGS = [
     "--config", "configs/digits.py", "--config.model.ch=32",
     "--config.model.num_res_blocks=1", "--config.diffusion.num_timesteps=20",
     # One resolution level: the kills and restarts are what is tested.
     "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)",
-    "--config.training.batch_size=8", "--config.training.log_every=1",
-    "--config.training.max_to_keep=2",
+    "--config.training.batch_size=8", "--config.training.max_to_keep=2",
     "--config.sampling.num_samples=1", "--config.sampling.batch_size=1",
     "--config.optim.warmup_steps=2",
 ]
@@ -106,9 +105,11 @@ def main():
   args = parser.parse_args()
   global STEPS
   STEPS = args.steps
+  # A log at each checkpoint only: a call stops short of every log.
   OPTIONS.extend([
       f"--config.training.steps_per_call={args.steps_per_call}",
-      f"--config.training.checkpoint_every={args.checkpoint_every}"])
+      f"--config.training.checkpoint_every={args.checkpoint_every}",
+      f"--config.training.log_every={args.checkpoint_every}"])
   rng = random.Random(args.seed)
   base = args.workdir or tempfile.mkdtemp(prefix="kill_resume_")
   sys.path.insert(0, ROOT)
