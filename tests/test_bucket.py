@@ -237,6 +237,37 @@ def test_two_hosts_preempted_and_resumed_in_the_bucket(gcs):
   assert not _local_leftovers()
 
 
+def test_tensorboard_events_in_the_bucket_go_on_in_parts(gcs, tmp_path,
+                                                        monkeypatch):
+  # An object cannot be appended to: each flush rewrites the newest part,
+  # which is closed at a flush once it holds PART_BYTES (here after every
+  # 10 or so scalars); TensorBoard reads the parts in name order as one
+  # run.
+  from ddpm_jax import paths
+  from ddpm_jax.run import summary
+  from tests.test_train_cli import read_scalars
+  monkeypatch.setattr(summary, "PART_BYTES", 400)
+  logdir = f"gs://{BUCKET}/events/tensorboard"
+  writer = summary.summary_writer(f"gs://{BUCKET}/events")
+  for step in range(1, 61):
+    writer.add_scalar("train/loss", 1.0 / step, step)
+    if step % 5 == 0:
+      writer.flush()
+  writer.close()
+  names = sorted(paths.listdir(logdir))
+  assert len(names) > 3 and names[0].startswith("events.out.tfevents"), names
+  assert all(n.startswith(names[0]) for n in names)
+  for n in names:
+    # At most one flush's events beyond PART_BYTES (5 scalars).
+    assert len(paths.read_bytes(f"{logdir}/{n}")) < 800, n
+    (tmp_path / n).write_bytes(paths.read_bytes(f"{logdir}/{n}"))
+  loss = read_scalars(str(tmp_path))["train/loss"]
+  assert sorted(loss) == list(range(1, 61))
+  np.testing.assert_allclose([loss[s] for s in range(1, 61)],
+                             [1.0 / s for s in range(1, 61)], rtol=1e-6)
+  assert not _local_leftovers()
+
+
 def test_no_endpoint_and_no_credentials_are_one_line_errors_within_60s(gcs):
   import subprocess
   import sys

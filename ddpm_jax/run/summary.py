@@ -11,20 +11,35 @@ from ddpm_jax import paths
 EVENTS_DIR = "tensorboard"
 
 
+# The size at which an event object at a URL is closed: the events then go
+# on in the next object (``<name>.part00001``, ...), so that a flush
+# rewrites the newest part, not everything logged since the start.
+PART_BYTES = 256 * 1024
+
+
 class _ObjectEvents:
-  """An event file at a URL. An object store cannot append, so the file is
-  kept in memory and written whole at each flush (as tensorboardX's own
-  GCS writer does); event files of scalar logs stay small."""
+  """An event file at a URL. An object store cannot append, so the newest
+  part is kept in memory and written whole at each flush (as
+  tensorboardX's own GCS writer does with the whole file). A part ends at
+  a flush (between whole records: tensorboardX writes a record in several
+  calls) once it holds PART_BYTES; TensorBoard reads a run's files in name
+  order."""
 
   def __init__(self, path: str):
     self._path = path
+    self._part = 0
     self._buffer = io.BytesIO()
 
   def write(self, data: bytes) -> None:
     self._buffer.write(data)
 
   def flush(self) -> None:
-    paths.write_bytes(self._path, self._buffer.getvalue())
+    name = (self._path if self._part == 0 else
+            f"{self._path}.part{self._part:05d}")
+    paths.write_bytes(name, self._buffer.getvalue())
+    if self._buffer.tell() >= PART_BYTES:
+      self._part += 1
+      self._buffer = io.BytesIO()
 
   def close(self) -> None:
     self.flush()
