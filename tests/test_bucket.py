@@ -258,13 +258,22 @@ def test_tensorboard_events_in_the_bucket_go_on_in_parts(gcs, tmp_path,
   assert len(names) > 3 and names[0].startswith("events.out.tfevents"), names
   assert all(n.startswith(names[0]) for n in names)
   for n in names:
-    # At most one flush's events beyond PART_BYTES (5 scalars).
-    assert len(paths.read_bytes(f"{logdir}/{n}")) < 800, n
+    # At most one flush's events beyond PART_BYTES (5 scalars); none
+    # empty.
+    assert 0 < len(paths.read_bytes(f"{logdir}/{n}")) < 800, n
     (tmp_path / n).write_bytes(paths.read_bytes(f"{logdir}/{n}"))
   loss = read_scalars(str(tmp_path))["train/loss"]
   assert sorted(loss) == list(range(1, 61))
   np.testing.assert_allclose([loss[s] for s in range(1, 61)],
                              [1.0 / s for s in range(1, 61)], rtol=1e-6)
+  # A flush that closes a part, then close() with nothing new: no empty
+  # object for the next part.
+  # pylint: disable-next=protected-access
+  events = summary._ObjectEvents(f"gs://{BUCKET}/events_once/e")
+  events.write(b"x" * 500)
+  events.flush()
+  events.close()
+  assert paths.listdir(f"gs://{BUCKET}/events_once") == ["e"]
   assert not _local_leftovers()
 
 

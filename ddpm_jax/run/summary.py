@@ -34,6 +34,8 @@ class _ObjectEvents:
     self._buffer.write(data)
 
   def flush(self) -> None:
+    if self._part and not self._buffer.tell():
+      return  # a new part with nothing in it yet: no empty object
     name = (self._path if self._part == 0 else
             f"{self._path}.part{self._part:05d}")
     paths.write_bytes(name, self._buffer.getvalue())
