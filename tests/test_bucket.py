@@ -266,11 +266,34 @@ def test_tensorboard_events_in_the_bucket_go_on_in_parts(gcs, tmp_path,
   assert sorted(loss) == list(range(1, 61))
   np.testing.assert_allclose([loss[s] for s in range(1, 61)],
                              [1.0 / s for s in range(1, 61)], rtol=1e-6)
-  # A flush that closes a part, then close() with nothing new: no empty
-  # object for the next part.
+  # tensorboardX writes a record in four calls and may flush between
+  # them from another thread: a part ends only where a record does, and
+  # a flush that has just closed one leaves no empty object behind.
+  import struct
+  def record(n):
+    data = bytes([n % 256]) * n
+    return [struct.pack("<Q", n), b"crc0", data, b"crc1"]
   # pylint: disable-next=protected-access
-  events = summary._ObjectEvents(f"gs://{BUCKET}/events_once/e")
-  events.write(b"x" * 500)
+  events = summary._ObjectEvents(f"gs://{BUCKET}/events_split/e")
+  a, b = record(500), record(100)
+  for piece in a[:3]:
+    events.write(piece)
+  events.flush()  # 512 bytes but no whole record: the part stays open
+  events.write(a[3])
+  for piece in b[:2]:
+    events.write(piece)
+  events.flush()  # closes the first part after record a
+  for piece in b[2:]:
+    events.write(piece)
+  events.close()
+  events.close()
+  events_dir = f"gs://{BUCKET}/events_split"
+  assert sorted(paths.listdir(events_dir)) == ["e", "e.part00001"]
+  assert paths.read_bytes(f"{events_dir}/e") == b"".join(a)
+  assert paths.read_bytes(f"{events_dir}/e.part00001") == b"".join(b)
+  one = f"gs://{BUCKET}/events_once/e"
+  events = summary._ObjectEvents(one)  # pylint: disable=protected-access
+  events.write(b"".join(a))
   events.flush()
   events.close()
   assert paths.listdir(f"gs://{BUCKET}/events_once") == ["e"]

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import io
+import struct
 import sys
+import threading
 
 from ddpm_jax import paths
 
@@ -20,28 +21,47 @@ PART_BYTES = 256 * 1024
 class _ObjectEvents:
   """An event file at a URL. An object store cannot append, so the newest
   part is kept in memory and written whole at each flush (as
-  tensorboardX's own GCS writer does with the whole file). A part ends at
-  a flush (between whole records: tensorboardX writes a record in several
-  calls) once it holds PART_BYTES; TensorBoard reads a run's files in name
-  order."""
+  tensorboardX's own GCS writer does with the whole file). A part is
+  closed at a flush once its whole records hold PART_BYTES; TensorBoard
+  reads a run's files in name order.
+
+  tensorboardX writes a record in four calls from its logging thread and
+  may flush from the caller's thread between them, so a part ends only at
+  a record boundary (found from each record's length field) and a lock
+  keeps the two threads apart."""
 
   def __init__(self, path: str):
     self._path = path
     self._part = 0
-    self._buffer = io.BytesIO()
+    self._buffer = bytearray()
+    self._whole = 0  # bytes of the buffer that are whole records
+    self._lock = threading.Lock()
+
+  def _name(self) -> str:
+    if self._part == 0:
+      return self._path
+    return f"{self._path}.part{self._part:05d}"
 
   def write(self, data: bytes) -> None:
-    self._buffer.write(data)
+    with self._lock:
+      self._buffer += data
 
   def flush(self) -> None:
-    if self._part and not self._buffer.tell():
-      return  # a new part with nothing in it yet: no empty object
-    name = (self._path if self._part == 0 else
-            f"{self._path}.part{self._part:05d}")
-    paths.write_bytes(name, self._buffer.getvalue())
-    if self._buffer.tell() >= PART_BYTES:
-      self._part += 1
-      self._buffer = io.BytesIO()
+    with self._lock:
+      # A TFRecord: length (8 bytes, little-endian), its CRC (4), the
+      # data, the data's CRC (4).
+      while len(self._buffer) - self._whole >= 8:
+        (length,) = struct.unpack_from("<Q", self._buffer, self._whole)
+        if self._whole + length + 16 > len(self._buffer):
+          break
+        self._whole += length + 16
+      if self._whole >= PART_BYTES:  # close this part at a record's end
+        paths.write_bytes(self._name(), bytes(self._buffer[:self._whole]))
+        self._part += 1
+        del self._buffer[:self._whole]
+        self._whole = 0
+      if self._buffer or not self._part:  # no empty object for a new part
+        paths.write_bytes(self._name(), bytes(self._buffer))
 
   def close(self) -> None:
     self.flush()
