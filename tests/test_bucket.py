@@ -260,8 +260,9 @@ def test_tensorboard_events_in_the_bucket_go_on_in_parts(gcs, tmp_path,
   for n in names:
     # At most one flush's events beyond PART_BYTES (5 scalars); none
     # empty.
-    assert 0 < len(paths.read_bytes(f"{logdir}/{n}")) < 800, n
-    (tmp_path / n).write_bytes(paths.read_bytes(f"{logdir}/{n}"))
+    part = paths.read_bytes(f"{logdir}/{n}")
+    assert 0 < len(part) < 800, n
+    (tmp_path / n).write_bytes(part)
   loss = read_scalars(str(tmp_path))["train/loss"]
   assert sorted(loss) == list(range(1, 61))
   np.testing.assert_allclose([loss[s] for s in range(1, 61)],
