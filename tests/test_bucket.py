@@ -257,11 +257,14 @@ def test_tensorboard_events_in_the_bucket_go_on_in_parts(gcs, tmp_path,
   names = sorted(paths.listdir(logdir))
   assert len(names) > 3 and names[0].startswith("events.out.tfevents"), names
   assert all(n.startswith(names[0]) for n in names)
-  for n in names:
-    # At most one flush's events beyond PART_BYTES (5 scalars); none
-    # empty.
+  for i, n in enumerate(names):
+    # Every part but the newest was closed once it held PART_BYTES; none
+    # is empty. (How far past PART_BYTES a part goes is not fixed:
+    # tensorboardX's flush does not wait for its logging thread, so the
+    # records of several flushes can land together.) Each part is read
+    # as a file of its own below: a record split between parts fails it.
     part = paths.read_bytes(f"{logdir}/{n}")
-    assert 0 < len(part) < 800, n
+    assert len(part) >= (400 if i < len(names) - 1 else 1), n
     (tmp_path / n).write_bytes(part)
   loss = read_scalars(str(tmp_path))["train/loss"]
   assert sorted(loss) == list(range(1, 61))
