@@ -56,13 +56,43 @@ def get_config(name: str) -> ml_collections.ConfigDict:
 
 
 def define_config_flags() -> None:
-  """--config and --bf16, which every benchmark script takes."""
+  """--config, --bf16 and --set, which every benchmark script takes."""
   from absl import flags
   flags.DEFINE_enum("config", "tiny8", list(CONFIG_NAMES),
                     "The benchmark config (see benchmarks/common.py).")
   flags.DEFINE_bool("bf16", False, "bfloat16 compute: the JAX U-Net with "
                     "model.dtype=bfloat16 (float32 parameters and norms), "
                     "PyTorch under torch.autocast(bfloat16).")
+  flags.DEFINE_multi_string("set", [], "A config field FIELD=VALUE (e.g. "
+                            "model.attention_impl=cudnn), repeatable: the "
+                            "A/B candidates of docs/benchmarks.md.")
+
+
+def set_fields(config: ml_collections.ConfigDict, assignments) -> None:
+  """Applies ``FIELD=VALUE`` strings to ``config``: VALUE is read as a
+  Python literal where it is one (8, 1e-3, (1, 2), True), else as a
+  string; an unknown field or a value of the wrong type exits with one
+  line."""
+  import ast
+  for item in assignments:
+    field, sep, text = item.partition("=")
+    *parents, name = field.split(".")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node = config
+    try:
+      if not sep:
+        raise KeyError(field)
+      for part in parents:
+        node = node[part]
+      if name not in node:
+        raise KeyError(field)
+      node[name] = value
+    except (KeyError, TypeError) as e:
+      sys.exit(f"error: --set {item!r}: {e}; give FIELD=VALUE with a field "
+               f"of the config (configs/default.py)")
 
 
 def define_shared_flags() -> None:
@@ -81,15 +111,17 @@ def define_shared_flags() -> None:
 
 
 def config_from_flags() -> ml_collections.ConfigDict:
-  """The config --config names, in bfloat16 compute with --bf16. JAX's CPU
-  backend gets one device per core first, as in the entry points
-  (``ddpm_jax.parallel.use_cpu_cores``; JAX_NUM_CPU_DEVICES=1 for one)."""
+  """The config --config names, in bfloat16 compute with --bf16, with the
+  fields of --set. JAX's CPU backend gets one device per core first, as in
+  the entry points (``ddpm_jax.parallel.use_cpu_cores``;
+  JAX_NUM_CPU_DEVICES=1 for one)."""
   from absl import flags
   from ddpm_jax import parallel
   parallel.use_cpu_cores()
   config = get_config(flags.FLAGS.config)
   if flags.FLAGS.bf16:
     config.model.dtype = "bfloat16"
+  set_fields(config, flags.FLAGS.set)
   return config
 
 

@@ -99,7 +99,8 @@ def main(argv):
   for name, first in firsts.items():
     med = common.median(times[name])
     out[name] = {"side": name, "config": FLAGS.config,
-                 "dtype": config.model.dtype, "num": FLAGS.num,
+                 "dtype": config.model.dtype, "set": FLAGS.set,
+                 "num": FLAGS.num,
                  "timesteps": FLAGS.timesteps, "median_s": round(med, 4),
                  "img_per_s": FLAGS.num / med,
                  "runs_s": [round(t, 4) for t in times[name]],

@@ -183,7 +183,7 @@ def main(argv):
     med = common.median(times[name])
     out[name] = {
         "side": name, "config": FLAGS.config,
-        "dtype": config.model.dtype, "batch": batch,
+        "dtype": config.model.dtype, "set": FLAGS.set, "batch": batch,
         "img_per_s": batch * FLAGS.steps / med,
         "step_ms": 1000 * med / FLAGS.steps,
         "runs_s": [round(t, 4) for t in times[name]],

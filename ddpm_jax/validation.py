@@ -14,7 +14,7 @@ from ddpm_jax.diffusion import FIXED_VARIANCES, MEAN_ROUTES, PREDICTIONS
 from ddpm_jax.from_config import (COMPUTE_DTYPES, ConfigError,
                                   objective_options)
 from ddpm_jax.models.conv import UPSAMPLE_CONVS
-from ddpm_jax.models.unet import ACTIVATIONS, DROPOUT_RNGS
+from ddpm_jax.models.unet import ACTIVATIONS, ATTENTION_IMPLS, DROPOUT_RNGS
 from ddpm_jax.samplers.registry import sampler_names
 from ddpm_jax.schedules import beta_schedule_names
 from ddpm_jax.samplers.spacing import SPACINGS
@@ -135,6 +135,9 @@ def validate_config(config: ml_collections.ConfigDict,
       ("model.upsample_conv",
        config.model.upsample_conv in UPSAMPLE_CONVS,
        f"one of {UPSAMPLE_CONVS} (how upsample-then-conv is computed)"),
+      ("model.attention_impl",
+       config.model.attention_impl in ATTENTION_IMPLS,
+       f"one of {ATTENTION_IMPLS} (how attention is computed)"),
       ("model.dtype", config.model.dtype in COMPUTE_DTYPES,
        f"one of {COMPUTE_DTYPES} (the compute dtype; params stay float32)"),
   ]

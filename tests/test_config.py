@@ -53,6 +53,7 @@ def test_custom_betas_are_a_valid_schedule():
     ("downsample_padding", 2, "model.downsample_padding=2"),
     ("attn_head_dim", 48, "model.attn_head_dim=48"),
     ("dropout_rng_impl", "philox4x32", "model.dropout_rng_impl='philox4x32'"),
+    ("attention_impl", "flash", "model.attention_impl='flash'"),
 ])
 def test_bad_model_fields(field, value, match):
   config = digits.get_config()

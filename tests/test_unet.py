@@ -216,13 +216,44 @@ def test_resnet_block_matches_numpy(in_ch, out_ch):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+# 'cudnn' in float32 computes as 'matmul' (cuDNN's fused attention has no
+# float32 kernel); on a GPU in bfloat16 it is tested below.
+@pytest.mark.parametrize("impl", ["matmul", "xla", "cudnn"])
 @pytest.mark.parametrize("head_dim", [None, 4])
-def test_attention_block_matches_numpy(head_dim):
+def test_attention_block_matches_numpy(head_dim, impl):
   from ddpm_jax.models.unet import AttnBlock
-  block = AttnBlock(num_groups=4, head_dim=head_dim)
+  block = AttnBlock(num_groups=4, head_dim=head_dim, attention_impl=impl)
   x = np.random.default_rng(2).normal(size=(2, 3, 4, 8)).astype(np.float32)
   params = random_params(block.init(jax.random.PRNGKey(0), x)["params"], 3)
   got = jax.jit(block.apply)({"params": params}, x)
   want = np_attn_block(to_np64(params), x.astype(np.float64), 4,
                        head_dim or 8)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_impl_is_checked():
+  from ddpm_jax.models.unet import attend
+  q = jnp.ones((1, 4, 1, 8))
+  with pytest.raises(ValueError, match="model.attention_impl"):
+    attend(q, q, q, "flash")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+@pytest.mark.parametrize("head_dim", [None, 64])
+def test_cudnn_attention_in_bfloat16_is_as_close_as_matmul(head_dim):
+  # The CIFAR-10 model's shapes: 16x16 positions, 256 channels, one head.
+  from ddpm_jax.models.unet import AttnBlock
+  x = np.random.default_rng(2).normal(size=(4, 16, 16, 256)).astype(
+      np.float32)
+  errors = {}
+  for impl in ("matmul", "cudnn"):
+    block = AttnBlock(head_dim=head_dim, dtype=jnp.bfloat16,
+                      attention_impl=impl)
+    params = random_params(block.init(jax.random.PRNGKey(0), x)["params"],
+                           3)
+    params = jax.tree_util.tree_map(lambda p: p / 8, params)
+    got = np.asarray(jax.jit(block.apply)({"params": params}, x), np.float64)
+    want = np_attn_block(to_np64(params), x.astype(np.float64), 32,
+                         head_dim or 256)
+    errors[impl] = np.abs(got - want).max() / np.abs(want - x).max()
+  assert errors["cudnn"] <= 2 * errors["matmul"] + 1e-3, errors

@@ -171,13 +171,47 @@ class ResnetBlock(nn.Module):
     return x + h
 
 
+# How AttnBlock computes softmax(q k^T / sqrt(d)) v; the parameters and the
+# result are the same (up to float rounding) whichever is chosen.
+ATTENTION_IMPLS = ("matmul", "xla", "cudnn")
+
+
+def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
+           impl: str = "matmul") -> jnp.ndarray:
+  """softmax(q k^T / sqrt(d)) v for [B, N, heads, d] inputs, the softmax
+  over the keys in float32.
+
+  ``impl``: 'matmul' (two batched products with the head axis first),
+  'xla' or 'cudnn' (``jax.nn.dot_product_attention`` with that
+  implementation; 'cudnn' is cuDNN's fused attention, on a GPU in
+  bfloat16 or float16 only: float32 inputs compute as 'matmul').
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"model.attention_impl must be one of "
+                     f"{ATTENTION_IMPLS}, got {impl!r}")
+  if impl == "cudnn" and q.dtype == jnp.float32:
+    impl = "matmul"
+  if impl != "matmul":
+    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+  # [B, heads, N, d], so that both products are plain batched matmuls
+  # (with one head the transposes are free); XLA's CPU backend runs an
+  # einsum with the head axis in the middle more slowly (docs/benchmarks.md,
+  # 'Measurements behind design choices').
+  q, k, v = (y.transpose(0, 2, 1, 3) for y in (q, k, v))
+  w = jnp.matmul(q, k.transpose(0, 1, 3, 2)) * (q.shape[-1]**-0.5)
+  w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.matmul(w, v).transpose(0, 2, 1, 3)
+
+
 class AttnBlock(nn.Module):
   """Self-attention over all H*W positions, residual. One head of width C
-  (the paper's) unless ``head_dim`` splits C into C / head_dim heads."""
+  (the paper's) unless ``head_dim`` splits C into C / head_dim heads;
+  ``attention_impl`` chooses how it is computed (:func:`attend`)."""
   num_groups: int = 32
   norm_eps: float = 1e-6
   head_dim: Optional[int] = None
   dtype: Any = jnp.float32
+  attention_impl: str = "matmul"
 
   @nn.compact
   def __call__(self, x):
@@ -190,16 +224,9 @@ class AttnBlock(nn.Module):
     h = _norm(self.num_groups, self.norm_eps, "norm")(x)
     dense = functools.partial(nn.Dense, c, kernel_init=default_init,
                               dtype=self.dtype)
-    # [B, heads, HW, head_dim], so that both products are plain batched
-    # matmuls (with one head the transposes are free); XLA's CPU backend
-    # runs an einsum with the head axis in the middle more slowly
-    # (docs/benchmarks.md, 'Measurements behind design choices').
-    def heads_first(y):
-      return y.reshape(b, hgt * wid, heads, head_dim).transpose(0, 2, 1, 3)
-    q, k, v = (heads_first(dense(name=n)(h)) for n in ("q", "k", "v"))
-    w = jnp.matmul(q, k.transpose(0, 1, 3, 2)) * (head_dim**-0.5)
-    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
-    h = jnp.matmul(w, v).transpose(0, 2, 1, 3).reshape(b, hgt, wid, c)
+    q, k, v = (dense(name=n)(h).reshape(b, hgt * wid, heads, head_dim)
+               for n in ("q", "k", "v"))
+    h = attend(q, k, v, self.attention_impl).reshape(b, hgt, wid, c)
     h = nn.Dense(c, kernel_init=zeros_init, dtype=self.dtype,
                  name="proj_out")(h)
     return x + h
@@ -266,7 +293,8 @@ class UNet(nn.Module):
   ``dropout_rng_impl`` the generator of the dropout masks
   (:class:`Dropout`), ``upsample_conv`` how the upsampling convolution is
   computed (:class:`Upsample`; same parameters, same output up to float
-  rounding).
+  rounding), ``attention_impl`` how attention is (:func:`attend`; the same
+  again).
 
   ``num_classes`` > 0 makes it class-conditional: a learned embedding of
   the label (``num_classes`` rows, plus a null class at index
@@ -292,6 +320,7 @@ class UNet(nn.Module):
   conv_backward: str = "auto"
   dropout_rng_impl: str = "threefry4x32"
   upsample_conv: str = "subpixel"
+  attention_impl: str = "matmul"
 
   @nn.compact
   def __call__(self, x, t, train: bool = False, labels=None):
@@ -308,7 +337,8 @@ class UNet(nn.Module):
                               dropout_rng_impl=self.dropout_rng_impl)
     attn = functools.partial(AttnBlock, num_groups=self.num_groups,
                              norm_eps=self.norm_eps,
-                             head_dim=self.attn_head_dim, dtype=self.dtype)
+                             head_dim=self.attn_head_dim, dtype=self.dtype,
+                             attention_impl=self.attention_impl)
 
     temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos,
                               freq_shift=self.freq_shift)
@@ -381,7 +411,8 @@ def unet_from_config(model_cfg, image_channels: int,
               num_classes=int(model_cfg.num_classes),
               conv_backward=model_cfg.conv_backward,
               dropout_rng_impl=model_cfg.dropout_rng_impl,
-              upsample_conv=model_cfg.upsample_conv)
+              upsample_conv=model_cfg.upsample_conv,
+              attention_impl=model_cfg.attention_impl)
 
 
 @functools.lru_cache(maxsize=None)
