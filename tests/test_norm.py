@@ -44,3 +44,14 @@ def test_matches_flax_group_norm_and_its_gradient(shape, groups, offset):
 def test_bad_shapes_name_the_groups():
   with pytest.raises(ValueError, match="num_groups=32"):
     GroupNorm(32).init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 48)))
+
+
+@pytest.mark.parametrize("c,groups", [(96, 32), (12, 4), (8, 1), (32, 32)])
+def test_groups_spread_to_their_channels_exactly(c, groups):
+  # On the CPU the spread is a product with a 0/1 matrix: it must give the
+  # repeat's values bit for bit (one term per sum, at HIGHEST precision).
+  from ddpm_jax.models.norm import _spread
+  per_group = jax.random.normal(jax.random.PRNGKey(1), (3, groups)) * 1e3
+  np.testing.assert_array_equal(
+      jax.jit(_spread, static_argnums=1)(per_group, c),
+      jnp.repeat(per_group, c // groups, axis=-1))
