@@ -204,12 +204,13 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def jax_environment() -> Dict[str, str]:
-  """Date, machine, JAX's devices and the JAX libraries' versions."""
+  """Date, machine, JAX's devices, the JAX libraries' versions and
+  XLA_FLAGS where set."""
   import flax
   import jax
   import optax
   devices = jax.devices()
-  return {
+  env = {
       "date": datetime.date.today().isoformat(),
       "machine": f"{platform.machine()} {platform.processor() or ''} "
                  f"{os.cpu_count()} cores".replace("  ", " "),
@@ -218,6 +219,9 @@ def jax_environment() -> Dict[str, str]:
                   f"{jax.__version__}, flax {flax.__version__}, optax "
                   f"{optax.__version__}",
   }
+  if os.environ.get("XLA_FLAGS", "").strip():
+    env["xla_flags"] = os.environ["XLA_FLAGS"].strip()
+  return env
 
 
 def environment(with_torch: bool = True) -> Dict[str, str]:

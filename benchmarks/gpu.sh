@@ -21,6 +21,13 @@
 #            $OUT/profile_train and $OUT/profile_sample (200 + 150 s; not
 #            in the default set: run it as its own call, or instead of a
 #            part already measured)
+#   candidates  issue 30's A/B candidates, JAX alone, 3 runs each, each in
+#            its own process after the plain program it is compared with:
+#            the train step (batch 128) with model.attention_impl=cudnn
+#            and with XLA's autotuning off (--xla_gpu_autotune_level=0:
+#            compile time against step time), the sampler (256 images x
+#            100 steps) with attention_impl=cudnn (about 90 s per train
+#            run, 30 s per sampler run; not in the default set)
 # Logs go to $OUT (the device tool's folder that comes back) or
 # /tmp/ddpm_jax_gpu; each part's last lines are printed. The train parts
 # print the MFU against GPU_BENCH_PEAK TFLOP/s (default 989).
@@ -74,15 +81,28 @@ for p in $parts; do
     compile) part compile 250 benchmarks/train_step.py --config "$config" \
                --batch 128 --torch_mode compile ${peak:+--peak_tflops $peak} \
                $extra ;;
-    profile)
-      export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="
-      part profile_train 200 benchmarks/op_profile.py --config "$config" \
-        --what train --batch 128 --calls 3 --out "$out/profile_train" $extra
-      part profile_sample 150 benchmarks/op_profile.py --config "$config" \
-        --what sample --num 256 --timesteps 100 --calls 1 \
-        --out "$out/profile_sample" $extra ;;
+    profile)  # CUDA graphs off for these two parts only
+      no_graphs="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer="
+      XLA_FLAGS=$no_graphs part profile_train 200 benchmarks/op_profile.py \
+        --config "$config" --what train --batch 128 --calls 3 \
+        --out "$out/profile_train" $extra
+      XLA_FLAGS=$no_graphs part profile_sample 150 benchmarks/op_profile.py \
+        --config "$config" --what sample --num 256 --timesteps 100 \
+        --calls 1 --out "$out/profile_sample" $extra ;;
+    candidates)
+      train=(benchmarks/train_step.py --config "$config" --batch 128
+             --jax_only --repeats 3 ${peak:+--peak_tflops $peak} $extra)
+      sample=(benchmarks/sampling.py --config "$config" --num 256
+              --timesteps 100 --jax_only --repeats 3 $extra)
+      part cand_train 130 "${train[@]}"
+      part cand_train_cudnn 130 "${train[@]}" --set model.attention_impl=cudnn
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
+        part cand_train_autotune0 130 "${train[@]}"
+      part cand_sample 60 "${sample[@]}"
+      part cand_sample_cudnn 60 "${sample[@]}" --set model.attention_impl=cudnn
+      ;;
     *) echo "gpu.sh: unknown part '$p' (train, ratio, sample, compile," \
-         "profile)" >&2
+         "profile, candidates)" >&2
        exit 2 ;;
   esac
 done

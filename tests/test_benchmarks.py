@@ -44,11 +44,23 @@ def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
               "--timesteps", "2", "--repeats", "1")
   assert json.loads(lines[-4])["timesteps"] == 2
   assert "ratio jax/torch (speed)" in lines[-1]
-  # --jax_only: no PyTorch side, the JAX time last.
+  # --jax_only: no PyTorch side, the JAX time last; --set recorded.
   lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
-              "--timesteps", "2", "--repeats", "1", "--jax_only")
-  assert json.loads(lines[-3])["side"] == "jax"
+              "--timesteps", "2", "--repeats", "1", "--jax_only", "--set",
+              "model.attention_impl=xla", "--set", "model.num_groups=8")
+  jax_side = json.loads(lines[-3])
+  assert jax_side["side"] == "jax"
+  assert jax_side["set"] == ["model.attention_impl=xla", "model.num_groups=8"]
   assert "torch" not in lines[-1] and lines[-1].endswith("cpu")
+
+
+def test_set_refuses_an_unknown_field_in_one_line():
+  p = subprocess.run([sys.executable, "benchmarks/sampling.py", "--config",
+                      "smoke", "--jax_only", "--set", "model.heads=4"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 1
+  assert p.stderr.strip().splitlines()[-1].startswith(
+      "error: --set 'model.heads=4'"), p.stderr
 
 
 def test_compile_time_reports_the_step_and_its_parts():
