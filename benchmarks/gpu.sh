@@ -7,6 +7,12 @@
 #   bash benchmarks/gpu_wheels.sh            # here, once: fills .whl/
 #   bash benchmarks/gpu.sh [PART ...]        # there, with carry [".whl"]
 #
+# With one 15-minute lease, issue 30's goals 1-4 need two calls: `compile
+# sample small` (the train step against torch.compile, with its compile
+# time and MFU; 256 x 1000-step sampling with the sampler's compile time;
+# the digits config's steps/s: about 6 minutes), then `profile` (about 6);
+# `candidates` next, in another lease.
+#
 # PARTs (default: all, in this order), each under its own time limit so
 # that one slow part leaves the others' results:
 #   train    train step, cifar10 batch 128, bf16, vs PyTorch eager (170 s)
@@ -21,6 +27,9 @@
 #            $OUT/profile_train and $OUT/profile_sample (200 + 150 s; not
 #            in the default set: run it as its own call, or instead of a
 #            part already measured)
+#   small    goal 4: the digits config (tiny8, batch 64, float32), JAX
+#            alone, 200 steps a run at 1 and at 20 steps per jitted call
+#            (60 s each)
 #   candidates  issue 30's A/B candidates, JAX alone, 3 runs each, each in
 #            its own process after the plain program it is compared with:
 #            the train step (batch 128) with model.attention_impl=cudnn
@@ -89,6 +98,11 @@ for p in $parts; do
       XLA_FLAGS=$no_graphs part profile_sample 150 benchmarks/op_profile.py \
         --config "$config" --what sample --num 256 --timesteps 100 \
         --calls 1 --out "$out/profile_sample" $extra ;;
+    small)
+      for k in 1 20; do
+        part small_k$k 60 benchmarks/train_step.py --config tiny8 --jax_only \
+          --steps 200 --steps_per_call $k --repeats 3
+      done ;;
     candidates)
       train=(benchmarks/train_step.py --config "$config" --batch 128
              --jax_only --repeats 3 ${peak:+--peak_tflops $peak} $extra)
@@ -102,7 +116,7 @@ for p in $parts; do
       part cand_sample_cudnn 60 "${sample[@]}" --set model.attention_impl=cudnn
       ;;
     *) echo "gpu.sh: unknown part '$p' (train, ratio, sample, compile," \
-         "profile, candidates)" >&2
+         "profile, small, candidates)" >&2
        exit 2 ;;
   esac
 done
