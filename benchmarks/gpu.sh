@@ -31,7 +31,8 @@
 #            alone, 200 steps a run at 1 and at 20 steps per jitted call
 #            (60 s each)
 #   candidates  issue 30's A/B candidates, JAX alone, 3 runs each, each in
-#            its own process after the plain program it is compared with:
+#            its own process after the plain program it is compared with
+#            (after the GPU test of cuDNN attention's numerics):
 #            the train step (batch 128) with model.attention_impl=cudnn
 #            and with XLA's autotuning off (--xla_gpu_autotune_level=0:
 #            compile time against step time), the sampler (256 images x
@@ -108,6 +109,12 @@ for p in $parts; do
              --jax_only --repeats 3 ${peak:+--peak_tflops $peak} $extra)
       sample=(benchmarks/sampling.py --config "$config" --num 256
               --timesteps 100 --jax_only --repeats 3 $extra)
+      # cuDNN's attention against the matmul path's error first (tests/
+      # test_unet.py; without pytest-xdist, which the image may lack)
+      echo "== cand_test: cudnn attention numerics"
+      timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+        tests/test_unet.py -k cudnn > "$out/cand_test.log" 2>&1
+      echo "rc=$?"; tail -2 "$out/cand_test.log"
       part cand_train 130 "${train[@]}"
       part cand_train_cudnn 130 "${train[@]}" --set model.attention_impl=cudnn
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
