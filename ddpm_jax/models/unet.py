@@ -293,8 +293,8 @@ class UNet(nn.Module):
   ``dropout_rng_impl`` the generator of the dropout masks
   (:class:`Dropout`), ``upsample_conv`` how the upsampling convolution is
   computed (:class:`Upsample`; same parameters, same output up to float
-  rounding), ``attention_impl`` how attention is (:func:`attend`; the same
-  again).
+  rounding), ``attention_impl`` how attention is computed (:func:`attend`;
+  same parameters, same output up to float rounding).
 
   ``num_classes`` > 0 makes it class-conditional: a learned embedding of
   the label (``num_classes`` rows, plus a null class at index
