@@ -60,7 +60,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   # How attention is computed (ddpm_jax/models/unet.py attend): 'matmul'
   # (two batched products), 'xla' or 'cudnn' (jax.nn.dot_product_attention
   # with that implementation; 'cudnn' is cuDNN's fused attention, GPU only,
-  # used where model.dtype is bfloat16 or float16). Same parameters.
+  # where model.dtype float32 computes as 'matmul'). Same parameters.
   config.model.attention_impl = "matmul"
   # Self-conditioning: the U-Net also sees its own x_0 estimate (2C input
   # channels); see ddpm_jax/self_conditioning.py.

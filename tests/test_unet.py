@@ -216,9 +216,8 @@ def test_resnet_block_matches_numpy(in_ch, out_ch):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-# 'cudnn' in float32 computes as 'matmul' (cuDNN's fused attention has no
-# float32 kernel); on a GPU in bfloat16 it is tested below.
-@pytest.mark.parametrize("impl", ["matmul", "xla", "cudnn"])
+# 'cudnn' is tested on a GPU below.
+@pytest.mark.parametrize("impl", ["matmul", "xla"])
 @pytest.mark.parametrize("head_dim", [None, 4])
 def test_attention_block_matches_numpy(head_dim, impl):
   from ddpm_jax.models.unet import AttnBlock
@@ -236,6 +235,17 @@ def test_attention_impl_is_checked():
   q = jnp.ones((1, 4, 1, 8))
   with pytest.raises(ValueError, match="model.attention_impl"):
     attend(q, q, q, "flash")
+  if jax.default_backend() != "gpu":
+    with pytest.raises(ValueError, match="'cudnn' needs a GPU"):
+      attend(q.astype(jnp.bfloat16), q, q, "cudnn")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+def test_cudnn_attention_in_float32_is_the_matmul_path():
+  from ddpm_jax.models.unet import attend
+  q, k, v = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 16, 1, 32))
+  np.testing.assert_array_equal(jax.jit(attend, static_argnums=3)(
+      q, k, v, "cudnn"), jax.jit(attend, static_argnums=3)(q, k, v, "matmul"))
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")

@@ -183,14 +183,18 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
 
   ``impl``: 'matmul' (two batched products with the head axis first),
   'xla' or 'cudnn' (``jax.nn.dot_product_attention`` with that
-  implementation; 'cudnn' is cuDNN's fused attention, on a GPU in
-  bfloat16 or float16 only: float32 inputs compute as 'matmul').
+  implementation; 'cudnn' is cuDNN's fused attention, on a GPU only, in
+  bfloat16 or float16: float32 inputs compute as 'matmul').
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"model.attention_impl must be one of "
                      f"{ATTENTION_IMPLS}, got {impl!r}")
-  if impl == "cudnn" and q.dtype == jnp.float32:
-    impl = "matmul"
+  if impl == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise ValueError("model.attention_impl='cudnn' needs a GPU (cuDNN's "
+                       "fused attention): set it to 'matmul' or 'xla'")
+    if q.dtype == jnp.float32:
+      impl = "matmul"
   if impl != "matmul":
     return jax.nn.dot_product_attention(q, k, v, implementation=impl)
   # [B, heads, N, d], so that both products are plain batched matmuls
