@@ -111,10 +111,8 @@ for p in $parts; do
               --timesteps 100 --jax_only --repeats 3 $extra)
       # cuDNN's attention against the matmul path's error first (tests/
       # test_unet.py; without pytest-xdist, which the image may lack)
-      echo "== cand_test: cudnn attention numerics"
-      timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
-        tests/test_unet.py -k cudnn > "$out/cand_test.log" 2>&1
-      echo "rc=$?"; tail -2 "$out/cand_test.log"
+      part cand_test 120 -m pytest -q -p no:cacheprovider -o addopts="" \
+        tests/test_unet.py -k cudnn
       part cand_train 130 "${train[@]}"
       part cand_train_cudnn 130 "${train[@]}" --set model.attention_impl=cudnn
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
