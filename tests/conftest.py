@@ -5,6 +5,10 @@ import os
 
 import pytest
 
+# tests/scripts/suite_profile.py: compiles recorded per test.
+if os.environ.get("DDPM_JAX_SUITE_PROFILE"):
+  pytest_plugins = ["tests.scripts.suite_profile"]
+
 # Subprocesses (train.py / sample.py runs) share the compile cache.
 CACHE_DIR = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
@@ -46,6 +50,11 @@ for _name in ("torch", "diffusers", "denoising_diffusion_pytorch"):
   except ImportError:
     pass
 
+# Exact float32 matmuls here and in every train.py / sample.py the tests
+# start: on the CPU they compute as the default does, but the setting is
+# part of each compiled program, so with it the entry points' programs are
+# the in-process tests' programs and come from the compile cache.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -19,6 +21,7 @@ def run(*args, devices=None):
   return p.stdout.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
   lines = run("benchmarks/train_step.py", "--config", "smoke", "--batch",
               "8", "--steps", "1", "--repeats", "2", "--peak_tflops", "2",
@@ -63,6 +66,7 @@ def test_set_refuses_an_unknown_field_in_one_line():
       "error: --set 'model.heads=4'"), p.stderr
 
 
+@pytest.mark.slow
 def test_compile_time_reports_the_step_and_its_parts():
   lines = run("benchmarks/compile_time.py", "--config", "smoke", "--batch",
               "4")
@@ -77,6 +81,7 @@ def test_compile_time_reports_the_step_and_its_parts():
   assert lines[-1].startswith("compile seconds: step ")
 
 
+@pytest.mark.slow
 def test_without_the_test_extra(tmp_path):
   # PyTorch and diffusers made unimportable: --jax_only times the JAX side
   # with a progress line per run; without it, one line says what to do.
@@ -124,6 +129,7 @@ def test_hlo_costs_count_convolutions_and_dots():
   assert top.bytes == 4 * (7 * 11 + 11 * 9 + 7 * 9)
 
 
+@pytest.mark.slow
 def test_profile_tables_the_ops_of_a_traced_step_and_sampler(tmp_path):
   lines = run("benchmarks/op_profile.py", "--config", "smoke", "--what",
               "train", "--batch", "4", "--calls", "2", "--out",

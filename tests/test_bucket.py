@@ -12,7 +12,7 @@ import pytest
 
 from tests import gcs_emulator
 from tests.processes import wait_then_signal
-from tests.test_train_cli import ONE_LEVEL, ROOT, TINY, error_line, run
+from tests.test_train_cli import ROOT, TINY, error_line, run
 
 BUCKET = "ddpm-test"
 
@@ -65,7 +65,7 @@ def _upload(folder, url):
 def trained(gcs):
   """A tiny run trained for 3 steps in the bucket: its workdir URL."""
   wd = f"gs://{BUCKET}/run"
-  p = run("train.py", *TINY, *ONE_LEVEL, "--workdir", wd,
+  p = run("train.py", *TINY, "--workdir", wd,
           "--config.training.num_steps=3", env=gcs)
   assert p.returncode == 0, p.stderr[-3000:]
   return wd
@@ -87,7 +87,7 @@ def test_train_writes_only_to_the_bucket_and_resumes_from_it(gcs, trained):
   assert len(paths.read_bytes(f"{trained}/tensorboard/{events[0]}")) > 100
   assert not _local_leftovers()
   # Resume in the bucket.
-  p = run("train.py", *TINY, *ONE_LEVEL, "--workdir", trained,
+  p = run("train.py", *TINY, "--workdir", trained,
           "--config.training.num_steps=4", env=gcs)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "Resuming from" in p.stdout and "at step 3" in p.stdout, p.stdout
@@ -125,6 +125,7 @@ def test_sample_evaluate_and_export_in_the_bucket(gcs, trained, tmp_path):
   assert not _local_leftovers()
 
 
+@pytest.mark.slow
 def test_a_missing_bucket_is_a_one_line_error(gcs, tmp_path):
   start = time.time()
   line = error_line(run("train.py", *TINY, "--workdir", "gs://no-such/run",
@@ -162,7 +163,7 @@ def test_sigterm_then_a_damaged_newest_checkpoint_in_the_bucket(gcs):
   from ddpm_jax import paths
   wd = f"gs://{BUCKET}/term"
   proc = subprocess.Popen(
-      [sys.executable, "train.py", *TINY, *ONE_LEVEL, "--workdir", wd,
+      [sys.executable, "train.py", *TINY, "--workdir", wd,
        "--config.training.num_steps=100000"], cwd=ROOT,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **gcs),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -182,7 +183,7 @@ def test_sigterm_then_a_damaged_newest_checkpoint_in_the_bucket(gcs):
   for f in paths.walk_files(f"{wd}/checkpoints/{newest}"):
     data = paths.read_bytes(f)
     paths.write_bytes(f, data[:len(data) // 2])
-  p = run("train.py", *TINY, *ONE_LEVEL, "--workdir", wd,
+  p = run("train.py", *TINY, "--workdir", wd,
           f"--config.training.num_steps={newest + 1}", env=gcs)
   assert p.returncode == 0, p.stderr[-3000:]
   assert f"checkpoint {newest} is unreadable" in p.stderr, p.stderr[-3000:]
@@ -304,6 +305,7 @@ def test_tensorboard_events_in_the_bucket_go_on_in_parts(gcs, tmp_path,
   assert not _local_leftovers()
 
 
+@pytest.mark.slow
 def test_no_endpoint_and_no_credentials_are_one_line_errors_within_60s(gcs):
   import subprocess
   import sys

@@ -16,6 +16,10 @@ from tests.reference_models import assert_close, assert_close_to_terms
 from tests.tiny_configs import tiny_digits_config
 
 
+# Every test here uses the classifier the module fixture trains.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
   from configs import digits_classifier
@@ -53,7 +57,7 @@ def test_classifier_gradient_matches_finite_differences(classifier_dir):
 def test_guided_eps_is_algorithm_2(classifier_dir):
   clf_config, classifier, clf_params = checkpoints.load_classifier(
       classifier_dir[0])
-  config = tiny_digits_config(num_timesteps=20, batch_size=4)
+  config = tiny_digits_config(num_timesteps=20, batch_size=4, one_level=True)
   model = from_config.make_model(config)
   state = train.create_train_state(config, model,
                                    from_config.make_optimizer(config))
@@ -81,7 +85,7 @@ def test_guided_eps_clips_x0_before_guidance(classifier_dir):
   here; then the sampler must not clip again."""
   _, classifier, clf_params = checkpoints.load_classifier(
       classifier_dir[0])
-  config = tiny_digits_config(num_timesteps=20, batch_size=4)
+  config = tiny_digits_config(num_timesteps=20, batch_size=4, one_level=True)
   model = from_config.make_model(config)
   params = jax.tree_util.tree_map(
       lambda a: a + 0.05 * jnp.ones_like(a), train.create_train_state(
@@ -116,7 +120,7 @@ def test_classifier_guidance_at_scale_0_is_the_clipped_sampler(
   """Scale 0: the guided path (clip inside apply_fn, sampler unclipped)
   draws what the plain clipped sampler draws from the same keys."""
   wd, _ = classifier_dir
-  config = tiny_digits_config(num_timesteps=20, batch_size=4)
+  config = tiny_digits_config(num_timesteps=20, batch_size=4, one_level=True)
   config.sampling.sampler, config.sampling.steps = sampler, 10
   # DDIM's direction term then uses the eps of the clipped x_0, as the
   # guided path does.
@@ -138,7 +142,7 @@ def test_guidance_raises_the_requested_class(classifier_dir, tmp_path):
   large scale: the classifier finds class 3 far more likely in the guided
   samples than in unguided ones (same noise)."""
   wd, _ = classifier_dir
-  config = tiny_digits_config(num_timesteps=20, batch_size=4)
+  config = tiny_digits_config(num_timesteps=20, batch_size=4, one_level=True)
   model = from_config.make_model(config)
   state = train.create_train_state(config, model,
                                    from_config.make_optimizer(config))
@@ -156,12 +160,13 @@ def test_guidance_raises_the_requested_class(classifier_dir, tmp_path):
 
 
 def test_classifier_guidance_config_errors(classifier_dir):
-  config = tiny_digits_config(num_timesteps=20, batch_size=4)
+  config = tiny_digits_config(num_timesteps=20, batch_size=4, one_level=True)
   config.sampling.classifier = classifier_dir[0]
   config.model.num_classes = 10
   with pytest.raises(from_config.ConfigError, match="sampling.classifier"):
     validation.validate_config(config)
-  config = tiny_digits_config(num_timesteps=10, batch_size=4)  # other T
+  config = tiny_digits_config(num_timesteps=10, batch_size=4,
+                              one_level=True)  # other T
   config.sampling.classifier = classifier_dir[0]
   config.sampling.guidance = 1.0
   model = from_config.make_model(config)

@@ -10,7 +10,7 @@ from tests.tiny_configs import tiny_digits_config
 
 
 def test_jit_once_initialises_the_same_parameters_as_jit():
-  config = tiny_digits_config(num_timesteps=10, batch_size=4)
+  config = tiny_digits_config(num_timesteps=10, batch_size=4, one_level=True)
   model = from_config.make_model(config)
   key = jax.random.PRNGKey(3)
 

@@ -117,3 +117,22 @@ def test_saved_config_is_merged_onto_the_defaults(tmp_path):
   path.write_text(json.dumps(saved))
   with pytest.raises(TypeError, match="training.num_steps"):
     checkpoints.read_config(str(tmp_path))
+
+
+def test_the_tests_shared_config_is_the_same_in_and_out_of_process(
+    monkeypatch):
+  # tests/tiny_configs.py: TINY_ARGS on a command line gives tiny_config(),
+  # so that train.py runs compile the in-process tests' programs.
+  import pathlib
+  import sys
+  from absl import flags
+  from ml_collections import config_flags
+  from tests.tiny_configs import TINY_ARGS, tiny_config
+  monkeypatch.chdir(pathlib.Path(__file__).resolve().parent.parent)
+  argv = ["train.py"] + TINY_ARGS
+  monkeypatch.setattr(sys, "argv", argv)
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values)
+  values(argv)
+  want = tiny_config(log_every=1, checkpoint_every=2)
+  assert values.config.to_dict() == want.to_dict()

@@ -33,7 +33,7 @@ def test_matmul_backward_is_the_convolutions_gradient(shape, ksize, cout):
   def loss(fn):
     return lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * probe)
 
-  want = jax.grad(loss(_lax_conv), argnums=(0, 1))(x, kernel)
+  want = jax.jit(jax.grad(loss(_lax_conv), argnums=(0, 1)))(x, kernel)
   got = jax.jit(jax.grad(loss(conv.conv_matmul_grad), argnums=(0, 1)))(
       x, kernel)
   np.testing.assert_array_equal(conv.conv_matmul_grad(x, kernel),
@@ -107,7 +107,7 @@ def test_matmul_backward_of_a_padded_or_strided_convolution(
   def loss(fn):
     return lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * probe)
 
-  want = jax.grad(loss(ref), argnums=(0, 1))(x, kernel)
+  want = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(x, kernel)
   got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, kernel)
   for g, w in zip(got, want):  # the same sums in another order
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(
@@ -124,14 +124,16 @@ def test_strided_module_is_nn_conv_whatever_the_backward():
         lambda p: p + jax.random.normal(jax.random.PRNGKey(13), p.shape),
         params)
     want = ref.apply(params, x)
-    want_g = jax.grad(lambda p: jnp.sum(ref.apply(p, x) ** 2))(params)
+    want_g = jax.jit(jax.grad(lambda p: jnp.sum(ref.apply(p, x) ** 2)))(
+        params)
     for backward in conv.BACKWARDS:
       mod = conv.Conv(4, strides=2, padding=(pad, pad), backward=backward)
       assert jax.tree_util.tree_map(jnp.shape, mod.init(
           jax.random.PRNGKey(12), x)) == jax.tree_util.tree_map(jnp.shape,
                                                                 params)
       np.testing.assert_array_equal(mod.apply(params, x), want)
-      got_g = jax.grad(lambda p: jnp.sum(mod.apply(p, x) ** 2))(params)
+      got_g = jax.jit(jax.grad(lambda p: jnp.sum(mod.apply(p, x) ** 2)))(
+          params)
       for g, w in zip(jax.tree_util.tree_leaves(got_g),
                       jax.tree_util.tree_leaves(want_g)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(
@@ -140,6 +142,7 @@ def test_strided_module_is_nn_conv_whatever_the_backward():
     conv.Conv(4, kernel_size=(2, 2)).init(jax.random.PRNGKey(12), x)
 
 
+@pytest.mark.slow
 def test_unet_gradient_is_the_same_with_either_backward():
   config = digits.get_config()
   config.model.conv_backward = "xla"
@@ -185,7 +188,8 @@ def test_subpixel_upsample_conv_is_repeat_then_conv(shape, cout, backward):
   assert got.shape == want.shape
   scale = float(jnp.max(jnp.abs(want)))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
-  want_g = jax.grad(loss(_repeat_then_conv), argnums=(0, 1))(x, kernel)
+  want_g = jax.jit(jax.grad(loss(_repeat_then_conv), argnums=(0, 1)))(
+      x, kernel)
   got_g = jax.jit(jax.grad(loss(
       lambda x, k: conv.upsample_conv(x, k, backward)), argnums=(0, 1)))(
           x, kernel)

@@ -152,12 +152,14 @@ def test_image_folder_errors(tmp_path):
 def tiny_train_config(name, channels):
   from tests.tiny_configs import tiny_digits_config
   config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2,
-                              num_steps=2, checkpoint_every=2)
+                              one_level=True, num_steps=2,
+                              checkpoint_every=2)
   config.data.name = name
   config.data.channels = channels
   return config
 
 
+@pytest.mark.slow
 def test_train_path_on_an_image_folder(tmp_path):
   from ddpm_jax.run import train_loop
   folder = str(tmp_path / "imgs")

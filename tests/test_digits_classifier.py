@@ -4,11 +4,13 @@ retrained when its cache entry is damaged."""
 import os
 
 import numpy as np
+import pytest
 
 from ddpm_jax import data
 from ddpm_jax.evaluators import digits_judge
 
 
+@pytest.mark.slow
 def test_judge_is_accurate_and_cached(tmp_path):
   params = digits_judge.load_or_train(str(tmp_path))
   x, y = data.digits_images("test"), data.digits_labels("test")

@@ -10,7 +10,7 @@ from ddpm_jax import data, from_config, validation
 from ddpm_jax.evaluators import digits_score, metrics
 from ddpm_jax.samplers import generate
 from ddpm_jax.run import train_loop
-from tests.tiny_configs import tiny_digits_config
+from tests.tiny_configs import tiny_config, tiny_digits_config
 
 N = 297  # the size of the held-out split the score compares against
 
@@ -53,13 +53,13 @@ def test_bad_images_give_one_line_errors():
     digits_score.digits_score(np.zeros((1, 8, 8)))
 
 
+@pytest.mark.slow
 def test_quality_during_training_is_logged(tmp_path):
   """training.quality_every: the EMA model's digits score at that step and
   at the end, in TensorBoard; a digits score of a non-digits model or too
   few samples are config errors."""
-  config = tiny_digits_config(num_timesteps=10, batch_size=8, num_steps=4,
-                              log_every=2, checkpoint_every=4,
-                              quality_every=2, quality_samples=8)
+  config = tiny_config(num_steps=4, log_every=2, checkpoint_every=4,
+                       quality_every=2, quality_samples=8)
   train_loop.train_and_evaluate(config, str(tmp_path))
   import tensorflow as tf
   logdir = tmp_path / "tensorboard"

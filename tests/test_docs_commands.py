@@ -88,6 +88,7 @@ def test_the_docs_show_commands():
   assert len(lines) > 30
 
 
+@pytest.mark.slow
 def test_absl_commands_parse():
   by_entry = collections.defaultdict(list)
   for doc, line in COMMANDS:

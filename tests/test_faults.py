@@ -8,15 +8,16 @@ import pytest
 
 from ddpm_jax import checkpoints, data, from_config, train
 from ddpm_jax.run import train_loop
-from tests.tiny_configs import tiny_digits_config
+from tests import tiny_configs
+
+
+# Every test here trains the U-Net end to end.
+pytestmark = pytest.mark.slow
 
 
 def tiny_config(num_steps):
-  config = tiny_digits_config(num_timesteps=20, batch_size=8,
-                              num_steps=num_steps, checkpoint_every=2,
-                              log_every=100)
-  config.optim.warmup_steps = 2
-  return config
+  return tiny_configs.tiny_config(num_steps=num_steps, checkpoint_every=2,
+                                  log_every=100)
 
 
 def saved_steps(workdir):

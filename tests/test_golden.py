@@ -22,6 +22,7 @@ import platform
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests.tiny_configs import tiny_digits_config
 
@@ -114,6 +115,7 @@ def record():
   print(f"wrote {GOLDEN} ({len(out)} arrays)")
 
 
+@pytest.mark.slow
 def test_tiny_run_matches_the_golden_outputs():
   with open(GOLDEN) as f:
     golden = json.load(f)

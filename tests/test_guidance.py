@@ -16,7 +16,8 @@ from tests.tiny_configs import tiny_digits_config
 
 
 def conditional_config():
-  config = tiny_digits_config(num_timesteps=10, batch_size=8, num_samples=4)
+  config = tiny_digits_config(num_timesteps=10, batch_size=8, num_samples=4,
+                              one_level=True)
   config.model.num_classes = 10
   return config
 
@@ -64,6 +65,7 @@ def test_batches_carry_the_digits_labels():
     assert lab in labels[rows]
 
 
+@pytest.mark.slow
 def test_label_embedding_changes_the_output(trained):
   config, model, state = trained
   # conv_out starts at zero; a random one makes every path visible.
@@ -78,6 +80,7 @@ def test_label_embedding_changes_the_output(trained):
   np.testing.assert_array_equal(model.apply({"params": params}, x, t), out[2])
 
 
+@pytest.mark.slow
 def test_cfg_is_eq6_of_the_two_passes(trained):
   config, model, state = trained
   params = live(state.params)
@@ -108,6 +111,7 @@ def test_label_dropout_rate():
       guidance.drop_labels(jax.random.PRNGKey(0), labels, 10, 0.0), labels)
 
 
+@pytest.mark.slow
 def test_guided_samples_and_requested_classes(trained):
   config, model, state = trained
   config.sampling.guidance = 2.0

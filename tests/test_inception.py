@@ -132,6 +132,7 @@ def random_params():
       jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))["params"]
 
 
+@pytest.mark.slow
 def test_inception_outputs_batches_tiles_and_checks(random_params):
   from ddpm_jax.evaluators import fid, metrics
   params = random_params
@@ -174,6 +175,7 @@ def test_dataset_statistics_are_computed_once_and_cached(random_params,
   np.testing.assert_array_equal(again[1], sigma)
 
 
+@pytest.mark.slow
 def test_fid_score_of_a_model_end_to_end(random_params, tmp_path,
                                          monkeypatch):
   """sample_quality.score with metric 'fid' (random Inception weights):
@@ -187,7 +189,7 @@ def test_fid_score_of_a_model_end_to_end(random_params, tmp_path,
   monkeypatch.setenv("DDPM_JAX_CACHE", str(tmp_path))
   monkeypatch.setattr(inception_weights, "load_params",
                       lambda path="": random_params)
-  config = tiny_digits_config(num_timesteps=5, batch_size=8)
+  config = tiny_digits_config(num_timesteps=5, batch_size=8, one_level=True)
   model = from_config.make_model(config)
   params = train.create_train_state(
       config, model, from_config.make_optimizer(config)).ema_params

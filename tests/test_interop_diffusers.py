@@ -100,6 +100,7 @@ def forward_parity(torch, torch_unet, tmp_path, batches):
   return model_cfg
 
 
+@pytest.mark.slow
 def test_cifar10_forward_parity(torch, tmp_path):
   unet = make_torch_unet(torch, CIFAR10_CONFIG)
   assert sum(p.numel() for p in unet.parameters()) == 35_746_307
@@ -109,6 +110,7 @@ def test_cifar10_forward_parity(torch, tmp_path):
   assert tuple(model_cfg.attn_resolutions) == (16,)
 
 
+@pytest.mark.slow
 def test_256_layout_forward_parity(torch, tmp_path):
   unet = make_torch_unet(torch, LAYOUT_256_SMALL, seed=1)
   model_cfg = forward_parity(torch, unet, tmp_path,
@@ -158,6 +160,7 @@ def random_params(model_cfg, size, ch, seed, out_ch=None):
        ).astype(np.float32) for l in leaves])
 
 
+@pytest.mark.slow
 def test_export_loads_in_diffusers_with_same_outputs(torch, tmp_path):
   model_cfg, size, ch = dunet.model_config_from_diffusers(MULTIHEAD_CONFIG)
   params = random_params(model_cfg, size, ch, seed=4)
@@ -204,6 +207,7 @@ def test_learned_variance_model_round_trip(torch, tmp_path):
     sources.load_diffusers(str(out))
 
 
+@pytest.mark.slow
 def test_diffusers_to_ours_to_diffusers_is_bit_identical(torch, tmp_path):
   from safetensors.numpy import load_file
   unet = make_torch_unet(torch, CIFAR10_CONFIG, seed=6)
@@ -226,6 +230,7 @@ def test_diffusers_to_ours_to_diffusers_is_bit_identical(torch, tmp_path):
 @pytest.mark.parametrize("prediction_type,variance_type", [
     ("epsilon", "fixed_small"), ("sample", "fixed_large"),
     ("v_prediction", "learned_range")])
+@pytest.mark.slow
 def test_ddpm_pipeline_end_to_end_with_injected_noise(
     torch, tmp_path, monkeypatch, prediction_type, variance_type):
   import diffusers.pipelines.ddpm.pipeline_ddpm as pipeline_mod

@@ -105,6 +105,7 @@ def original_variables(unet, levels, with_ema=True, with_adam=True):
   return variables
 
 
+@pytest.mark.slow
 def test_original_checkpoint_matches_diffusers_model(torch, tmp_path):
   unet = make_torch_unet(torch, TINY_DDPM, seed=11)
   prefix = write_original_checkpoint(str(tmp_path / "model.ckpt-790000"),

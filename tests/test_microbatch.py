@@ -55,6 +55,7 @@ def one_pass(batches):
   return run(tiny(0), batches)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("microbatch", [2, 1])
 def test_microbatched_step_equals_one_pass(batches, one_pass, microbatch):
   ref, ref_losses, ref_hlo = one_pass

@@ -18,7 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "scripts"))
 from kill_resume import flat, read_state  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.processes import wait_then_signal  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.test_train_cli import ONE_LEVEL  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = [
     "--config", "configs/digits.py", "--config.model.ch=32",
@@ -27,7 +26,8 @@ TINY = [
     # distribution, and process 1 compiles every program at each start
     # (JAX's persistent cache is written by process 0 alone, and on CPU
     # its key differs between processes).
-    *ONE_LEVEL,
+    "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)",
+    "--config.model.num_groups=8",
     "--config.training.batch_size=8", "--config.training.log_every=1",
     "--config.sampling.num_samples=2", "--config.sampling.batch_size=2",
     "--config.optim.warmup_steps=2", "--config.training.max_to_keep=2",

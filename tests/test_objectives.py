@@ -230,7 +230,8 @@ COMBOS = [
 
 def objective_config(prediction, learned, loss, weighting):
   from tests.tiny_configs import tiny_digits_config
-  config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2)
+  config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2,
+                              one_level=True)
   config.diffusion.prediction = prediction
   config.diffusion.learned_variance = learned
   config.training.loss = loss
@@ -240,6 +241,7 @@ def objective_config(prediction, learned, loss, weighting):
 
 @pytest.mark.parametrize("combo", COMBOS, ids=["-".join(filter(None, c))
                                                for c in COMBOS])
+@pytest.mark.slow
 def test_every_objective_trains_and_samples(combo):
   import functools
   from ddpm_jax import data, from_config, train, validation
@@ -269,6 +271,7 @@ def test_every_objective_trains_and_samples(combo):
   assert x.shape == (2, 8, 8, 1) and np.all(np.isfinite(x))
 
 
+@pytest.mark.slow
 def test_default_objective_is_the_papers_loss():
   # The default config's train_step loss is L_simple (eq. 14) exactly.
   import functools
@@ -396,6 +399,7 @@ def test_oracle_model_reaches_the_bounds_minimum(sched):
 # --- bits/dim --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bpd_is_the_sum_of_its_terms_and_pads_batches():
   config = objective_config("eps", "", "mse", "none")
   from ddpm_jax import data, from_config, train

@@ -14,12 +14,15 @@ from ddpm_jax import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
+# The scripts import the tests' package; what PYTHONPATH held stays after.
+PYTHONPATH = os.pathsep.join(filter(None, [ROOT,
+                                           os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="module")
 def sharded_result():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+             PYTHONPATH=PYTHONPATH, TF_CPP_MIN_LOG_LEVEL="2")
   p = subprocess.run([sys.executable, "tests/scripts/sharded_steps.py",
                       str(STEPS)], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=900)
@@ -27,6 +30,7 @@ def sharded_result():
   return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["sgd_dp8", "sgd_fsdp8", "sgd_dp8_micro"])
 def test_sharded_params_equal_one_device(sharded_result, run):
   r = sharded_result[run]
@@ -49,6 +53,7 @@ def test_sharded_params_equal_one_device(sharded_result, run):
       assert diff <= 1e-5 * scale + 1e-12, (what, i, diff, scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["adam_dp8"])
 def test_sharded_adam_losses_equal_one_device(sharded_result, run):
   # Adam divides by sqrt(v): it turns those rounding-noise gradients into
@@ -59,12 +64,13 @@ def test_sharded_adam_losses_equal_one_device(sharded_result, run):
   np.testing.assert_allclose(r["losses"], r["ref_losses"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sampling_on_8_devices_equals_one_device():
   """generate.generate with the batch split over 8 simulated devices, on 1
   device, and in batches of 3: the same samples, bit for bit (each sample's
   noise comes from its own key; the U-Net's ops are per example)."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+             PYTHONPATH=PYTHONPATH, TF_CPP_MIN_LOG_LEVEL="2")
   p = subprocess.run([sys.executable, "tests/scripts/sharded_sampling.py"],
                      cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=900)
@@ -88,14 +94,15 @@ def test_fsdp_spec_picks_the_largest_divisible_axis():
   assert parallel.fsdp_spec((3, 3, 64, 128), 1) == parallel.P()
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_device_counts(tmp_path):
   # Written by 8 devices with FSDP, resumed on 1, then on 8 again
   # (replicated): the checkpoint restores onto whatever mesh runs.
-  from tests.test_train_cli import ONE_LEVEL, TINY, run
+  from tests.test_train_cli import TINY, run
   wd = str(tmp_path / "run")
   eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   # One resolution level (with attention): restoring is what is tested.
-  common = [*TINY, *ONE_LEVEL, "--workdir", wd,
+  common = [*TINY, "--workdir", wd,
             "--config.training.sample_every=0",
             "--config.sampling.num_samples=1", "--config.sampling.batch_size=1"]
   p = run("train.py", *common, "--config.training.num_steps=2",
@@ -140,6 +147,7 @@ def test_use_cpu_cores_unless_the_count_is_chosen(env, expected):
   assert p.stdout.split()[-2:] == expected.split()
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_the_devices_is_a_one_line_error(tmp_path):
   from tests.test_train_cli import TINY, error_line, run
   wd = tmp_path / "run"

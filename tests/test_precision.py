@@ -15,7 +15,7 @@ from tests.tiny_configs import tiny_digits_config
 
 
 def tiny(dtype):
-  config = tiny_digits_config(num_timesteps=20, batch_size=4)
+  config = tiny_digits_config(num_timesteps=20, batch_size=4, one_level=True)
   config.model.dtype = dtype
   return config
 
@@ -61,6 +61,7 @@ def test_bf16_computes_in_bf16_and_keeps_fp32_where_it_matters():
       assert "f32[" in line.split("=")[0], line
 
 
+@pytest.mark.slow
 def test_bf16_output_and_step_close_to_fp32():
   _, model32, tx, state = setup("float32")
   config, model16, _, _ = setup("bfloat16")
@@ -102,6 +103,7 @@ def test_dtype_is_validated():
     validation.validate_config(config)
 
 
+@pytest.mark.slow
 def test_a_float32_model_samples_in_bf16_with_dtype():
   # sample.py / evaluate.py --dtype bfloat16 on a float32 model: the U-Net
   # computes in bf16, the samples stay near the float32 ones.

@@ -75,13 +75,15 @@ def test_sampler_feeds_each_steps_x0_to_the_next():
   assert_close(got, x, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_self_conditioned_unet_trains_and_samples():
   from ddpm_jax import data, from_config, train
   from ddpm_jax.evaluators import bpd
   from ddpm_jax.samplers import generate
   from ddpm_jax.models.unet import eps_fn
   from tests.tiny_configs import tiny_digits_config
-  config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2)
+  config = tiny_digits_config(num_timesteps=10, batch_size=4, num_samples=2,
+                              one_level=True)
   config.model.self_condition = True
   model, tx = from_config.make_model(config), from_config.make_optimizer(config)
   schedule = from_config.make_schedule(config)

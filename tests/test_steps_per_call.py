@@ -10,16 +10,12 @@ import pytest
 
 from ddpm_jax.interop import sources
 from ddpm_jax.run import train_loop
-from tests.tiny_configs import tiny_digits_config
+from tests.tiny_configs import tiny_config
 
 
 def config(num_steps, steps_per_call):
-  c = tiny_digits_config(num_timesteps=20, batch_size=8, num_steps=num_steps,
-                         log_every=4, checkpoint_every=6, sample_every=0,
-                         steps_per_call=steps_per_call)
-  c.model.ch_mult = (1,)
-  c.model.attn_resolutions = (8,)
-  c.optim.warmup_steps = 2
+  c = tiny_config(num_steps=num_steps, log_every=4, checkpoint_every=6,
+                  sample_every=0, steps_per_call=steps_per_call)
   c.training.max_to_keep = 10
   return c
 

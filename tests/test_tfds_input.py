@@ -221,6 +221,7 @@ def test_a_damaged_record_file_is_named(tmp_path):
                                 str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_train_path_on_a_prepared_cifar10(tmp_path):
   from ddpm_jax.run import train_loop
   prepare_cifar10_stand_in(tmp_path / "tfds")

@@ -12,19 +12,11 @@ import numpy as np
 import pytest
 
 from tests.processes import run_in_one_process, wait_then_signal
+from tests.tiny_configs import TINY_ARGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--config", "configs/digits.py", "--config.model.ch=32",
-    "--config.model.num_res_blocks=1", "--config.diffusion.num_timesteps=20",
-    "--config.training.batch_size=8", "--config.training.log_every=1",
-    "--config.training.checkpoint_every=2", "--config.sampling.num_samples=4",
-    "--config.sampling.batch_size=4", "--config.optim.warmup_steps=2"
-]
-# TINY's U-Net with one resolution level (with attention), for tests of
-# distribution and restoring, where compile time is most of the cost.
-ONE_LEVEL = ["--config.model.ch_mult=(1,)",
-             "--config.model.attn_resolutions=(8,)"]
+# The suite's shared config (tests/tiny_configs.py).
+TINY = TINY_ARGS
 
 
 def run(script, *args, env=None):
@@ -240,6 +232,7 @@ def test_train_resume_and_sample(tmp_path):
   assert "--dataset" in error_line(no_dataset)
 
 
+@pytest.mark.slow
 def test_bad_arguments_give_one_line_errors(tmp_path):
   wd = str(tmp_path / "w")
   line = error_line(run("train.py", "--config", "configs/nope.py",
@@ -335,6 +328,7 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
 @pytest.mark.parametrize("entry", ["train.py", "sample.py", "evaluate.py",
                                    "train_classifier.py",
                                    "-m ddpm_jax.interop.export"])
+@pytest.mark.slow
 def test_help_succeeds(entry):
   p = run(*entry.split(), "--help")
   assert p.returncode == 0, p.stderr[-2000:]
@@ -342,6 +336,7 @@ def test_help_succeeds(entry):
   assert run(*entry.split(), "--no_such_flag").returncode == 1
 
 
+@pytest.mark.slow
 def test_config_and_data_errors_come_before_anything_is_written(tmp_path):
   wd = str(tmp_path / "run")
   # A dataset that is not prepared, with downloads off: one line, and no
@@ -359,6 +354,7 @@ def test_config_and_data_errors_come_before_anything_is_written(tmp_path):
   assert not os.path.exists(wd)
 
 
+@pytest.mark.slow
 def test_train_classifier_shows_progress(tmp_path):
   wd = str(tmp_path / "clf")
   args = ["train_classifier.py", "--config", "configs/digits_classifier.py",

@@ -30,10 +30,13 @@ OPTIONS = []  # from --steps_per_call and --checkpoint_every
 BASE_ARGS = [
     "--config", "configs/digits.py", "--config.model.ch=32",
     "--config.model.num_res_blocks=1", "--config.diffusion.num_timesteps=20",
-    # One resolution level: the kills and restarts are what is tested.
+    # One resolution level: the kills and restarts are what is tested. The
+    # model, batch and samples of tests/tiny_configs.py's TINY_ARGS, whose
+    # programs other tests compile too.
     "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)",
+    "--config.model.num_groups=8",
     "--config.training.batch_size=8", "--config.training.max_to_keep=2",
-    "--config.sampling.num_samples=1", "--config.sampling.batch_size=1",
+    "--config.sampling.num_samples=4", "--config.sampling.batch_size=4",
     "--config.optim.warmup_steps=2",
 ]
 

@@ -1,0 +1,193 @@
+"""Where the test suite's time goes: programs compiled and compile seconds
+per test file, cold (an empty compile cache) or warm.
+
+  python tests/scripts/suite_profile.py --cache /tmp/c [PYTEST ARGS...]
+  python tests/scripts/suite_profile.py --cache /tmp/c [PYTEST ARGS...]
+
+The first run fills the empty folder /tmp/c (cold), the second finds it full
+(warm); without --cache each run is cold in a new temporary folder. The
+suite runs as the README runs it (``python -m pytest -q``, its workers and
+subprocesses sharing the cache), with this module as a pytest plugin that
+names the running test: every XLA compile of the workers and of every
+Python process they start (through profile_site/sitecustomize.py) is
+recorded under it.
+Prints a table per test file, longest first:
+
+- wall: seconds from the file's first test to its last (fixtures included);
+- compiled: programs compiled, here and in the file's subprocesses, and
+  in brackets those that took at least the suite's
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (the ones the cache keeps;
+  the count of entries the whole run added is printed above the table);
+- compile s: the seconds those compiles took;
+- hits: programs read back from the persistent cache instead.
+"""
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+LOG_ENV = "DDPM_JAX_SUITE_PROFILE"
+TEST_ENV = "DDPM_JAX_SUITE_PROFILE_TEST"
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+def _append(record):
+  line = json.dumps(record) + "\n"
+  fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+  try:
+    os.write(fd, line.encode())
+  finally:
+    os.close(fd)
+
+
+def register_listeners(current_test):
+  """Appends each backend compile of this process (and whether the
+  persistent cache answered it) to $DDPM_JAX_SUITE_PROFILE, under
+  ``current_test()``."""
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
+  local = threading.local()
+
+  def on_event(event, **kwargs):
+    del kwargs
+    if event == HIT_EVENT:
+      local.hit = True
+
+  def on_duration(event, secs, **kwargs):
+    if event != COMPILE_EVENT:
+      return
+    hit = getattr(local, "hit", False)
+    local.hit = False
+    _append({"kind": "compile", "test": current_test(), "pid": os.getpid(),
+             "secs": secs, "hit": hit, "fun": kwargs.get("fun_name", "")})
+
+  monitoring.register_event_listener(on_event)
+  monitoring.register_event_duration_secs_listener(on_duration)
+
+
+# -- pytest plugin (tests/conftest.py loads it when $DDPM_JAX_SUITE_PROFILE
+# is set); every process's listeners come from profile_site/sitecustomize.py
+
+def pytest_runtest_protocol(item, nextitem):
+  """Marks the running test (for this process and its subprocesses)."""
+  del nextitem
+  if not os.environ.get(LOG_ENV):
+    return None
+  os.environ[TEST_ENV] = item.nodeid
+  _append({"kind": "start", "test": item.nodeid, "t": time.time()})
+  return None
+
+
+def pytest_runtest_logfinish(nodeid, location):
+  del location
+  if os.environ.get(LOG_ENV):
+    _append({"kind": "end", "test": nodeid, "t": time.time()})
+
+
+# -- the command -------------------------------------------------------------
+
+
+def _file(nodeid):
+  return nodeid.split("::")[0].rsplit("/", 1)[-1]
+
+
+def _cache_entries(cache_dir):
+  return {p.name for p in pathlib.Path(cache_dir).glob("*")
+          if not p.name.endswith("-atime")}
+
+
+def summarize(records):
+  """Per test file: wall seconds, compiles, cached compiles, compile
+  seconds, persistent-cache hits."""
+  min_secs = float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                                  "0.5"))
+  rows = collections.defaultdict(lambda: {
+      "start": None, "end": None, "tests": 0, "compiled": 0, "cached": 0,
+      "compile_s": 0.0, "hits": 0})
+  for r in records:
+    row = rows[_file(r["test"])]
+    if r["kind"] == "start":
+      row["tests"] += 1
+      row["start"] = min(row["start"] or r["t"], r["t"])
+    elif r["kind"] == "end":
+      row["end"] = max(row["end"] or r["t"], r["t"])
+    elif r["hit"]:
+      row["hits"] += 1
+    else:
+      row["compiled"] += 1
+      row["cached"] += r["secs"] >= min_secs
+      row["compile_s"] += r["secs"]
+  for row in rows.values():
+    row["wall"] = ((row["end"] - row["start"])
+                   if row["start"] and row["end"] else 0.0)
+  return dict(rows)
+
+
+def table(rows):
+  """The per-file rows as a Markdown table, longest first, with totals."""
+  lines = ["| file | tests | wall s | compiled (>= min s) | compile s | hits |",
+           "|---|---:|---:|---:|---:|---:|"]
+  order = sorted(rows, key=lambda f: -rows[f]["wall"])
+  for f in order:
+    r = rows[f]
+    lines.append(f"| {f} | {r['tests']} | {r['wall']:.0f} | "
+                 f"{r['compiled']} ({r['cached']}) | {r['compile_s']:.0f} | "
+                 f"{r['hits']} |")
+  tot = {k: sum(r[k] for r in rows.values())
+         for k in ("tests", "compiled", "cached", "compile_s", "hits")}
+  lines.append(f"| all | {tot['tests']} | | {tot['compiled']} "
+               f"({tot['cached']}) | {tot['compile_s']:.0f} | {tot['hits']} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--cache", help="compile cache folder (default: a new "
+                      "empty one, i.e. a cold run)")
+  parser.add_argument("--out", help="also write the records and rows here "
+                      "(JSON)")
+  args, pytest_args = parser.parse_known_args()
+  work = tempfile.mkdtemp(prefix="suite_profile_")
+  cache = args.cache or os.path.join(work, "jax_cache")
+  os.makedirs(cache, exist_ok=True)
+  before = _cache_entries(cache)
+  log = os.path.join(work, "records.jsonl")
+  site = str(pathlib.Path(__file__).resolve().parent / "profile_site")
+  env = dict(os.environ, **{
+      LOG_ENV: log, "JAX_COMPILATION_CACHE_DIR": cache,
+      # The digits judge's cache too: cold means a fresh clone's state.
+      "DDPM_JAX_CACHE": os.path.join(cache, "ddpm_jax"),
+      "PYTHONPATH": os.pathsep.join(
+          p for p in (site, os.environ.get("PYTHONPATH")) if p)})
+  cmd = [sys.executable, "-m", "pytest", "-q"] + pytest_args
+  t0 = time.time()
+  rc = subprocess.call(cmd, cwd=ROOT, env=env)
+  wall = time.time() - t0
+  records = []
+  if os.path.exists(log):
+    with open(log) as f:
+      records = [json.loads(line) for line in f]
+  rows = summarize(records)
+  added = len(_cache_entries(cache) - before)
+  print(f"\npytest exit {rc}, {wall:.0f} s wall; {added} entries added to "
+        f"the compile cache {cache}\n")
+  print(table(rows))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"rc": rc, "wall": wall, "cache_added": added, "rows": rows,
+                 "records": records}, f)
+  return rc
+
+
+if __name__ == "__main__":
+  sys.exit(main())
