@@ -71,16 +71,20 @@ def torch():
 
 # The longest test files first: with pytest-xdist's per-file distribution
 # (pyproject addopts) the workers then finish together instead of one
-# running a long file alone at the end. Their order of cost on 2 CPU cores
-# (as pytest --durations gives them); the others follow in collection order.
-_LONG_FILES = ("test_bucket", "test_train_cli", "test_multihost",
-               "test_guidance_quality", "test_parallel", "test_objectives",
-               "test_kill_resume", "test_docs_run", "test_quality_parity",
-               "test_steps_per_call",
-               "test_guidance",
-               "test_benchmarks", "test_classifier_guidance",
-               "test_interop_diffusers", "test_digits_score",
-               "test_self_conditioning")
+# running a long file alone at the end. test_conv and test_unet lead: they
+# are the longest files of the fast tier (-m "not slow"), where the others
+# here are short. Then the whole suite's, by their time on 2 CPU cores
+# (tests/scripts/suite_profile.py, docs/testing.md); the files not listed
+# follow in collection order.
+_LONG_FILES = ("test_conv", "test_unet",
+               "test_bucket", "test_parallel", "test_objectives",
+               "test_train_cli", "test_guidance_quality", "test_multihost",
+               "test_docs_run", "test_benchmarks", "test_guidance",
+               "test_inception", "test_interop_diffusers", "test_digits_score",
+               "test_quality_parity", "test_classifier_guidance",
+               "test_faults", "test_microbatch", "test_kill_resume",
+               "test_precision", "test_self_conditioning", "test_golden",
+               "test_steps_per_call", "test_sampler")
 
 
 def pytest_collection_modifyitems(items):

@@ -20,6 +20,7 @@ def real():
   return digits_score.digits_score(data.digits_images("train")[:N])
 
 
+@pytest.mark.slow
 def test_real_digits_score_near_zero_and_noise_far_worse(real):
   noise = np.clip(np.random.default_rng(0).normal(size=(N, 8, 8, 1)), -1, 1)
   bad = digits_score.digits_score(noise)

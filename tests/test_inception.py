@@ -153,6 +153,7 @@ def test_inception_outputs_batches_tiles_and_checks(random_params):
     fid.check_images(np.zeros((2, 8, 8)))
 
 
+@pytest.mark.slow
 def test_dataset_statistics_are_computed_once_and_cached(random_params,
                                                          tmp_path,
                                                          monkeypatch):

@@ -192,7 +192,7 @@ def test_learned_variance_model_round_trip(torch, tmp_path):
   x = np.random.default_rng(9).normal(size=(2, size, size, ch)).astype(
       np.float32)
   t = [3, 700]
-  ours = np.asarray(eps_fn(unet_from_config(model_cfg, ch, 2 * ch))(
+  ours = np.asarray(jax.jit(eps_fn(unet_from_config(model_cfg, ch, 2 * ch)))(
       params, jnp.asarray(x), jnp.asarray(t)))
   np.testing.assert_allclose(ours, torch_forward(torch, unet, x, t),
                              rtol=0, atol=1e-5)

@@ -52,8 +52,8 @@ def tiny_digits_config(*, num_timesteps: int, batch_size: int,
 
 def tiny_config(**training):
   """The suite's shared config (:data:`TINY_ARGS`): a one-block, 32-channel
-  U-Net of one level with attention and 8 groups, T=20, batch 8, warmup 2, 4 samples;
-  ``training`` overrides further ``config.training`` fields."""
+  U-Net of one level with attention and 8 groups, T=20, batch 8, warmup 2,
+  4 samples; ``training`` overrides further ``config.training`` fields."""
   config = tiny_digits_config(num_timesteps=20, batch_size=8, one_level=True,
                               **training)
   config.optim.warmup_steps = 2

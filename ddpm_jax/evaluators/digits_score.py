@@ -71,7 +71,10 @@ def reference_statistics(split: str = "test") -> Tuple[np.ndarray,
 def digits_score(images: Any, reference: str = "test") -> Dict[str, float]:
   """``digits_fid`` (against the ``reference`` split), ``confidence`` and
   ``digits_is`` (one split) of samples in [-1, 1], by the cached judge."""
-  feats, probs = features(images)
+  # Checked before the judge is loaded (or trained, on a first run).
+  x = check_digits(images)
+  metrics.check_sample_count(len(x), "the samples")
+  feats, probs = features(x)
   mu, sigma = metrics.feature_statistics(feats, "the samples")
   mu_ref, sigma_ref = reference_statistics(reference)
   return {"digits_fid": metrics.frechet_distance(mu, sigma, mu_ref,

@@ -34,14 +34,19 @@ def check_sample_range(x: np.ndarray, name: str = "images") -> None:
         f"sampler's output): map [0, 255] images with x / 127.5 - 1")
 
 
+def check_sample_count(n: int, name: str) -> None:
+  """A one-line error if ``n`` samples are too few for a covariance."""
+  if n < 2:
+    raise MetricsError(f"{name} has {n} sample(s): a covariance "
+                       f"needs at least 2 (FID protocols use 10k-50k)")
+
+
 def _features(features: np.ndarray, name: str) -> np.ndarray:
   x = np.asarray(features, np.float64)
   if x.ndim != 2:
     raise MetricsError(f"{name} must be [num_samples, dim], got shape "
                        f"{x.shape}")
-  if x.shape[0] < 2:
-    raise MetricsError(f"{name} has {x.shape[0]} sample(s): a covariance "
-                       f"needs at least 2 (FID protocols use 10k-50k)")
+  check_sample_count(x.shape[0], name)
   if not np.all(np.isfinite(x)):
     raise MetricsError(f"{name} holds NaN or inf values")
   return x
