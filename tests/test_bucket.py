@@ -417,6 +417,7 @@ def test_the_documented_pod_command_in_the_bucket(gcs, tmp_path):
           "--config.training.batch_size=8", "--config.training.num_steps=2",
           "--config.training.checkpoint_every=2",
           "--config.training.sample_every=0",
+          "--config.sampling.num_samples=4", "--config.sampling.batch_size=4",
           "--config.optim.warmup_steps=2"]
   procs = [subprocess.Popen(
       [sys.executable] + words[1:-1] + [f"--process_id={i}"] + tiny,

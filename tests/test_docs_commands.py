@@ -24,6 +24,7 @@ DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 PLACEHOLDERS = {"N": "2", "i": "0", "W": "workdir/digits", "C": "tiny8",
                 "DIR": "workdir/digits", "PATH": "models/x"}
 ARGPARSE_SCRIPTS = ("tests/scripts/kill_resume.py",
+                    "tests/scripts/suite_profile.py",
                     "ddpm_jax.interop.inception_weights")
 
 

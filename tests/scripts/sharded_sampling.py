@@ -19,7 +19,7 @@ from tests.tiny_configs import tiny_digits_config
 
 
 def main():
-  config = tiny_digits_config(num_timesteps=10, batch_size=8)
+  config = tiny_digits_config(num_timesteps=10, batch_size=8, one_level=True)
   model = from_config.make_model(config)
   state = train.create_train_state(config, model,
                                    from_config.make_optimizer(config))
