@@ -77,14 +77,15 @@ def torch():
 # (tests/scripts/suite_profile.py, docs/testing.md); the files not listed
 # follow in collection order.
 _LONG_FILES = ("test_conv", "test_unet",
-               "test_bucket", "test_parallel", "test_objectives",
-               "test_train_cli", "test_guidance_quality", "test_multihost",
-               "test_docs_run", "test_benchmarks", "test_guidance",
-               "test_inception", "test_interop_diffusers", "test_digits_score",
-               "test_quality_parity", "test_classifier_guidance",
-               "test_faults", "test_microbatch", "test_kill_resume",
-               "test_precision", "test_self_conditioning", "test_golden",
-               "test_steps_per_call", "test_sampler")
+               "test_bucket", "test_parallel", "test_guidance_quality",
+               "test_multihost", "test_train_cli", "test_objectives",
+               "test_docs_run", "test_benchmarks", "test_inception",
+               "test_quality_parity", "test_interop_diffusers",
+               "test_classifier_guidance", "test_guidance", "test_microbatch",
+               "test_kill_resume", "test_digits_score", "test_steps_per_call",
+               "test_precision", "test_golden", "test_self_conditioning",
+               "test_faults", "test_digits_classifier", "test_docs_commands",
+               "test_sampler")
 
 
 def pytest_collection_modifyitems(items):

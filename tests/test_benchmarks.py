@@ -90,7 +90,8 @@ def test_without_the_test_extra(tmp_path):
     (tmp_path / name / "__init__.py").write_text(
         f"raise ModuleNotFoundError(\"No module named {name!r}\", "
         f"name={name!r})\n")
-  env = dict(os.environ, PYTHONPATH=str(tmp_path))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
   args = [sys.executable, "benchmarks/sampling.py", "--config", "smoke",
           "--num", "2", "--timesteps", "2", "--repeats", "2"]
   p = subprocess.run(args + ["--jax_only"], cwd=ROOT, capture_output=True,

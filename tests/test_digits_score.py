@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ddpm_jax import data, from_config, validation
-from ddpm_jax.evaluators import digits_score, metrics
+from ddpm_jax.evaluators import digits_judge, digits_score, metrics
 from ddpm_jax.samplers import generate
 from ddpm_jax.run import train_loop
 from tests.tiny_configs import tiny_config, tiny_digits_config
@@ -45,7 +45,11 @@ def test_a_model_trained_for_10_steps_scores_far_worse(real, tmp_path):
   assert score["digits_fid"] > 5 * real["digits_fid"], (score, real)
 
 
-def test_bad_images_give_one_line_errors():
+def test_bad_images_give_one_line_errors(monkeypatch):
+  # Refused before the judge is loaded (or trained, on a first run).
+  def no_judge():
+    raise AssertionError("the judge was loaded before the images' checks")
+  monkeypatch.setattr(digits_judge, "load_or_train", no_judge)
   with pytest.raises(metrics.MetricsError, match=r"8x8 grayscale.*\(4, 9, 9, 1\)"):
     digits_score.digits_score(np.zeros((4, 9, 9, 1)))
   with pytest.raises(metrics.MetricsError, match=r"x / 127.5 - 1"):

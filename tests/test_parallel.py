@@ -101,7 +101,7 @@ def test_checkpoints_move_between_device_counts(tmp_path):
   from tests.test_train_cli import TINY, run
   wd = str(tmp_path / "run")
   eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  # One resolution level (with attention): restoring is what is tested.
+  # TINY's one-level U-Net: restoring is what is tested.
   common = [*TINY, "--workdir", wd, "--config.training.sample_every=0"]
   p = run("train.py", *common, "--config.training.num_steps=2",
           "--config.parallel.fsdp=True", env=eight)

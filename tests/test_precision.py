@@ -15,7 +15,7 @@ from tests.tiny_configs import tiny_digits_config
 
 
 def tiny(dtype):
-  config = tiny_digits_config(num_timesteps=20, batch_size=4, one_level=True)
+  config = tiny_digits_config(num_timesteps=20, batch_size=4)
   config.model.dtype = dtype
   return config
 

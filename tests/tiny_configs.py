@@ -27,11 +27,10 @@ TINY_ARGS = [
 def tiny_digits_config(*, num_timesteps: int, batch_size: int,
                        num_samples: int = 4, one_level: bool = False,
                        **training):
-  """The digits config with a one-block, 32-channel U-Net of two levels
-  (of one, with attention and 8 GroupNorm groups, if ``one_level``: half
-  the compile time),
-  ``num_timesteps`` diffusion steps and a ``batch_size`` batch;
-  ``training`` overrides further ``config.training`` fields."""
+  """The digits config with a one-block, 32-channel U-Net of two levels, or
+  of one with attention and 8 GroupNorm groups if ``one_level`` (half the
+  compile time), ``num_timesteps`` diffusion steps and a ``batch_size``
+  batch; ``training`` overrides further ``config.training`` fields."""
   config = digits.get_config()
   config.model.ch = 32
   config.model.num_res_blocks = 1

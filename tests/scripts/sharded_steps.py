@@ -20,12 +20,11 @@ from tests.tiny_configs import tiny_digits_config  # pylint: disable=g-import-no
 
 
 def tiny_config():
-  # One level (half the compile time of two) at 64 channels, so that FSDP
-  # still splits the 3x3 convolutions' kernels (arrays of at least
-  # parallel.FSDP_MIN_SIZE elements), not only the time embedding's.
+  # One level: half the compile time of two. FSDP still splits arrays of
+  # at least parallel.FSDP_MIN_SIZE elements: the time embedding's 128x128
+  # kernel and the up blocks' 3x3 kernels of 64 input channels.
   config = tiny_digits_config(num_timesteps=50, batch_size=16, ema_decay=0.9,
                               one_level=True)
-  config.model.ch = 64
   config.optim.warmup_steps = 2
   return config
 

@@ -16,10 +16,16 @@ Prints a table per test file, longest first:
 - wall: seconds from the file's first test to its last (fixtures included);
 - compiled: programs compiled, here and in the file's subprocesses, and
   in brackets those that took at least the suite's
-  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (the ones the cache keeps;
-  the count of entries the whole run added is printed above the table);
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (about the ones the cache
+  keeps: two workers may compile one program at once, and a multi-process
+  job's process 1 does not write; the entries the whole run added are
+  counted above the table);
 - compile s: the seconds those compiles took;
 - hits: programs read back from the persistent cache instead.
+
+Compiles outside any test (at collection) go in a row named '?'. While
+profiling, profile_site/sitecustomize.py shadows any other sitecustomize
+module.
 """
 
 import argparse
@@ -76,19 +82,24 @@ def register_listeners(current_test):
 # -- pytest plugin (tests/conftest.py loads it when $DDPM_JAX_SUITE_PROFILE
 # is set); every process's listeners come from profile_site/sitecustomize.py
 
+_RUN_HERE = set()  # the tests this process runs (not an xdist controller)
+
+
 def pytest_runtest_protocol(item, nextitem):
   """Marks the running test (for this process and its subprocesses)."""
   del nextitem
   if not os.environ.get(LOG_ENV):
     return None
+  _RUN_HERE.add(item.nodeid)
   os.environ[TEST_ENV] = item.nodeid
   _append({"kind": "start", "test": item.nodeid, "t": time.time()})
   return None
 
 
 def pytest_runtest_logfinish(nodeid, location):
+  """Records the end of a test this process ran."""
   del location
-  if os.environ.get(LOG_ENV):
+  if os.environ.get(LOG_ENV) and nodeid in _RUN_HERE:
     _append({"kind": "end", "test": nodeid, "t": time.time()})
 
 
@@ -100,8 +111,8 @@ def _file(nodeid):
 
 
 def _cache_entries(cache_dir):
-  return {p.name for p in pathlib.Path(cache_dir).glob("*")
-          if not p.name.endswith("-atime")}
+  """The compiled programs in a JAX compile cache folder."""
+  return {p.name for p in pathlib.Path(cache_dir).glob("*-cache")}
 
 
 def summarize(records):
@@ -149,6 +160,7 @@ def table(rows):
 
 
 def main():
+  """Runs the suite with the profiler; prints the table; pytest's exit."""
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)

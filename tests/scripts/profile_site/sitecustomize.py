@@ -3,7 +3,8 @@ sample.py, the multihost workers...) when tests/scripts/suite_profile.py
 puts this folder on PYTHONPATH: once the process imports jax, its compiles
 and persistent-cache hits are appended to $DDPM_JAX_SUITE_PROFILE under the
 test that started the process ($DDPM_JAX_SUITE_PROFILE_TEST). jax itself is
-not imported here, so the entry points still set their flags first."""
+not imported here, so the entry points still set their flags first. While
+this folder is on PYTHONPATH it shadows any other sitecustomize module."""
 
 import importlib.abc
 import importlib.machinery
@@ -12,6 +13,16 @@ import sys
 
 
 def _install():
+  """Registers the listeners; a failure is a warning, not a failed import
+  of jax."""
+  try:
+    _register()
+  except Exception as e:  # pylint: disable=broad-except
+    import warnings  # pylint: disable=g-import-not-at-top
+    warnings.warn(f"suite_profile: compiles not recorded here: {e}")
+
+
+def _register():
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "suite_profile.py")
