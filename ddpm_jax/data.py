@@ -14,8 +14,12 @@ deterministically, into 1,500 training and 297 test images.
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 import io
-from typing import Iterator, Optional
+import os
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -45,20 +49,35 @@ def _digits_rows(split: str, n: int) -> np.ndarray:
                   f"{split!r}: set data.split")
 
 
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> Tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 8x8 digits: pixel values 0-16 as float64 [1797, 8, 8],
+  and their classes. Read from the file scikit-learn ships without
+  importing it (with SciPy, a second per process), as its load_digits
+  reads it; through load_digits where that file is not found."""
+  spec = importlib.util.find_spec("sklearn")
+  folders = (spec.submodule_search_locations or []) if spec else []
+  for folder in folders:
+    path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+    if os.path.isfile(path):
+      with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+      return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  digits = load_digits()
+  return digits.images.astype(np.float64), digits.target
+
+
 def digits_labels(split: str = "train") -> np.ndarray:
   """The digits' classes (0-9, int32), in the order of
   :func:`digits_images`."""
-  # scikit-learn loads only for the digits data.
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  target = load_digits().target
+  target = _load_digits()[1]
   return target[_digits_rows(split, len(target))].astype(np.int32)
 
 
 def digits_images(split: str = "train", image_size: int = 8) -> np.ndarray:
   """The digits as float32 [N, S, S, 1] in [-1, 1] (S = ``image_size``)."""
-  # scikit-learn loads only for the digits data.
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  images = load_digits().images.astype(np.float64) / 16.0  # [1797, 8, 8]
+  images = _load_digits()[0] / 16.0  # [1797, 8, 8]
   images = images[_digits_rows(split, len(images))]
   if image_size != 8:
     if image_size % 8:

@@ -11,6 +11,38 @@ import types
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# XLA's CPU backend without LLVM's optimizations (level 0; the default is
+# 2): the suite's programs compile in half the time and run at half the
+# speed, which these tiny programs do not notice. The results differ from
+# the default build's by float32 rounding, as another CPU model's would (no
+# fused multiply-adds); tests/test_golden.py checks the default build's
+# bits, and the few tests whose time is the running (training for an
+# outcome, the Inception network) run at the default level, in a process
+# of their own (call_at_default_level). tests/conftest.py adds this to
+# XLA_FLAGS; docs/testing.md has the measurements.
+OPT_FLAG = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices):
+  """XLA_FLAGS for a test's process with ``devices`` simulated CPU devices,
+  at the suite's compile optimization level (:data:`OPT_FLAG`)."""
+  return f"{OPT_FLAG} --xla_force_host_platform_device_count={devices}"
+
+
+def call_at_default_level(module, function, *args, timeout=1200):
+  """``module.function(*args)`` (string arguments) in a new process whose
+  XLA_FLAGS are the suite's without :data:`OPT_FLAG`: compiled at XLA's
+  default level, as users run. Returns the function's JSON-able result."""
+  flags = os.environ.get("XLA_FLAGS", "").replace(OPT_FLAG, "").strip()
+  code = ("import importlib, json, sys; "
+          "m = importlib.import_module(sys.argv[1]); "
+          "print(json.dumps(getattr(m, sys.argv[2])(*sys.argv[3:])))")
+  p = subprocess.run([sys.executable, "-c", code, module, function, *args],
+                     cwd=ROOT, env=dict(os.environ, XLA_FLAGS=flags),
+                     capture_output=True, text=True, timeout=timeout)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return json.loads(p.stdout.strip().splitlines()[-1])
+
 
 def run_in_one_process(entry, argvs, cwd=ROOT, timeout=900):
   """Runs each argv of ``argvs`` as ``python ENTRY ARGV`` would (ENTRY a

@@ -8,13 +8,15 @@ import sys
 
 import pytest
 
+from tests import processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*args, devices=None):
   env = dict(os.environ)
   if devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = processes.xla_flags(devices)
   p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
                      text=True, timeout=600, env=env)
   assert p.returncode == 0, p.stderr[-3000:]

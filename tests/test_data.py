@@ -170,3 +170,13 @@ def test_train_path_on_an_image_folder(tmp_path):
   state = train_loop.train_and_evaluate(config, wd)
   assert int(state.step) == 2
   assert os.path.isfile(os.path.join(wd, "samples", "step_00000002.png"))
+
+
+def test_digits_are_scikit_learns():
+  # data._load_digits reads scikit-learn's file without importing it.
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  images, labels = data._load_digits()  # pylint: disable=protected-access
+  np.testing.assert_array_equal(images, digits.images)
+  np.testing.assert_array_equal(labels, digits.target)
+  assert images.dtype == np.float64 and images.shape == (1797, 8, 8)

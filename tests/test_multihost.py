@@ -17,6 +17,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "scripts"))
 from kill_resume import flat, read_state  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import processes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.processes import wait_then_signal  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = [
@@ -45,7 +46,7 @@ def free_port():
 
 def env(devices):
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+              XLA_FLAGS=processes.xla_flags(devices))
 
 
 def start_job(workdir, *args):

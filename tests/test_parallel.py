@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ddpm_jax import parallel
+from tests import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -21,7 +22,7 @@ PYTHONPATH = os.pathsep.join(filter(None, [ROOT,
 
 @pytest.fixture(scope="module")
 def sharded_result():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=processes.xla_flags(8),
              PYTHONPATH=PYTHONPATH, TF_CPP_MIN_LOG_LEVEL="2")
   p = subprocess.run([sys.executable, "tests/scripts/sharded_steps.py",
                       str(STEPS)], cwd=ROOT, env=env, capture_output=True,
@@ -69,7 +70,7 @@ def test_sampling_on_8_devices_equals_one_device():
   """generate.generate with the batch split over 8 simulated devices, on 1
   device, and in batches of 3: the same samples, bit for bit (each sample's
   noise comes from its own key; the U-Net's ops are per example)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=processes.xla_flags(8),
              PYTHONPATH=PYTHONPATH, TF_CPP_MIN_LOG_LEVEL="2")
   p = subprocess.run([sys.executable, "tests/scripts/sharded_sampling.py"],
                      cwd=ROOT, env=env, capture_output=True, text=True,
@@ -100,14 +101,14 @@ def test_checkpoints_move_between_device_counts(tmp_path):
   # (replicated): the checkpoint restores onto whatever mesh runs.
   from tests.test_train_cli import TINY, run
   wd = str(tmp_path / "run")
-  eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  eight = {"XLA_FLAGS": processes.xla_flags(8)}
   # TINY's one-level U-Net: restoring is what is tested.
   common = [*TINY, "--workdir", wd, "--config.training.sample_every=0"]
   p = run("train.py", *common, "--config.training.num_steps=2",
           "--config.parallel.fsdp=True", env=eight)
   assert p.returncode == 0, p.stderr[-3000:]
   p = run("train.py", *common, "--config.training.num_steps=4",
-          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+          env={"XLA_FLAGS": processes.xla_flags(1)})
   assert p.returncode == 0, p.stderr[-3000:]
   assert "at step 2" in p.stdout
   p = run("train.py", *common, "--config.training.num_steps=6", env=eight)
@@ -151,7 +152,7 @@ def test_batch_not_divisible_by_the_devices_is_a_one_line_error(tmp_path):
   wd = tmp_path / "run"
   p = run("train.py", *TINY, "--workdir", str(wd),
           "--config.training.batch_size=3",
-          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+          env={"XLA_FLAGS": processes.xla_flags(2)})
   line = error_line(p)
   assert "training.batch_size=3" in line and "2 devices" in line, line
   assert "JAX_NUM_CPU_DEVICES=1" in line, line
