@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 import threading
+import urllib.parse
 import uuid
 from typing import Any, Dict, List
 
@@ -105,6 +107,7 @@ def check_reachable(path: Any, timeout_s: float = 30.0) -> None:
   if not is_url(path):
     return
   root = bucket(path)
+  _check_emulator_listens(root)
   result = {}
 
   def probe():
@@ -132,6 +135,26 @@ def check_reachable(path: Any, timeout_s: float = 30.0) -> None:
         f"bucket {root} does not exist or is not visible with these "
         f"credentials: create it (gcloud storage buckets create {root}) or "
         f"give another URL")
+
+
+def _check_emulator_listens(root: str) -> None:
+  """For a gs:// URL with STORAGE_EMULATOR_HOST set: a one-line error at
+  once if nothing accepts a connection there (gcsfs would retry a refused
+  connection for half a minute)."""
+  endpoint = os.environ.get("STORAGE_EMULATOR_HOST", "")
+  if not root.startswith(("gs://", "gcs://")) or not endpoint:
+    return
+  url = urllib.parse.urlsplit(
+      endpoint if "://" in endpoint else f"http://{endpoint}")
+  port = url.port or (443 if url.scheme == "https" else 80)
+  try:
+    socket.create_connection((url.hostname, port), timeout=10).close()
+  except OSError as e:
+    raise ConnectionError(
+        f"cannot reach {root}: nothing answers at {endpoint} "
+        f"(STORAGE_EMULATOR_HOST; {type(e).__name__}): start the storage "
+        f"emulator there, or unset STORAGE_EMULATOR_HOST for real GCS"
+    ) from None
 
 
 def walk_files(path: Any) -> List[str]:

@@ -329,6 +329,8 @@ def test_no_endpoint_and_no_credentials_are_one_line_errors_within_60s(gcs):
     line = error_line(subprocess.CompletedProcess(p.args, p.returncode, out,
                                                   err))
     assert "gs://ddpm-elsewhere" in line, line
+    if p is procs[0]:  # said at once, not after gcsfs's retries
+      assert "nothing answers at http://127.0.0.1:9" in line, line
   assert not _local_leftovers()
 
 
