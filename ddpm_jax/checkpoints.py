@@ -1,10 +1,13 @@
 """Orbax checkpoints of the train state, and the run's saved config.
 
-A checkpoint has two items: ``state`` (the step, the base rng key, params,
-EMA params and optimizer state) and ``data`` (the input pipeline's
-position, JSON). The step's randomness is ``fold_in(rng, step)`` and the
-input stream is a function of (seed, position), so restoring both resumes
-a run exactly where it stopped."""
+A checkpoint has three items: ``state`` (the step, the base rng key,
+params, EMA params and optimizer state), ``data`` (the input pipeline's
+position, JSON) and ``digests`` (each state array's digest, JSON:
+:mod:`ddpm_jax.checkpoint_digests`). The step's randomness is
+``fold_in(rng, step)`` and the input stream is a function of (seed,
+position), so restoring both resumes a run exactly where it stopped. A
+state with a NaN or an infinity is never saved, and a restored state is
+used only if every array is finite and matches its saved digest."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default
-from ddpm_jax import parallel, paths
+from ddpm_jax import checkpoint_digests, parallel, paths
 from ddpm_jax.models.classifier import (NoisyClassifier,
                                         classifier_from_config,
                                         init_classifier)
@@ -28,6 +31,16 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+DIGESTS_ITEM = "digests"
+
+
+class NonFiniteStateError(FloatingPointError):
+  """A train state holds a NaN or an infinity."""
+
+
+def _names(names, n=3):
+  more = f" and {len(names) - n} more" if len(names) > n else ""
+  return ", ".join(names[:n]) + more
 
 
 class _RoutineReadOnlyNotes(logging.Filter):
@@ -64,12 +77,39 @@ def checkpoint_manager(workdir: str, max_to_keep: int = 3,
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_position: Optional[dict] = None) -> None:
-  """Saves ``state`` (a pytree) and the input ``data_position`` (a JSON
-  dict) as ``step``, asynchronously."""
-  items = {STATE_ITEM: ocp.args.StandardSave(state)}
+  """Saves ``state`` (a pytree), the digest of each of its arrays and the
+  input ``data_position`` (a JSON dict) as ``step``, asynchronously.
+  Raises :class:`NonFiniteStateError`, saving nothing, if any array holds
+  a NaN or an infinity."""
+  summary = checkpoint_digests.summarize(state)
+  bad = checkpoint_digests.nonfinite(summary)
+  if bad:
+    raise NonFiniteStateError(
+        f"the train state of step {step} is not finite ({_names(bad)}): "
+        f"not saved; the last checkpoint is step {manager.latest_step()}")
+  items = {STATE_ITEM: ocp.args.StandardSave(state),
+           DIGESTS_ITEM: ocp.args.JsonSave(
+               checkpoint_digests.to_json(summary))}
   if data_position is not None:
     items[DATA_ITEM] = ocp.args.JsonSave(data_position)
   manager.save(step, args=ocp.args.Composite(**items))
+
+
+def verify(state: Any, saved_digests: Optional[dict]) -> Optional[str]:
+  """Why a restored ``state`` must not be used, in one sentence (an array
+  that is not finite, or whose digest differs from ``saved_digests``, the
+  checkpoint's digests item); None when it passes. A checkpoint written
+  before digests existed (None) is checked for finiteness only."""
+  summary = checkpoint_digests.summarize(state)
+  if saved_digests is not None:
+    changed = checkpoint_digests.mismatches(saved_digests, summary)
+    if changed:
+      return (f"digest check failed for {_names(changed)}: the bytes "
+              f"changed since the save")
+  bad = checkpoint_digests.nonfinite(summary)
+  if bad:
+    return f"not finite: {_names(bad)} hold NaN or infinite values"
+  return None
 
 
 class Restored(NamedTuple):
@@ -107,34 +147,42 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
       if mismatch:
         raise ValueError(mismatch)
       items = {STATE_ITEM: ocp.args.StandardRestore(template)}
-      if paths.isdir(paths.join(str(manager.directory), str(step),
-                                DATA_ITEM)):
-        items[DATA_ITEM] = ocp.args.JsonRestore()
+      for name in (DATA_ITEM, DIGESTS_ITEM):
+        if paths.isdir(paths.join(str(manager.directory), str(step), name)):
+          items[name] = ocp.args.JsonRestore()
       out = manager.restore(step, args=ocp.args.Composite(**items))
       position = out[DATA_ITEM] if DATA_ITEM in items else None
       restored = Restored(out[STATE_ITEM],
                           None if position is None else dict(position))
     except Exception as e:  # pylint: disable=broad-except
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-      failures.append((step, reason, e))
+      failures.append((step, f"is unreadable ({reason[:200]})", e))
+      continue
+    problem = verify(restored.state, dict(out[DIGESTS_ITEM])
+                     if DIGESTS_ITEM in items else None)
+    if problem:
+      failures.append((step, f"fails its check ({problem})",
+                       ValueError(problem)))
       continue
     if failures:
       # The others may still be reading: move only once all are done.
       parallel.host_barrier(f"restore_checked_{step}")
-    for bad, reason, _ in failures:
+    for bad, what, _ in failures:
       where = ""
       if set_aside:
         where = f"; moved it to {_set_aside(manager, bad)}"
-      print(f"warning: checkpoint {bad} is unreadable ({reason[:200]})"
-            f"{where}; using checkpoint {step}", file=sys.stderr)
+      print(f"warning: checkpoint {bad} {what}{where}; using checkpoint "
+            f"{step}", file=sys.stderr)
     if failures:
       parallel.host_barrier(f"restore_set_aside_{step}")
       manager.reload()
     return restored
   if failures:
-    step, reason, e = failures[0]
-    raise ValueError(f"checkpoint {step} in {manager.directory} cannot be "
-                     f"restored: {reason[:300]}") from e
+    step, what, e = failures[0]
+    others = ", ".join(str(f[0]) for f in failures[1:])
+    others = f" (and so do checkpoints {others})" if others else ""
+    raise ValueError(f"checkpoint {step} in {manager.directory} {what[:300]}"
+                     f"{others}: no checkpoint can be used") from e
   return None
 
 

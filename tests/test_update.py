@@ -139,3 +139,21 @@ def test_step_at_a_restored_counter_uses_that_steps_key():
   assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
   step0, _ = expected_loss(betas, state.params, x0, state.rng, 0)
   assert abs(want - step0) > 1e-3  # the check above can tell them apart
+
+
+def test_nonfinite_updated_state_is_skipped_only_when_asked():
+  # Finite loss and gradient, but an EMA that is already NaN (as a damaged
+  # checkpoint's could be): with skip_nonfinite the whole update is
+  # skipped and `finite` says so; without, it goes through.
+  state, grads, tx = state_and_grads(12.0)
+  state = state.replace(ema_params={"a": jnp.array([np.nan, 0.0]),
+                                    "b": jnp.array([[1.0]])})
+  kept, metrics = train.apply_gradients(
+      state, grads, jnp.float32(0.25), tx=tx, ema_decay=0.9,
+      skip_nonfinite=True)
+  assert not bool(metrics["finite"]) and int(kept.step) == 8
+  np.testing.assert_array_equal(kept.params["a"], state.params["a"])
+  moved, metrics = train.apply_gradients(
+      state, grads, jnp.float32(0.25), tx=tx, ema_decay=0.9)
+  assert bool(metrics["finite"])  # loss and gradient only
+  np.testing.assert_allclose(moved.params["a"], [0.7, -2.4], rtol=1e-6)

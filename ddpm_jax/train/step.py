@@ -114,13 +114,19 @@ def apply_gradients(state: TrainState, grads: Any, loss: jnp.ndarray, *,
   """The update half of :func:`train_step`: ``tx`` (clipping and Adam)
   on ``grads``, the new parameters, their EMA (:func:`ema_update`) and the
   step counter, with the metrics ``loss``, ``grad_norm`` and ``finite``.
-  With ``skip_nonfinite`` a non-finite loss or gradient leaves params, EMA
-  and optimizer state unchanged (the step counter still advances)."""
+  With ``skip_nonfinite`` a step whose loss, gradient or updated params,
+  EMA or optimizer state is not finite leaves params, EMA and optimizer
+  state unchanged (the step counter still advances), and ``finite`` says
+  so."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = ema_update(state.ema_params, params, ema_decay)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if skip_nonfinite:
+    for leaf in jax.tree_util.tree_leaves((params, ema, opt_state)):
+      if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        finite &= jnp.all(jnp.isfinite(leaf))
   new_state = state.replace(step=state.step + 1, params=params,
                             ema_params=ema, opt_state=opt_state)
   if skip_nonfinite:

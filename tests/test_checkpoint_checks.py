@@ -1,0 +1,163 @@
+"""What a checkpoint must pass before it is used: the digest of every
+array saved with it (ddpm_jax.checkpoint_digests), finiteness at save and
+at restore; a checkpoint that fails is set aside and the previous used."""
+
+import glob
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ddpm_jax import checkpoint_digests, checkpoints, from_config, train
+from tests.tiny_configs import tiny_config
+
+
+@pytest.fixture(scope="module")
+def template():
+  config = tiny_config()
+  return train.create_train_state(config, from_config.make_model(config),
+                                  from_config.make_optimizer(config))
+
+
+def at_step(state, step):
+  return state.replace(step=jnp.asarray(step, jnp.int32))
+
+
+def with_nan(state):
+  """``state`` with one NaN in the EMA of the output convolution."""
+  ema = jax.tree_util.tree_map(lambda x: x, state.ema_params)
+  ema["conv_out"]["kernel"] = ema["conv_out"]["kernel"].at[0, 0, 0, 0].set(
+      jnp.nan)
+  return state.replace(ema_params=ema)
+
+
+def saved(tmp_path, states):
+  """A manager over ``tmp_path/run`` holding ``states`` {step: state},
+  saved with checkpoints.save."""
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "run"))
+  for step, state in states.items():
+    checkpoints.save(manager, step, state, {"epoch": 0, "offset": step})
+  manager.wait_until_finished()
+  return manager
+
+
+def overwrite_middle(folder, data=bytes(range(64))):
+  """Writes ``data`` into the middle of the largest file under
+  ``folder``, as a disk or a copy that changes bytes would."""
+  path = max((f for f in glob.glob(f"{folder}/**", recursive=True)
+              if os.path.isfile(f)), key=os.path.getsize)
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(data)
+
+
+def change_a_value(tmp_path, step, state):
+  """Replaces checkpoint ``step``'s stored state with ``state`` with one
+  value of its params changed to another finite one, the digests saved with
+  it untouched: stored bytes that differ from those saved, which only the
+  digest can tell. (Random bytes in its files, as a disk would change them,
+  mostly land in zstd-compressed data and fail to decode:
+  test_random_bytes_... covers that; this is the case where they decode.)"""
+  kernel = np.array(state.params["conv_in"]["kernel"])
+  kernel[1, 1, 0, 5] += 0.25
+  params = jax.tree_util.tree_map(lambda x: x, state.params)
+  params["conv_in"]["kernel"] = jnp.asarray(kernel)
+  other = checkpoints.checkpoint_manager(str(tmp_path / "other"))
+  other.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(
+      state.replace(params=params))))
+  other.wait_until_finished()
+  target = tmp_path / "run" / "checkpoints" / str(step) / "state"
+  shutil.rmtree(target)
+  shutil.copytree(tmp_path / "other" / "checkpoints" / str(step) / "state",
+                  target)
+  shutil.rmtree(tmp_path / "other")
+
+
+def test_digests_do_not_depend_on_the_values_position_only():
+  a = {"x": jnp.arange(6, dtype=jnp.float32)}
+  b = {"x": jnp.arange(6, dtype=jnp.float32)[::-1]}
+  flipped = np.arange(6, dtype=np.float32)
+  flipped.view(np.uint32)[2] ^= 1 << 30
+  c = {"x": jnp.asarray(flipped)}
+  sa, sb, sc = (checkpoint_digests.summarize(t) for t in (a, b, c))
+  assert sa["x"][0] != sb["x"][0] != sc["x"][0] != sa["x"][0]
+  assert checkpoint_digests.mismatches(checkpoint_digests.to_json(sa),
+                                       sc) == ["x"]
+  assert checkpoint_digests.mismatches(checkpoint_digests.to_json(sa),
+                                       sa) == []
+
+
+def test_changed_bytes_fail_the_digest_check_and_the_previous_is_used(
+    tmp_path, template, capsys):
+  manager = saved(tmp_path, {1: at_step(template, 1),
+                             2: at_step(template, 2)})
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2" / "digests")
+  change_a_value(tmp_path, 2, at_step(template, 2))
+  restored = checkpoints.restore_latest(manager, template, set_aside=True)
+  assert int(restored.state.step) == 1
+  err = capsys.readouterr().err
+  assert ("checkpoint 2 fails its check (digest check failed for "
+          "params.conv_in.kernel: the bytes changed since the save)") in err, err
+  assert "using checkpoint 1" in err
+  # Set aside, not deleted.
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints_unreadable")) == [
+      "2"]
+  assert manager.all_steps() == [1]
+
+
+def test_a_nonfinite_state_is_never_saved(tmp_path, template):
+  manager = saved(tmp_path, {1: at_step(template, 1)})
+  with pytest.raises(checkpoints.NonFiniteStateError,
+                     match=r"step 2 is not finite \(ema_params.conv_out."
+                     r"kernel\): not saved; the last checkpoint is step 1"):
+    checkpoints.save(manager, 2, with_nan(at_step(template, 2)))
+  manager.wait_until_finished()
+  assert manager.all_steps() == [1]
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1"]
+
+
+def test_a_nonfinite_checkpoint_is_set_aside(tmp_path, template, capsys):
+  # Written without digests or the finiteness check (as before they
+  # existed): the restore still refuses the NaN.
+  manager = saved(tmp_path, {1: at_step(template, 1)})
+  manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(
+      with_nan(at_step(template, 2)))))
+  manager.wait_until_finished()
+  restored = checkpoints.restore_latest(manager, template, set_aside=True)
+  assert int(restored.state.step) == 1
+  err = capsys.readouterr().err
+  assert ("checkpoint 2 fails its check (not finite: ema_params.conv_out."
+          "kernel hold NaN or infinite values)") in err, err
+
+
+def test_no_usable_checkpoint_is_one_error_naming_them(tmp_path, template):
+  manager = saved(tmp_path, {1: at_step(template, 1),
+                             2: at_step(template, 2)})
+  for step in (1, 2):
+    change_a_value(tmp_path, step, at_step(template, step))
+  with pytest.raises(ValueError) as e:
+    checkpoints.restore_latest(manager, template, set_aside=True)
+  line = str(e.value)
+  assert "\n" not in line and "checkpoint 2 in" in line, line
+  assert "(and so do checkpoints 1): no checkpoint can be used" in line
+  # Nothing moved when nothing can be used.
+  assert manager.all_steps() == [1, 2]
+  assert not (tmp_path / "run" / "checkpoints_unreadable").exists()
+
+
+def test_random_bytes_in_the_newest_checkpoint_never_reach_training(
+    tmp_path, template, capsys):
+  # 64 bytes written into the middle of its largest data file: whether
+  # they land in a stored array (the digest check) or in what the reader
+  # decodes (a read error), the checkpoint is set aside.
+  manager = saved(tmp_path, {1: at_step(template, 1),
+                             2: at_step(template, 2)})
+  overwrite_middle(tmp_path / "run" / "checkpoints" / "2" / "state")
+  restored = checkpoints.restore_latest(manager, template, set_aside=True)
+  assert int(restored.state.step) == 1
+  assert "using checkpoint 1" in capsys.readouterr().err
+  assert manager.all_steps() == [1]
