@@ -245,12 +245,56 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                    config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+# Sections every saved run holds: they fix the model, its noise schedule and
+# its data. A config.json without one is damaged, not old, and is refused
+# rather than completed from today's defaults.
+REQUIRED_SECTIONS = ("data", "model", "diffusion")
+
+
+class SavedConfigError(ValueError):
+  """A workdir's config.json is damaged or incomplete."""
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run wrote into ``workdir``, merged onto today's
   defaults (``configs/default.py``), so that a workdir written before a
-  field existed still loads."""
-  text = paths.read_text(paths.join(workdir, CONFIG_FILE))
-  return default.with_defaults(json.loads(text))
+  field existed still loads. Raises :class:`SavedConfigError`, naming the
+  file and the field, for malformed JSON, a missing section of
+  :data:`REQUIRED_SECTIONS`, a section that is not an object (``null``),
+  or a field whose type does not fit the default's."""
+  path = paths.join(workdir, CONFIG_FILE)
+  text = paths.read_text(path)
+  fix = "restore the file the run wrote (or retrain)"
+  try:
+    saved = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise SavedConfigError(f"{path} is not valid JSON ({e.msg} at line "
+                           f"{e.lineno}, column {e.colno}): {fix}") from None
+  if not isinstance(saved, dict):
+    raise SavedConfigError(f"{path} holds a JSON {type(saved).__name__}, "
+                           f"not a config object: {fix}")
+  for section in REQUIRED_SECTIONS:
+    if section not in saved:
+      raise SavedConfigError(f"{path} has no '{section}' section (every run "
+                             f"saves it): {fix}")
+  _check_sections(saved, default.get_default_config(), path, fix, "")
+  try:
+    return default.with_defaults(saved)
+  except TypeError as e:
+    raise SavedConfigError(f"{path}: {e}: {fix}") from None
+
+
+def _check_sections(saved: dict, defaults: ml_collections.ConfigDict,
+                    path: str, fix: str, where: str) -> None:
+  """Every section the defaults have is an object in ``saved`` too."""
+  for key, value in saved.items():
+    if key in defaults and isinstance(defaults[key],
+                                      ml_collections.ConfigDict):
+      if not isinstance(value, dict):
+        raise SavedConfigError(
+            f"{path}: '{where}{key}' is {json.dumps(value)[:40]}, not a "
+            f"section: {fix}")
+      _check_sections(value, defaults[key], path, fix, f"{where}{key}.")
 
 
 # A train_classifier.py workdir: config.json and the params in this folder.

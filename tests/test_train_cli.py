@@ -248,11 +248,21 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
   line = error_line(run("sample.py", "--workdir", wd))
   assert "config.json" in line
   # A workdir with a config but no checkpoint yet.
+  from ddpm_jax import checkpoints
+  from tests.tiny_configs import tiny_config
   os.makedirs(wd)
-  with open(os.path.join(wd, "config.json"), "w") as f:
-    f.write("{}")
+  checkpoints.write_config(wd, tiny_config())
   line = error_line(run("sample.py", "--workdir", wd))
   assert "no checkpoint" in line
+  # One whose config.json lost a section (tests/test_saved_config.py has
+  # the other cases): refused, not completed from the defaults.
+  with open(os.path.join(wd, "config.json")) as f:
+    saved = json.load(f)
+  del saved["diffusion"]
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump(saved, f)
+  line = error_line(run("sample.py", "--workdir", wd))
+  assert "config.json has no 'diffusion' section" in line, line
 
   # sample.py --model: neither or both sources, a missing path, a model
   # directory we cannot convert. Nothing is written.
