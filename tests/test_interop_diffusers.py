@@ -411,6 +411,22 @@ def test_bad_model_directories(torch, tmp_path):
     dunet.read_model_dir(str(d))
 
 
+def test_nonfinite_weights_are_refused_by_name(torch, tmp_path):
+  # A NaN would give black images and exit 0: refused before any sampling.
+  from safetensors.numpy import load_file, save_file
+  d, _ = small_model_dir(torch, tmp_path)
+  state = load_file(str(d / dunet.WEIGHTS_NAME))
+  state["conv_in.weight"][0, 0, 1, 1] = np.nan
+  state["mid_block.attentions.0.to_q.bias"][3] = np.inf
+  save_file(state, str(d / dunet.WEIGHTS_NAME))
+  with pytest.raises(ConversionError) as e:
+    dunet.read_model_dir(str(d))
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(str(d / dunet.WEIGHTS_NAME))
+  assert ("conv_in.weight, mid_block.attentions.0.to_q.bias hold NaN or "
+          "infinite values") in msg, msg
+
+
 def test_pickled_bin_is_read_only_with_weights_only(torch, tmp_path,
                                                     monkeypatch):
   d, unet = small_model_dir(torch, tmp_path)

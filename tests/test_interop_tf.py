@@ -154,3 +154,17 @@ def test_bad_original_checkpoints(torch, tmp_path):
     tf_checkpoint.read_tf_checkpoint(str(tmp_path / "nope.ckpt"), 16)
   with pytest.raises(ConversionError, match="not divisible"):
     tf_checkpoint.read_tf_checkpoint(prefix.replace("/b/", "/a/"), 15)
+
+
+def test_nonfinite_original_weights_are_refused_by_name(torch, tmp_path):
+  unet = make_torch_unet(torch, TINY_DDPM, seed=12)
+  variables = original_variables(unet, levels=2, with_ema=False,
+                                 with_adam=False)
+  variables["model/conv_in/b"] = np.full(32, np.nan, np.float32)
+  prefix = write_original_checkpoint(str(tmp_path / "model.ckpt-1"),
+                                     variables)
+  with pytest.raises(ConversionError) as e:
+    sources.load_model(prefix, image_size=16)
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(prefix), msg
+  assert "conv_in.bias hold NaN or infinite values" in msg, msg

@@ -244,6 +244,19 @@ def _read_json(path: str) -> Dict[str, Any]:
                           f"{e.lineno})") from None
 
 
+def refuse_nonfinite(tensors: Dict[str, np.ndarray],
+                     source: str) -> Dict[str, np.ndarray]:
+  """``tensors`` (name: array, as read from ``source``), unless one holds
+  a NaN or an infinity: then a one-line ConversionError naming them."""
+  bad = sorted(k for k, v in tensors.items() if not np.all(np.isfinite(v)))
+  if bad:
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise ConversionError(
+        f"{source}: {', '.join(bad[:3])}{more} hold NaN or infinite values: "
+        f"the weights are damaged; download or export them again")
+  return tensors
+
+
 def read_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
   """The tensors of a diffusers model directory, as float32 NumPy arrays.
 
@@ -261,7 +274,8 @@ def read_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
       raise ConversionError(
           f"cannot read {st_path}: {str(e).splitlines()[0]} (a float16/"
           f"bfloat16 or truncated file? save it again as float32)") from None
-    return {k: np.asarray(v, np.float32) for k, v in state.items()}
+    return refuse_nonfinite(
+        {k: np.asarray(v, np.float32) for k, v in state.items()}, st_path)
   if paths.isfile(bin_path):
     try:
       # torch is optional (the test extra): only for a pickled .bin.
@@ -280,7 +294,8 @@ def read_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
           f"cannot read {bin_path} with torch.load(weights_only=True): "
           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
           f"convert it to {WEIGHTS_NAME}") from None
-    return {k: v.detach().float().numpy() for k, v in state.items()}
+    return refuse_nonfinite(
+        {k: v.detach().float().numpy() for k, v in state.items()}, bin_path)
   raise ConversionError(f"{model_dir} has no {WEIGHTS_NAME}: download the "
                         f"model's weights file into it")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional, Tuple
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -107,6 +108,9 @@ def load_tf(path: str, image_size: Optional[int], use_ema: bool = True
                           "CelebA-HQ and LSUN)")
   model_cfg, channels, params, used_ema = tf_checkpoint.read_tf_checkpoint(
       path, image_size, prefer_ema=use_ema)
+  diffusers_unet.refuse_nonfinite(
+      {".".join(str(getattr(k, "key", k)) for k in name): np.asarray(leaf)
+       for name, leaf in jax.tree_util.tree_leaves_with_path(params)}, path)
   config = _with_model(_base_config(), model_cfg, image_size, channels)
   which = "EMA" if used_ema else "raw"
   return config, params, f"TF checkpoint {path} ({which} weights)"
