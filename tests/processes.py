@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -73,3 +74,32 @@ def wait_then_signal(procs, ready, signum, target=-1, settle=0.0,
     time.sleep(0.5)
   time.sleep(settle)
   procs[target].send_signal(signum)
+
+
+class Output:
+  """Collects a process's stdout and stderr (text pipes) in threads, so a
+  test can wait for a line the process prints while it runs."""
+
+  def __init__(self, proc):
+    self._parts = {"stdout": [], "stderr": []}
+    self._threads = [threading.Thread(target=self._read, args=(pipe, name),
+                                      daemon=True)
+                     for name, pipe in (("stdout", proc.stdout),
+                                        ("stderr", proc.stderr))]
+    for t in self._threads:
+      t.start()
+
+  def _read(self, pipe, name):
+    for line in iter(pipe.readline, ""):
+      self._parts[name].append(line)
+
+  def has(self, text):
+    """Whether ``text`` has appeared on stdout or stderr so far."""
+    return any(text in line for lines in self._parts.values()
+               for line in list(lines))
+
+  def finish(self):
+    """(stdout, stderr) once the process has closed both."""
+    for t in self._threads:
+      t.join()
+    return "".join(self._parts["stdout"]), "".join(self._parts["stderr"])

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.processes import run_in_one_process, wait_then_signal
+from tests.processes import Output, run_in_one_process, wait_then_signal
 from tests.tiny_configs import TINY_ARGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,18 +289,19 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
       [sys.executable, "train.py", *TINY, "--workdir", wd,
        "--config.training.num_steps=100000",
        "--config.training.checkpoint_every=100000",
-       # Four steps per jitted call (no log to stop short of): the signal
-       # is honoured between calls.
+       # Four steps per jitted call, logged after each: the signal is
+       # honoured between calls.
        "--config.training.steps_per_call=4",
-       "--config.training.log_every=100000"],
+       "--config.training.log_every=4"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
+  output = Output(proc)
   try:
-    # config.json is written just before the first step; give it a few.
-    wait_then_signal(
-        [proc], lambda: os.path.exists(os.path.join(wd, "config.json")),
-        signal.SIGTERM, settle=8)
-    out, err = proc.communicate(timeout=300)
+    # Once the first call's steps are logged (whatever the machine's load).
+    wait_then_signal([proc], lambda: output.has("step 4: loss"),
+                     signal.SIGTERM)
+    proc.wait(timeout=300)
+    out, err = output.finish()
   finally:
     if proc.poll() is None:
       proc.kill()
@@ -333,6 +334,31 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
                         str(tmp_path / "never")))
   assert "params.conv_in.bias has shape (32,)" in line, line
   assert not os.path.exists(str(tmp_path / "never") + ".npz")
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_stops_cleanly(tmp_path):
+  # The moment the workdir appears (long before the first step): exit 0,
+  # one line, no checkpoint (nothing has been trained).
+  wd = str(tmp_path / "run")
+  proc = subprocess.Popen(
+      [sys.executable, "train.py", *TINY, "--workdir", wd,
+       "--config.training.num_steps=100000"], cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  output = Output(proc)
+  try:
+    wait_then_signal([proc], lambda: os.path.isdir(wd), signal.SIGTERM)
+    proc.wait(timeout=300)
+    out, err = output.finish()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  assert "SIGTERM: stopped before the first step; nothing new to save" in (
+      out), out[-2000:]
+  assert not os.path.exists(os.path.join(wd, "checkpoints")) or not (
+      os.listdir(os.path.join(wd, "checkpoints")))
 
 
 @pytest.mark.parametrize("entry", ["train.py", "sample.py", "evaluate.py",

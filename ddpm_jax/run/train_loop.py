@@ -62,6 +62,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   the batch, and process 0 alone writes logs, grids and the config.
   """
   validate_config(config)
+  # One process alone: SIGTERM/SIGINT set a flag checked between steps,
+  # from before anything is written to the workdir (a preemption notice
+  # can come during start-up). Several: JAX's preemption service catches
+  # SIGTERM on any of them and all agree on the call to stop before
+  # (manager.reached_preemption). The service sets that point one past the
+  # furthest counter it was shown and stops only on that exact value, so
+  # it counts calls, not steps: with steps_per_call > 1 the step would jump
+  # past it and no host would stop.
+  multihost = jax.process_count() > 1
+  stop = _StopOnSignal(sigterm=not multihost)
+  try:
+    return _train(config, workdir, stop, multihost)
+  finally:
+    stop.restore()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           stop: _StopOnSignal, multihost: bool) -> TrainState:
+  """:func:`train_and_evaluate` once its signal handlers are installed."""
   paths.check_reachable(workdir)
   data.check_source(config)  # before anything is written to the workdir
   paths.makedirs(workdir)
@@ -149,14 +168,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   def save(step):
     checkpoints.save(manager, step, state, position.to_json())
 
-  multihost = jax.process_count() > 1
-  # One process alone: SIGTERM/SIGINT set a flag checked between steps.
-  # Several: JAX's preemption service catches SIGTERM on any of them and
-  # all agree on the call to stop before (manager.reached_preemption). The
-  # service sets that point one past the furthest counter it was shown and
-  # stops only on that exact value, so it counts calls, not steps: with
-  # steps_per_call > 1 the step would jump past it and no host would stop.
-  stop = _StopOnSignal(sigterm=not multihost)
   pending = None  # the previous call's steps, checked once the next is out
   step = start
   calls = 0
@@ -166,6 +177,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         stop.requested = "preemption"
       calls += 1
       if stop.requested:
+        if step == start:  # during start-up: no step has run
+          if lead:
+            bar.write(f"{stop.requested}: stopped before the first step; "
+                      f"nothing new to save; run the same command to "
+                      f"continue")
+          break
         if pending is not None:
           check_finite(*pending)
         if manager.latest_step() != step:
@@ -232,7 +249,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             bar.write(f"step {done}: {evaluator.summary(results)}")
   finally:
     bar.close()
-    stop.restore()
     manager.wait_until_finished()
     manager.close()
     if writer is not None:
