@@ -3,6 +3,7 @@ round trips, DDPMPipeline end to end, and refusals."""
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -370,6 +371,11 @@ def test_scheduler_config_export_matches_diffusers_tables(name, variance):
     ("up_block_types", ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D",
                         "UpBlock2D"], "same resolutions"),
     ("attention_head_dim", 48, "attention_head_dim=48"),
+    # Hostile sizes: refused before any array is made (this one used to
+    # try to allocate 400 TB).
+    ("sample_size", 10**7, r"sample_size=10000000 .* at least \d.* TiB of "
+                           "activations"),
+    ("sample_size", 0, "sample_size=0"),
 ])
 def test_unet_config_refusals(field, value, match):
   with pytest.raises(ConversionError, match=match):
@@ -425,6 +431,22 @@ def test_nonfinite_weights_are_refused_by_name(torch, tmp_path):
   assert "\n" not in msg and msg.startswith(str(d / dunet.WEIGHTS_NAME))
   assert ("conv_in.weight, mid_block.attentions.0.to_q.bias hold NaN or "
           "infinite values") in msg, msg
+
+
+def test_a_config_with_more_layers_than_the_weights_is_refused_at_once(
+    torch, tmp_path):
+  # layers_per_block=1000000 used to hang listing the expected tensors.
+  d, _ = small_model_dir(torch, tmp_path)
+  cfg = json.loads((d / "config.json").read_text())
+  cfg["layers_per_block"] = 1000000
+  (d / "config.json").write_text(json.dumps(cfg))
+  start = time.time()
+  with pytest.raises(ConversionError) as e:
+    dunet.read_model_dir(str(d))
+  assert time.time() - start < 10
+  msg = str(e.value)
+  assert "\n" not in msg and "layers_per_block=1000000" in msg, msg
+  assert "the config does not describe these weights" in msg, msg
 
 
 def test_pickled_bin_is_read_only_with_weights_only(torch, tmp_path,

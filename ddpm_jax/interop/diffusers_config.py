@@ -83,6 +83,18 @@ UNET2D_DEFAULTS = {
 }
 
 
+# No device holds this much for one image: a sample_size that needs more is
+# a damaged or hostile config.json, refused before any array is made.
+MAX_ACTIVATION_BYTES = 2**40
+
+
+def activation_bytes(size: int, ch: int, layers_per_block: int) -> int:
+  """A lower bound on one image's float32 activations in the U-Net: the
+  feature maps of its first level (each ResNet layer's output, kept for
+  the skip connections, and as many on the way up)."""
+  return 4 * size * size * ch * 2 * (max(layers_per_block, 0) + 1)
+
+
 def model_config_from_diffusers(cfg: Dict[str, Any]
                                 ) -> Tuple[ml_collections.ConfigDict, int, int]:
   """Our ``config.model`` from a ``UNet2DModel`` config dict.
@@ -145,6 +157,11 @@ def model_config_from_diffusers(cfg: Dict[str, Any]
     raise ConversionError("config.json has no sample_size: set it to the "
                           "image size the model was trained at")
   size = int(size)
+  need = activation_bytes(size, boc[0], int(options["layers_per_block"]))
+  if size < 1 or need > MAX_ACTIVATION_BYTES:
+    raise _refuse("sample_size", size,
+                  f"one image of that size would need at least "
+                  f"{need / 2**40:.3g} TiB of activations; check config.json")
   if size % (2**(levels - 1)):
     raise _refuse("sample_size", size,
                   f"it must be divisible by 2**{levels - 1}")

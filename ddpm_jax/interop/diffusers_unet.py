@@ -314,6 +314,17 @@ def read_model_dir(path: str) -> Tuple[ml_collections.ConfigDict, int, int,
   cfg = _read_json(paths.join(model_dir, CONFIG_NAME))
   model_cfg, size, channels = model_config_from_diffusers(cfg)
   state = read_state_dict(model_dir)
+  # Each ResNet layer has tensors of its own: a layers_per_block the file
+  # cannot hold is refused before its names are listed (a hostile
+  # config.json's millions of layers would take hours to list).
+  layers = int(model_cfg.num_res_blocks) * len(model_cfg.ch_mult)
+  if layers > len(state):
+    raise ConversionError(
+        f"{paths.join(model_dir, CONFIG_NAME)}: layers_per_block="
+        f"{model_cfg.num_res_blocks} over {len(model_cfg.ch_mult)} levels "
+        f"means at least {layers} tensors, and "
+        f"{paths.join(model_dir, WEIGHTS_NAME)} has {len(state)}: the config "
+        f"does not describe these weights")
   params = params_from_state_dict(state, model_cfg, size, channels,
                                   source=paths.join(model_dir, WEIGHTS_NAME),
                                   out_channels=int(
