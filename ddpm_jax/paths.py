@@ -199,9 +199,18 @@ def write_bytes(path: Any, data: bytes) -> None:
     epath.Path(str(path)).write_bytes(data)
     return
   tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())  # on disk before it replaces the old file
+    os.replace(tmp, path)
+  except BaseException:
+    # A failed write (a full disk, a file-size limit) leaves the old file
+    # as it was and no partial one beside it.
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def write_text(path: Any, text: str) -> None:

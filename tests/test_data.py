@@ -180,3 +180,32 @@ def test_digits_are_scikit_learns():
   np.testing.assert_array_equal(images, digits.images)
   np.testing.assert_array_equal(labels, digits.target)
   assert images.dtype == np.float64 and images.shape == (1797, 8, 8)
+
+
+_WRITE_PAST_A_SIZE_LIMIT = """
+import resource, signal, sys
+from ddpm_jax import paths
+path = sys.argv[1]
+paths.write_bytes(path, b"old" * 10)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+try:
+  paths.write_bytes(path, b"new" * 2000)
+except OSError as e:
+  print("refused", e.errno)
+"""
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_part(tmp_path):
+  # A write cut short by the file-size limit (as a full disk would): the
+  # old file is as it was, and no partial file is left beside it.
+  import subprocess
+  import sys
+  from tests.processes import ROOT
+  path = tmp_path / "out.json"
+  p = subprocess.run([sys.executable, "-c", _WRITE_PAST_A_SIZE_LIMIT,
+                      str(path)], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == 0 and "refused 27" in p.stdout, p.stderr[-2000:]
+  assert path.read_bytes() == b"old" * 10
+  assert sorted(os.listdir(tmp_path)) == ["out.json"]
