@@ -101,7 +101,8 @@ def test_changed_bytes_fail_the_digest_check_and_the_previous_is_used(
   assert int(restored.state.step) == 1
   err = capsys.readouterr().err
   assert ("checkpoint 2 fails its check (digest check failed for "
-          "params.conv_in.kernel: the bytes changed since the save)") in err, err
+          "params.conv_in.kernel: the bytes changed since the save)"
+          ) in err, err
   assert "using checkpoint 1" in err
   # Set aside, not deleted.
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints_unreadable")) == [

@@ -115,7 +115,7 @@ def test_saved_config_is_merged_onto_the_defaults(tmp_path):
   assert old.classifier.num_classes == 10 and old.model.ch == 32
   saved["training"]["num_steps"] = "many"
   path.write_text(json.dumps(saved))
-  with pytest.raises(TypeError, match="training.num_steps"):
+  with pytest.raises(checkpoints.SavedConfigError, match="training.num_steps"):
     checkpoints.read_config(str(tmp_path))
 
 
