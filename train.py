@@ -31,6 +31,10 @@ flags.DEFINE_integer("num_processes", None, "With --multihost: the number of "
                      "processes, where not auto-detected.")
 flags.DEFINE_integer("process_id", None, "With --multihost: this process's "
                      "index, where not auto-detected.")
+flags.DEFINE_bool("force_unlock", False, "Take over the workdir's lock "
+                  "(train.lock) that another run left, e.g. one on another "
+                  "host that is known to be gone. A lock of a process on "
+                  "this host that no longer runs is taken over without it.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -51,7 +55,8 @@ def main(argv):
   # After jax.distributed.initialize: the library touches the devices.
   from ddpm_jax.run import train_loop  # pylint: disable=g-import-not-at-top
   with cli.errors_as_one_line():
-    train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                  force_unlock=FLAGS.force_unlock)
 
 
 if __name__ == "__main__":

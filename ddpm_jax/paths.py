@@ -232,6 +232,18 @@ def load_npz(path: Any) -> Dict[str, np.ndarray]:
     return {k: f[k] for k in f.files}
 
 
+def remove(path: Any) -> None:
+  """Deletes file ``path`` (FileNotFoundError if there is none). For the
+  project's own bookkeeping files (a workdir's lock), never an output."""
+  if is_url(path):
+    p = epath.Path(str(path))
+    if not p.exists():
+      raise FileNotFoundError(str(path))
+    p.unlink()
+    return
+  os.remove(path)
+
+
 def move(src: Any, dst: Any) -> None:
   """Moves file or folder ``src`` to ``dst`` (which must not exist). At a
   URL each object is copied, then the originals are deleted, so a crash

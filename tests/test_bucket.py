@@ -431,3 +431,20 @@ def test_the_documented_pod_command_in_the_bucket(gcs, tmp_path):
   assert json.loads(paths.read_text(f"{wd}/config.json"))["data"][
       "name"] == "cifar10"
   assert not _local_leftovers()
+
+
+def test_a_workdir_lock_in_the_bucket_is_taken_once(gcs):
+  # The lock object is written with the does-not-exist precondition: the
+  # second taker is refused, naming the first; released, it is free again.
+  from ddpm_jax import paths
+  from ddpm_jax.run import workdir_lock
+  wd = f"gs://{BUCKET}/locked"
+  lock = workdir_lock.acquire(wd)
+  assert paths.exists(f"{wd}/{workdir_lock.LOCK_FILE}")
+  with pytest.raises(workdir_lock.WorkdirLocked,
+                     match=f"pid {os.getpid()} on"):
+    workdir_lock.acquire(wd)
+  lock.release()
+  assert not paths.exists(f"{wd}/{workdir_lock.LOCK_FILE}")
+  workdir_lock.acquire(wd).release()
+  assert not _local_leftovers()

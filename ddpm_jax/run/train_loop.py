@@ -18,7 +18,7 @@ from ddpm_jax import checkpoints, data, images, parallel, paths
 from ddpm_jax.evaluators import common as evaluators_common
 from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
                                   make_optimizer, make_schedule)
-from ddpm_jax.run import summary
+from ddpm_jax.run import summary, workdir_lock
 from ddpm_jax.samplers import generate as generate_lib
 from ddpm_jax.train.state import TrainState, create_train_state
 from ddpm_jax.train.step import make_multi_step, make_train_step
@@ -54,12 +54,15 @@ class _SampleGrid:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainState:
+                       workdir: str, force_unlock: bool = False
+                       ) -> TrainState:
   """Trains (resuming from ``workdir``'s latest checkpoint), checkpoints and
   writes EMA sample grids to ``workdir/samples``.
 
   On a multi-host job every process runs this; each loads its own share of
   the batch, and process 0 alone writes logs, grids and the config.
+  Process 0 holds the workdir's lock (:mod:`ddpm_jax.run.workdir_lock`)
+  while it trains; ``force_unlock`` takes over a lock another run left.
   """
   validate_config(config)
   # One process alone: SIGTERM/SIGINT set a flag checked between steps,
@@ -72,18 +75,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # past it and no host would stop.
   multihost = jax.process_count() > 1
   stop = _StopOnSignal(sigterm=not multihost)
+  lock = None
   try:
+    paths.check_reachable(workdir)
+    data.check_source(config)  # before anything is written to the workdir
+    paths.makedirs(workdir)
+    if jax.process_index() == 0:
+      lock = workdir_lock.acquire(workdir, force=force_unlock)
+    if multihost:  # the others start once process 0 holds it
+      parallel.host_barrier("workdir_locked")
     return _train(config, workdir, stop, multihost)
   finally:
+    if lock is not None:
+      lock.release()
     stop.restore()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str,
            stop: _StopOnSignal, multihost: bool) -> TrainState:
-  """:func:`train_and_evaluate` once its signal handlers are installed."""
-  paths.check_reachable(workdir)
-  data.check_source(config)  # before anything is written to the workdir
-  paths.makedirs(workdir)
+  """:func:`train_and_evaluate` once its signal handlers are installed and
+  the workdir is locked."""
   model, tx, schedule = make_model(config), make_optimizer(config), \
       make_schedule(config)
   mesh = parallel.make_mesh()
