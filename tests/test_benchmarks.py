@@ -162,3 +162,14 @@ def test_profile_tables_the_ops_of_a_traced_step_and_sampler(tmp_path):
                       str(tmp_path / "sample")], cwd=ROOT,
                      capture_output=True, text=True, timeout=600)
   assert p.returncode == 1 and "is not empty" in p.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_checkpoint_io_compares_plain_and_verified_saves_and_restores():
+  lines = run("benchmarks/checkpoint_io.py", "--config", "smoke",
+              "--repeats", "1")
+  sides = [json.loads(l) for l in lines[-6:-2]]
+  assert [s["side"] for s in sides] == ["plain save", "verified save",
+                                        "plain restore", "verified restore"]
+  assert all(s["median_s"] > 0 and s["state_bytes"] > 0 for s in sides)
+  assert lines[-1].startswith("verified / plain, median of 1: save ")
