@@ -103,3 +103,24 @@ class Output:
     for t in self._threads:
       t.join()
     return "".join(self._parts["stdout"]), "".join(self._parts["stderr"])
+
+
+def run_until_signalled(args, ready, signum, env=None, timeout=300):
+  """Starts ``python ARGS`` in the repository, sends ``signum`` once
+  ``ready(output)`` holds (output: an :class:`Output` of the process) and
+  waits for it to end: (return code, stdout, stderr). The process is
+  killed if the test fails first."""
+  proc = subprocess.Popen(
+      [sys.executable, *args], cwd=ROOT,
+      env=dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  output = Output(proc)
+  try:
+    wait_then_signal([proc], lambda: ready(output), signum,
+                     timeout=timeout)
+    proc.wait(timeout=timeout)
+    out, err = output.finish()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return proc.returncode, out, err

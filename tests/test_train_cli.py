@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.processes import Output, run_in_one_process, wait_then_signal
+from tests.processes import run_in_one_process, run_until_signalled
 from tests.tiny_configs import TINY_ARGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,28 +284,17 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_stops(tmp_path):
   wd = str(tmp_path / "run")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.Popen(
-      [sys.executable, "train.py", *TINY, "--workdir", wd,
+  # Four steps per jitted call, logged after each: the signal is honoured
+  # between calls; it is sent once the first call's steps are logged
+  # (whatever the machine's load).
+  returncode, out, err = run_until_signalled(
+      ["train.py", *TINY, "--workdir", wd,
        "--config.training.num_steps=100000",
        "--config.training.checkpoint_every=100000",
-       # Four steps per jitted call, logged after each: the signal is
-       # honoured between calls.
        "--config.training.steps_per_call=4",
        "--config.training.log_every=4"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True)
-  output = Output(proc)
-  try:
-    # Once the first call's steps are logged (whatever the machine's load).
-    wait_then_signal([proc], lambda: output.has("step 4: loss"),
-                     signal.SIGTERM)
-    proc.wait(timeout=300)
-    out, err = output.finish()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == 0, err[-3000:]
+      lambda output: output.has("step 4: loss"), signal.SIGTERM)
+  assert returncode == 0, err[-3000:]
   steps = os.listdir(os.path.join(wd, "checkpoints"))
   assert len(steps) == 1 and int(steps[0]) > 0, steps
   assert int(steps[0]) % 4 == 0, steps  # between calls of 4 steps
@@ -341,20 +330,11 @@ def test_sigterm_during_start_up_stops_cleanly(tmp_path):
   # The moment the workdir appears (long before the first step): exit 0,
   # one line, no checkpoint (nothing has been trained).
   wd = str(tmp_path / "run")
-  proc = subprocess.Popen(
-      [sys.executable, "train.py", *TINY, "--workdir", wd,
-       "--config.training.num_steps=100000"], cwd=ROOT,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  output = Output(proc)
-  try:
-    wait_then_signal([proc], lambda: os.path.isdir(wd), signal.SIGTERM)
-    proc.wait(timeout=300)
-    out, err = output.finish()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == 0, err[-3000:]
+  returncode, out, err = run_until_signalled(
+      ["train.py", *TINY, "--workdir", wd,
+       "--config.training.num_steps=100000"],
+      lambda _: os.path.isdir(wd), signal.SIGTERM)
+  assert returncode == 0, err[-3000:]
   assert "SIGTERM: stopped before the first step; nothing new to save" in (
       out), out[-2000:]
   assert not os.path.exists(os.path.join(wd, "checkpoints")) or not (

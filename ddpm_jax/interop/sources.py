@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from configs import default
-from ddpm_jax import checkpoints, from_config, paths
+from ddpm_jax import checkpoint_digests, checkpoints, from_config, paths
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop import diffusers_scheduler
 from ddpm_jax.interop import diffusers_unet
@@ -109,7 +109,7 @@ def load_tf(path: str, image_size: Optional[int], use_ema: bool = True
   model_cfg, channels, params, used_ema = tf_checkpoint.read_tf_checkpoint(
       path, image_size, prefer_ema=use_ema)
   diffusers_unet.refuse_nonfinite(
-      {".".join(str(getattr(k, "key", k)) for k in name): np.asarray(leaf)
+      {checkpoint_digests.leaf_name(name): np.asarray(leaf)
        for name, leaf in jax.tree_util.tree_leaves_with_path(params)}, path)
   config = _with_model(_base_config(), model_cfg, image_size, channels)
   which = "EMA" if used_ema else "raw"
