@@ -75,7 +75,11 @@ def summarize(tree: Any) -> Dict[str, Tuple[str, bool]]:
   named = jax.tree_util.tree_leaves_with_path(tree)
   if not named:
     return {}
-  values = jax.device_get([_leaf_summary(x) for _, x in named])
+  # One program at a time: on the CPU backend's simulated devices, small
+  # programs with all-reduces dispatched back to back can deadlock in
+  # XLA's collective rendezvous (seen with 8 devices on 2 cores).
+  jax.block_until_ready([x for _, x in named])
+  values = [jax.device_get(_leaf_summary(x)) for _, x in named]
   out = {}
   for (path, _), (first, second, finite) in zip(named, values):
     out[leaf_name(path)] = (f"{int(first):08x}{int(second):08x}",
