@@ -12,13 +12,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ddpm_jax.storage_error import StorageError
+
 # absl's help flags: asking for help succeeds.
 HELP_FLAGS = {"--help", "-help", "-h", "-?", "--helpshort", "--helpfull",
               "--helpxml"}
 
 # Errors whose message is written for the user: printed as one line.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
-               FloatingPointError, KeyError, ConnectionError)
+               FloatingPointError, KeyError, ConnectionError, StorageError)
 
 
 def fail(message: str) -> NoReturn:

@@ -23,11 +23,34 @@ import fsspec
 import numpy as np
 from etils import epath
 
+from ddpm_jax.storage_error import StorageError
+
 # Several processes (the hosts of a pod, a restarted run) share a bucket:
 # a folder listing must be read afresh each time, not from gcsfs's cache.
 for _protocol in ("gs", "gcs"):
   fsspec.config.conf.setdefault(_protocol, {}).setdefault(
       "use_listings_cache", False)
+
+
+def storage_error(what: str, e: BaseException) -> StorageError:
+  """A :class:`StorageError` reading "``what`` (cause)", with the errno of
+  ``e`` where it has one."""
+  if isinstance(e, StorageError):
+    return e
+  error = StorageError(f"{what} ({cause(e)})")
+  error.errno = getattr(e, "errno", None)
+  return error
+
+
+def cause(e: BaseException) -> str:
+  """The cause of a storage error in a few words: ``No space left on
+  device (errno 28)`` for an OSError, else its type and first line."""
+  if isinstance(e, StorageError):
+    return str(e)
+  if isinstance(e, OSError) and e.strerror:
+    return f"{e.strerror} (errno {e.errno})"
+  text = (str(e).strip().splitlines() or [""])[0][:200]
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def is_url(path: Any) -> bool:
@@ -191,7 +214,15 @@ def read_text(path: Any) -> str:
 
 def write_bytes(path: Any, data: bytes) -> None:
   """Writes ``data`` to ``path``, creating its folder; atomically (a reader
-  sees the old file or the new one, never part of it)."""
+  sees the old file or the new one, never part of it). A failure raises
+  :class:`StorageError` naming ``path`` and the cause."""
+  try:
+    _write_bytes(path, data)
+  except Exception as e:  # pylint: disable=broad-except
+    raise storage_error(f"could not write {path}", e) from e
+
+
+def _write_bytes(path: Any, data: bytes) -> None:
   folder = dirname(path)
   if folder:
     makedirs(folder)

@@ -192,7 +192,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
 try:
   paths.write_bytes(path, b"new" * 2000)
 except OSError as e:
-  print("refused", e.errno)
+  print("refused", e.errno, e)
 """
 
 
@@ -207,5 +207,7 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_part(tmp_path):
                       str(path)], cwd=ROOT, capture_output=True, text=True,
                      timeout=120)
   assert p.returncode == 0 and "refused 27" in p.stdout, p.stderr[-2000:]
+  # One line naming the file and the cause.
+  assert f"could not write {path} (File too large (errno 27))" in p.stdout
   assert path.read_bytes() == b"old" * 10
   assert sorted(os.listdir(tmp_path)) == ["out.json"]

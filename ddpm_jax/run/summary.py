@@ -6,10 +6,16 @@ from __future__ import annotations
 import struct
 import sys
 import threading
+import time
+from typing import Optional
 
 from ddpm_jax import paths
 
 EVENTS_DIR = "tensorboard"
+
+# How often the training loop writes the scalars logged since the last
+# write (and at the end).
+FLUSH_SECS = 30.0
 
 
 # The size at which an event object at a URL is closed: the events then go
@@ -77,9 +83,56 @@ class _ObjectEventsFactory:
     paths.makedirs(path)
 
 
-def summary_writer(workdir: str):
-  """A TensorBoard writer for ``workdir/tensorboard``, or None without
-  tensorboardX."""
+class ScalarWriter:
+  """TensorBoard scalars of a run, written in the caller's thread.
+
+  tensorboardX's SummaryWriter writes from a thread of its own: a full disk
+  or a storage outage there prints a traceback in that thread, and a
+  writer whose thread died blocks once its queue fills. Here a failed write
+  raises :class:`ddpm_jax.paths.StorageError` (naming the file and the
+  cause) from :meth:`add_scalar` or :meth:`flush`, where the training loop
+  turns it into one line."""
+
+  def __init__(self, logdir: str, event_types):
+    self._event_pb2, self._summary_pb2, events_writer = event_types
+    self._path = paths.join(logdir, "events.out.tfevents.*")
+    self._guard(record_writer_directory_check, logdir)
+    self._events = self._guard(events_writer, paths.join(logdir, "events"))
+    self._path = self._events._file_name  # pylint: disable=protected-access
+
+  def _guard(self, fn, *args):
+    try:
+      return fn(*args)
+    except Exception as e:  # pylint: disable=broad-except
+      raise paths.StorageError(f"could not write TensorBoard events to "
+                               f"{self._path} ({paths.cause(e)})") from e
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    """Adds ``tag`` = ``value`` at ``step`` (written at the next flush)."""
+    summary = self._summary_pb2.Summary(value=[
+        self._summary_pb2.Summary.Value(tag=tag, simple_value=float(value))])
+    event = self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                  summary=summary)
+    self._guard(self._events.write_event, event)
+
+  def flush(self) -> None:
+    """Writes the scalars added so far to storage."""
+    self._guard(self._events.flush)
+
+  def close(self) -> None:
+    """Flushes and closes the event file."""
+    self._guard(self._events.close)
+
+
+def record_writer_directory_check(logdir: str) -> None:
+  """Creates ``logdir`` (through the writer factory of its URL scheme)."""
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  record_writer.directory_check(logdir)
+
+
+def summary_writer(workdir: str) -> Optional[ScalarWriter]:
+  """A TensorBoard writer (:class:`ScalarWriter`) for
+  ``workdir/tensorboard``, or None without tensorboardX."""
   # tensorboardX imports torch, when installed, only to accept its tensors
   # (a measurable cost at every start; docs/benchmarks.md, 'Measurements
   # behind design choices'); this writer is given Python floats, so torch
@@ -89,8 +142,9 @@ def summary_writer(workdir: str):
     sys.modules["torch"] = None  # makes `import torch` raise ImportError
   try:
     # pylint: disable=g-import-not-at-top
-    from tensorboardX import SummaryWriter
     from tensorboardX import record_writer
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2, summary_pb2
   except ImportError:
     return None
   finally:
@@ -102,4 +156,4 @@ def summary_writer(workdir: str):
     # client and does not reach a storage emulator.
     record_writer.register_writer_factory(logdir.split("://")[0],
                                           _ObjectEventsFactory())
-  return SummaryWriter(logdir)
+  return ScalarWriter(logdir, (event_pb2, summary_pb2, EventsWriter))

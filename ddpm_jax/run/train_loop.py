@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from ddpm_jax import checkpoints, data, images, parallel, paths
+from ddpm_jax import (checkpoint_saves, checkpoints, data, images, parallel,
+                      paths)
 from ddpm_jax.evaluators import common as evaluators_common
 from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
                                   make_optimizer, make_schedule)
@@ -176,95 +177,124 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         f"checkpoint is step {manager.latest_step()} (set "
         f"--config.training.skip_nonfinite=True to skip such steps)")
 
+  saves = checkpoint_saves.Saves(manager)
+
   def save(step):
-    checkpoints.save(manager, step, state, position.to_json())
+    saves.save(step, state, position.to_json())
 
   pending = None  # the previous call's steps, checked once the next is out
   step = start
   calls = 0
+  flushed = time.time()
   try:
-    while step < total:
-      if multihost and manager.reached_preemption(calls):
-        stop.requested = "preemption"
-      calls += 1
-      if stop.requested:
-        if step == start:  # during start-up: no step has run
+    try:
+      while step < total:
+        saves.check()  # a failed save stops the run here
+        if multihost and manager.reached_preemption(calls):
+          stop.requested = "preemption"
+        calls += 1
+        if stop.requested:
+          if step == start:  # during start-up: no step has run
+            if lead:
+              bar.write(f"{stop.requested}: stopped before the first step; "
+                        f"nothing new to save; run the same command to "
+                        f"continue")
+            break
+          if pending is not None:
+            check_finite(*pending)
+          if manager.latest_step() != step:
+            save(step)
+          saves.check(wait=True)
           if lead:
-            bar.write(f"{stop.requested}: stopped before the first step; "
-                      f"nothing new to save; run the same command to "
+            bar.write(f"{stop.requested}: saved the checkpoint of step "
+                      f"{step} and stopped; run the same command to "
                       f"continue")
           break
+        n = chunk(step)
+        taken = [next(batches) for _ in range(n)]
+        position = taken[-1][1]
+        if k == 1:
+          args = (state, taken[0][0], schedule)
+        else:  # the call's unused slots repeat the last batch
+          args = (state, tuple(b for b, _ in taken) +
+                  (taken[-1][0],) * (k - n), jnp.int32(n), schedule)
+        if multihost and step == start:
+          # Compile first, then line the processes up: one still compiling
+          # when another runs the step would time out gloo's context set-up.
+          step_fn = step_fn.lower(*args).compile()
+          parallel.host_barrier(f"train_step_compiled_{start}")
+        state, metrics = step_fn(*args)
+        done = step + n
         if pending is not None:
           check_finite(*pending)
-        if manager.latest_step() != step:
-          save(step)
-        manager.wait_until_finished()
-        if lead:
-          bar.write(f"{stop.requested}: saved the checkpoint of step {step} "
-                    f"and stopped; run the same command to continue")
-        break
-      n = chunk(step)
-      taken = [next(batches) for _ in range(n)]
-      position = taken[-1][1]
-      if k == 1:
-        args = (state, taken[0][0], schedule)
-      else:  # the call's unused slots repeat the last batch
-        args = (state, tuple(b for b, _ in taken) +
-                (taken[-1][0],) * (k - n), jnp.int32(n), schedule)
-      if multihost and step == start:
-        # Compile first, then line the processes up: one still compiling
-        # when another runs the step would time out gloo's context set-up.
-        step_fn = step_fn.lower(*args).compile()
-        parallel.host_barrier(f"train_step_compiled_{start}")
-      state, metrics = step_fn(*args)
-      done = step + n
-      if pending is not None:
-        check_finite(*pending)
-      pending = (done, metrics, n)
-      if done % config.training.log_every == 0 or done == total:
-        check_finite(done, metrics, n)
-        m = {key: float(np.atleast_1d(v)[n - 1])
-             for key, v in jax.device_get(metrics).items()}
-        dt = time.time() - t0
-        m["img_per_s"] = (done - last) * bs / max(dt, 1e-9)
-        m["steps_per_s"] = (done - last) / max(dt, 1e-9)
-        # The rate the update of step `done` used (optax counts from 0).
-        m["learning_rate"] = float(lr_fn(done - 1))
-        m["skipped_steps"] = float(skipped)
-        del m["finite"]
-        t0, last = time.time(), done
-        bar.set_postfix(loss=f"{m['loss']:.4f}",
-                        img_s=f"{m['img_per_s']:.0f}")
-        if writer is not None:
-          for key, v in m.items():
-            writer.add_scalar(f"train/{key}", v, done)
-        if lead:  # one line per log_every steps on stdout, beside the bar
-          bar.write(f"step {done}: loss {m['loss']:.5f} grad_norm "
-                    f"{m['grad_norm']:.4f} lr {m['learning_rate']:.3g} "
-                    f"steps/s {m['steps_per_s']:.2f} img/s "
-                    f"{m['img_per_s']:.1f}")
-      bar.update(n)
-      step = done
-      if done % config.training.checkpoint_every == 0 or done == total:
-        check_finite(done, metrics, n)
-        save(done)
-      for every, evaluator in evaluators:
-        if evaluators_common.due(every, done, total):
-          if lead:
-            bar.write(f"step {done}: {evaluator.title} ...")
-          results = dict(evaluator.run(state.ema_params, done))
+        pending = (done, metrics, n)
+        if done % config.training.log_every == 0 or done == total:
+          check_finite(done, metrics, n)
+          m = {key: float(np.atleast_1d(v)[n - 1])
+               for key, v in jax.device_get(metrics).items()}
+          dt = time.time() - t0
+          m["img_per_s"] = (done - last) * bs / max(dt, 1e-9)
+          m["steps_per_s"] = (done - last) / max(dt, 1e-9)
+          # The rate the update of step `done` used (optax counts from 0).
+          m["learning_rate"] = float(lr_fn(done - 1))
+          m["skipped_steps"] = float(skipped)
+          del m["finite"]
+          t0, last = time.time(), done
+          bar.set_postfix(loss=f"{m['loss']:.4f}",
+                          img_s=f"{m['img_per_s']:.0f}")
           if writer is not None:
-            for key, v in results.items():
-              writer.add_scalar(f"eval/{key}", v, done)
-          if lead:
-            bar.write(f"step {done}: {evaluator.summary(results)}")
-  finally:
-    bar.close()
-    manager.wait_until_finished()
-    manager.close()
-    if writer is not None:
-      writer.close()
+            for key, v in m.items():
+              writer.add_scalar(f"train/{key}", v, done)
+            if time.time() - flushed > summary.FLUSH_SECS:
+              writer.flush()
+              flushed = time.time()
+          if lead:  # one line per log_every steps on stdout, beside the bar
+            bar.write(f"step {done}: loss {m['loss']:.5f} grad_norm "
+                      f"{m['grad_norm']:.4f} lr {m['learning_rate']:.3g} "
+                      f"steps/s {m['steps_per_s']:.2f} img/s "
+                      f"{m['img_per_s']:.1f}")
+        bar.update(n)
+        step = done
+        if done % config.training.checkpoint_every == 0 or done == total:
+          check_finite(done, metrics, n)
+          save(done)
+        for every, evaluator in evaluators:
+          if evaluators_common.due(every, done, total):
+            if lead:
+              bar.write(f"step {done}: {evaluator.title} ...")
+            results = dict(evaluator.run(state.ema_params, done))
+            if writer is not None:
+              for key, v in results.items():
+                writer.add_scalar(f"eval/{key}", v, done)
+            if lead:
+              bar.write(f"step {done}: {evaluator.summary(results)}")
+    finally:
+      bar.close()
+      closing = [saves.close] + (
+          [writer.close] if writer is not None else [])
+      _close_all(closing, failing=sys.exc_info()[1] is not None)
+  except paths.StorageError as e:
+    latest = manager.latest_step()
+    raise type(e)(
+        f"{e}; training stopped at step {step}, the last checkpoint is "
+        f"{'step ' + str(latest) if latest is not None else 'none'}: free "
+        f"space or fix the storage, then run the same command to continue"
+    ) from e
   return state
+
+
+def _close_all(closes, failing: bool) -> None:
+  """Calls each of ``closes``; the first error is raised once all have
+  run, unless an error is already on its way (``failing``), which it would
+  hide."""
+  first = None
+  for close in closes:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      first = first or e
+  if first is not None and not failing:
+    raise first
 
 
 class _StopOnSignal:

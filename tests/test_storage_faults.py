@@ -1,0 +1,101 @@
+"""Storage that fails under a running job: a checkpoint or an event write
+that cannot complete (a full disk, here a file-size limit, which fails the
+same writes with EFBIG) stops the run with one line naming the path and the
+cause, removes the partial save and leaves every older checkpoint as it
+was."""
+
+import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.processes import ROOT
+from tests.test_train_cli import TINY, error_line, run
+
+# Above every file but the checkpoints' data files (several 100 kB each).
+LIMIT_BYTES = 100_000
+
+
+def _limit_file_size():
+  # In the child before exec: EFBIG on a write past the limit, not SIGXFSZ.
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT_BYTES, LIMIT_BYTES))
+
+
+def _tree_digest(folder):
+  h = hashlib.sha256()
+  for top, dirs, files in sorted(os.walk(folder)):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(top, name)
+      h.update(os.path.relpath(path, folder).encode())
+      with open(path, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_a_failed_save_stops_the_run_in_one_line_and_keeps_the_others(
+    tmp_path):
+  wd = str(tmp_path / "run")
+  common = [*TINY, "--workdir", wd, "--config.training.max_to_keep=2",
+            "--config.training.sample_every=0"]
+  p = run("train.py", *common, "--config.training.num_steps=4")
+  assert p.returncode == 0, p.stderr[-3000:]
+  ckpts = os.path.join(wd, "checkpoints")
+  before = {s: _tree_digest(os.path.join(ckpts, s)) for s in ("2", "4")}
+  assert sorted(os.listdir(ckpts)) == ["2", "4"]
+
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  p = subprocess.run([sys.executable, "train.py", *common,
+                      "--config.training.num_steps=12"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=600,
+                     preexec_fn=_limit_file_size)
+  line = error_line(p)
+  where = os.path.join(ckpts, "6")
+  assert line.startswith(f"error: checkpoint 6 could not be written to "
+                         f"{where} (File too large"), line
+  # Known once the save has failed, at the latest when the next one (step
+  # 8) would start; the last good checkpoint is named.
+  stopped = int(line.split("training stopped at step ")[1].split(",")[0])
+  assert 6 <= stopped <= 8, line
+  assert "the last checkpoint is step 4" in line, line
+  # No partial save left, and the older checkpoints untouched (with
+  # max_to_keep=2, a failed save must not rotate step 2 out).
+  assert sorted(os.listdir(ckpts)) == ["2", "4"]
+  assert {s: _tree_digest(os.path.join(ckpts, s)) for s in before} == before
+  # Orbax's logged tracebacks are not printed.
+  assert "RESOURCE_EXHAUSTED" not in p.stderr, p.stderr[-3000:]
+
+
+_WRITE_EVENTS_PAST_A_LIMIT = """
+import resource, signal, sys
+from ddpm_jax.run import summary
+writer = summary.summary_writer(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+  for step in range(5000):
+    writer.add_scalar("train/loss", 1.0 / (step + 1), step)
+  writer.flush()
+except OSError as e:
+  print("refused:", type(e).__name__, e)
+"""
+
+
+def test_a_failed_event_write_is_one_storage_error(tmp_path):
+  # tensorboardX's own writer fails in its thread and blocks once its
+  # queue fills; this one raises where the loop can stop in one line.
+  p = subprocess.run([sys.executable, "-c", _WRITE_EVENTS_PAST_A_LIMIT,
+                      str(tmp_path)], cwd=ROOT, capture_output=True,
+                     text=True, timeout=120)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "Traceback" not in p.stderr, p.stderr[-2000:]
+  events = os.path.join(str(tmp_path), "tensorboard", "events.out.tfevents.")
+  assert (f"refused: StorageError could not write TensorBoard events to "
+          f"{events}") in p.stdout, p.stdout
+  assert "(File too large (errno 27))" in p.stdout, p.stdout
