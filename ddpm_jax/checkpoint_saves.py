@@ -14,6 +14,7 @@ folder is removed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import threading
@@ -141,8 +142,9 @@ class Saves:
 
   def check(self, wait: bool = False) -> None:
     """At a step boundary: confirms the pending save once it has finished
-    (``wait``: waits for it); raises :class:`SaveError` if it failed. With several
-    processes all call this at the same steps and agree on the outcome."""
+    (``wait``: waits for it); raises :class:`SaveError` if it failed. With
+    several processes all call this at the same steps and agree on the
+    outcome (a gather per call while a save is unconfirmed)."""
     if self._pending is None:
       return
     step = self._pending
@@ -201,10 +203,16 @@ class Saves:
         found = partial()
         for folder in found:
           paths.rmtree(folder)
-      except Exception as e:  # pylint: disable=broad-except
+      except OSError as e:  # a write landing while the folder goes
         error = e
+        if not isinstance(e, (FileExistsError, FileNotFoundError)) and (
+            e.errno not in (errno.ENOTEMPTY, errno.EEXIST)):
+          break
         time.sleep(0.2)
         continue
+      except Exception as e:  # pylint: disable=broad-except
+        error = e  # storage unreachable: retrying would only wait
+        break
       error = None
       if not found:
         time.sleep(settle_s)

@@ -180,6 +180,35 @@ def _check_emulator_listens(root: str) -> None:
     ) from None
 
 
+def check_writable_folder(path: Any, flag: str) -> None:
+  """Raises :class:`StorageError` (one line naming the path and ``flag``)
+  unless local folder ``path`` exists or could be made, and files can be
+  written there: for an entry point to refuse before it loads a model or
+  draws a sample. Writes and removes a probe file in ``path``, or in its
+  nearest existing parent; creates nothing. A URL is left to
+  :func:`check_reachable`."""
+  if is_url(path):
+    return
+  folder = os.path.abspath(str(path))
+  existing = folder
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise StorageError(f"{existing} is a file, not a folder: give {flag} a "
+                       f"path under a folder")
+  try:
+    probe = os.path.join(existing, f".write-check-{uuid.uuid4().hex[:8]}")
+    try:
+      with open(probe, "wb") as f:
+        f.write(b"x")  # a full disk may still take an empty file
+    finally:
+      if os.path.exists(probe):
+        os.remove(probe)
+  except OSError as e:
+    raise storage_error(f"cannot write in {existing}: give {flag} a "
+                        f"writable folder", e) from e
+
+
 def walk_files(path: Any) -> List[str]:
   """Every file under folder ``path``, recursively, sorted."""
   if not is_url(path):

@@ -99,3 +99,51 @@ def test_a_failed_event_write_is_one_storage_error(tmp_path):
   assert (f"refused: StorageError could not write TensorBoard events to "
           f"{events}") in p.stdout, p.stdout
   assert "(File too large (errno 27))" in p.stdout, p.stdout
+
+
+def _no_file_bytes():
+  # A disk with no room left: not a byte can be written.
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+@pytest.mark.slow
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
+  wd = str(tmp_path / "run")
+  p = run("train.py", *TINY, "--workdir", wd, "--config.training.num_steps=2")
+  assert p.returncode == 0, p.stderr[-3000:]
+  a_file = str(tmp_path / "a_file")
+  with open(a_file, "w") as f:
+    f.write("not a folder")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+  def refused(script, *args, full_disk=False):
+    p = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600,
+                       preexec_fn=_no_file_bytes if full_disk else None)
+    line = error_line(p)
+    assert "sampling" not in p.stderr and "train:" not in p.stderr, line
+    return line
+
+  # A workdir or an --out whose parent is a file.
+  assert refused("train.py", *TINY, "--workdir", a_file) == (
+      f"error: {a_file} is a file, not a folder: give --workdir a path "
+      f"under a folder")
+  assert refused("sample.py", "--workdir", wd, "--out",
+                 os.path.join(a_file, "x")) == (
+                     f"error: {a_file} is a file, not a folder: give --out a "
+                     f"path under a folder")
+  # A full disk: refused before the model is loaded or a sample drawn.
+  samples = os.path.join(wd, "samples")
+  before = sorted(os.listdir(samples))
+  assert refused("sample.py", "--workdir", wd, "--num", "4",
+                 full_disk=True) == (
+                     f"error: cannot write in {samples}: give --out a "
+                     f"writable folder (File too large (errno 27))")
+  new = str(tmp_path / "new" / "run")
+  assert refused("train.py", *TINY, "--workdir", new, full_disk=True) == (
+      f"error: cannot write in {tmp_path}: give --workdir a writable folder "
+      f"(File too large (errno 27))")
+  # Nothing was written or created.
+  assert sorted(os.listdir(samples)) == before
+  assert not os.path.exists(str(tmp_path / "new"))

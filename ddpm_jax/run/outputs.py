@@ -62,6 +62,14 @@ def model_tag(config, use_ema: bool = True) -> str:
   return "".join(f"_{p}" for p in parts)
 
 
+def check_writable(out: Optional[str], default_folder: str) -> None:
+  """Before any work: the folder of ``--out`` (a prefix), or
+  ``default_folder`` without one, must be a folder this process can write
+  (:func:`ddpm_jax.paths.check_writable_folder`)."""
+  folder = paths.dirname(out) if out else default_folder
+  paths.check_writable_folder(folder or ".", "--out")
+
+
 def claim(prefix: str, suffixes: Sequence[str], explicit: bool) -> str:
   """``prefix`` if none of ``prefix + suffix`` exists. Otherwise, for an
   explicit ``--out``, a FileExistsError naming the file; for a default

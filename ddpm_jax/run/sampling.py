@@ -83,6 +83,7 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
   ``sampler`` overrides ``config.sampling`` fields (sampler, steps, eta,
   spacing ...); ``dtype`` the compute dtype (:func:`set_compute_dtype`)."""
   _check_counts(num, batch_size)
+  outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   apply_overrides(config, variance, sampler)
   prefix = out or paths.join(
@@ -109,6 +110,7 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
   TF checkpoint (by default in the model's folder, under samples/);
   returns the output prefix."""
   _check_counts(num, batch_size)
+  outputs.check_writable(out, paths.join(model_dir(path), "samples"))
   config, params, _ = sources.load_model(path, image_size, use_ema)
   set_compute_dtype(config, dtype)
   apply_overrides(config, variance, sampler)
@@ -150,6 +152,7 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
   ``every`` steps, written by :func:`ddpm_jax.images.write_progression`;
   returns the output prefix."""
   _check_counts(num, num)
+  outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   apply_overrides(config, None, sampler)
   size, ch = config.data.image_size, config.data.channels
@@ -178,6 +181,7 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
   ``num`` reverse chains from it. Writes a grid (a row per image: x_0, x_t,
   the samples) and ``.npz`` (``x_t``, ``samples``); returns the prefix."""
   _check_counts(num, num)
+  outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   t = _forward_steps(config, t)
   x0 = _held_out(config, indices)
@@ -213,6 +217,7 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
     raise ValueError(f"--interpolate takes two image indices, got {pair}")
   if num_lambdas < 2:
     raise ValueError(f"--lambdas must be >= 2, got {num_lambdas}")
+  outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   t = _forward_steps(config, t)
   a, b = _held_out(config, pair)

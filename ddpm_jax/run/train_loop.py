@@ -80,6 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   try:
     paths.check_reachable(workdir)
     data.check_source(config)  # before anything is written to the workdir
+    paths.check_writable_folder(workdir, "--workdir")
     paths.makedirs(workdir)
     if jax.process_index() == 0:
       lock = workdir_lock.acquire(workdir, force=force_unlock)
@@ -87,9 +88,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       parallel.host_barrier("workdir_locked")
     return _train(config, workdir, stop, multihost)
   finally:
-    if lock is not None:
-      lock.release()
     stop.restore()
+    if lock is not None:
+      failing = sys.exc_info()[1]
+      try:
+        lock.release()
+      except paths.StorageError as e:
+        if failing is None:
+          raise
+        # The error on its way matters more; this one is a warning.
+        print(f"warning: {e}", file=sys.stderr)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str,
@@ -270,9 +278,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
               bar.write(f"step {done}: {evaluator.summary(results)}")
     finally:
       bar.close()
-      closing = [saves.close] + (
-          [writer.close] if writer is not None else [])
-      _close_all(closing, failing=sys.exc_info()[1] is not None)
+      failing = sys.exc_info()[1]
+      closing = [saves.close]
+      if writer is not None and not isinstance(failing, paths.StorageError):
+        closing.append(writer.close)  # (no writes once storage failed)
+      _close_all(closing, failing=failing is not None)
   except paths.StorageError as e:
     latest = manager.latest_step()
     raise type(e)(

@@ -90,12 +90,18 @@ class WorkdirLock:
     self.path, self._data = path, data
 
   def release(self) -> None:
-    """Removes the lock, if it is still this run's."""
+    """Removes the lock, if it is still this run's. Raises
+    :class:`ddpm_jax.paths.StorageError` if the storage fails."""
     try:
       if paths.read_bytes(self.path) == self._data:
         paths.remove(self.path)
     except FileNotFoundError:
       pass
+    except Exception as e:  # pylint: disable=broad-except
+      raise paths.storage_error(
+          f"could not release the lock {self.path} (the next run takes it "
+          f"over if it runs on this host, else give it --force_unlock)",
+          e) from e
 
 
 def acquire(workdir: str, force: bool = False) -> WorkdirLock:
