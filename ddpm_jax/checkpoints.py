@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default
-from ddpm_jax import checkpoint_digests, parallel, paths
+from ddpm_jax import checkpoint_digests, parallel, paths, streams
 from ddpm_jax.models.classifier import (NoisyClassifier,
                                         classifier_from_config,
                                         init_classifier)
@@ -160,6 +160,11 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
       continue
     problem = verify(restored.state, dict(out[DIGESTS_ITEM])
                      if DIGESTS_ITEM in items else None)
+    if not problem and position is not None:
+      try:
+        streams.Position.from_json(restored.data_position)
+      except streams.DataError as e:
+        problem = f"{e} ({DATA_ITEM}/ of the checkpoint)"
     if problem:
       failures.append((step, f"fails its check ({problem})",
                        ValueError(problem)))

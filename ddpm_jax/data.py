@@ -116,6 +116,7 @@ def array_batches(images: np.ndarray, batch_size: int, seed: int,
   index, count = streams.process_share(process_index, process_count)
   local = streams.local_batch_size(batch_size, count)
   rows = slice(index * local, (index + 1) * local)
+  position.check_within(n)
   epoch, offset = position.epoch, position.offset
   while True:
     if offset + batch_size > n:

@@ -26,8 +26,26 @@ class Position:
     return {"epoch": int(self.epoch), "offset": int(self.offset)}
 
   @classmethod
-  def from_json(cls, d: Dict[str, Any]) -> "Position":
-    return cls(int(d["epoch"]), int(d["offset"]))
+  def from_json(cls, d: Any) -> "Position":
+    """The position saved as ``d`` (:meth:`to_json`); :class:`DataError`
+    unless it holds exactly two whole numbers >= 0."""
+    fields = ("epoch", "offset")
+    if not (isinstance(d, dict) and sorted(d) == sorted(fields) and all(
+        isinstance(d[k], int) and not isinstance(d[k], bool) and d[k] >= 0
+        for k in fields)):
+      raise DataError(f"the saved input position {str(d)[:100]} is not "
+                      f"{{'epoch': E, 'offset': O}} with whole numbers >= 0")
+    return cls(d["epoch"], d["offset"])
+
+  def check_within(self, examples: int) -> None:
+    """:class:`DataError` if the offset lies beyond an epoch of
+    ``examples`` (counted over all processes): no save puts it there, so
+    the position is damaged or the data changed since."""
+    if self.offset > examples:
+      raise DataError(f"the saved input position (epoch {self.epoch}, "
+                      f"offset {self.offset}) lies beyond the dataset's "
+                      f"{examples} examples: the checkpoint's input position "
+                      f"is damaged or the dataset changed since it was saved")
 
 
 # (local batch, position after it): what every input iterator yields.

@@ -236,6 +236,8 @@ def tfds_batches(name: str, split: str, batch_size: int, image_size: int,
                     f"examples per process, fewer than a batch of {local}: "
                     f"lower training.batch_size")
 
+  position.check_within(n_local * count)
+
   def stream():
     epoch, offset = position.epoch, position.offset
     with concurrent.futures.ThreadPoolExecutor(_workers()) as pool:

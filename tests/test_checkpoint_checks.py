@@ -3,6 +3,7 @@ array saved with it (ddpm_jax.checkpoint_digests), finiteness at save and
 at restore; a checkpoint that fails is set aside and the previous used."""
 
 import glob
+import json
 import os
 import shutil
 
@@ -162,3 +163,30 @@ def test_random_bytes_in_the_newest_checkpoint_never_reach_training(
   assert int(restored.state.step) == 1
   assert "using checkpoint 1" in capsys.readouterr().err
   assert manager.all_steps() == [1]
+
+
+@pytest.mark.parametrize("position", [
+    {"epoch": "zero", "offset": 0}, {"epoch": 0}, {"epoch": 0, "offset": -8},
+    {"epoch": True, "offset": 8}, [0, 8]])
+def test_a_damaged_input_position_is_set_aside(tmp_path, template, capsys,
+                                               position):
+  manager = saved(tmp_path, {1: at_step(template, 1),
+                             2: at_step(template, 2)})
+  meta = tmp_path / "run" / "checkpoints" / "2" / "data" / "metadata"
+  meta.write_text(json.dumps(position))
+  restored = checkpoints.restore_latest(manager, template, set_aside=True)
+  assert int(restored.state.step) == 1
+  assert restored.data_position == {"epoch": 0, "offset": 1}
+  err = capsys.readouterr().err
+  assert "warning: checkpoint 2 " in err and "moved it to" in err, err
+  assert (tmp_path / "run" / "checkpoints_unreadable" / "2").is_dir()
+
+
+def test_an_offset_beyond_the_data_is_refused():
+  from ddpm_jax import data, streams
+  images = np.zeros((40, 8, 8, 1), np.float32)
+  with pytest.raises(streams.DataError, match="offset 48.* beyond the "
+                     "dataset's 40 examples"):
+    next(data.array_batches(images, 8, 0, streams.Position(0, 48)))
+  # The end of an epoch is a position a save can hold.
+  next(data.array_batches(images, 8, 0, streams.Position(0, 40)))
