@@ -407,6 +407,17 @@ def test_bad_model_directories(torch, tmp_path):
   assert "\n" not in msg
   assert "conv_in.weight has shape (16, 1, 3, 3), expected (32, 1, 3, 3)" in msg
   assert "conv_out.bias missing" in msg and "extra.weight unexpected" in msg
+  # Random bytes, and a truncated file: not a guess at their dtype.
+  weights = d / dunet.WEIGHTS_NAME
+  good = weights.read_bytes()
+  for damaged in (os.urandom(1000), good[:-3]):
+    weights.write_bytes(damaged)
+    with pytest.raises(ConversionError) as e:
+      dunet.read_model_dir(str(d))
+    assert str(e.value).startswith(f"{weights} is not a valid safetensors "
+                                   f"file (Error while deserializing header"
+                                   ), str(e.value)
+    assert str(e.value).endswith("download it again"), str(e.value)
   # No weights at all.
   os.remove(d / dunet.WEIGHTS_NAME)
   with pytest.raises(ConversionError, match="has no diffusion_pytorch_model"):
@@ -465,9 +476,13 @@ def test_pickled_bin_is_read_only_with_weights_only(torch, tmp_path,
       return (open, (str(marker), "w"))
 
   torch.save({"conv_in.weight": Evil()}, str(d / dunet.PICKLE_WEIGHTS_NAME))
-  with pytest.raises(ConversionError, match="weights_only=True"):
+  with pytest.raises(ConversionError, match="weights_only=True") as e:
     dunet.read_model_dir(str(d))
   assert not marker.exists()
+  # One line of ours: torch's own text suggests weights_only=False.
+  msg = str(e.value)
+  assert "\n" not in msg and "weights_only=False" not in msg, msg
+  assert "is not a plain tensor file" in msg, msg
 
   # Without torch, the pickle is not opened at all.
   monkeypatch.setitem(__import__("sys").modules, "torch", None)

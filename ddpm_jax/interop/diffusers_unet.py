@@ -257,6 +257,10 @@ def refuse_nonfinite(tensors: Dict[str, np.ndarray],
   return tensors
 
 
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def read_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
   """The tensors of a diffusers model directory, as float32 NumPy arrays.
 
@@ -270,10 +274,17 @@ def read_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
     try:
       state = (load(paths.read_bytes(st_path)) if paths.is_url(st_path)
                else load_file(st_path))
-    except (SafetensorError, OSError, TypeError, ValueError) as e:
+    except SafetensorError as e:
       raise ConversionError(
-          f"cannot read {st_path}: {str(e).splitlines()[0]} (a float16/"
-          f"bfloat16 or truncated file? save it again as float32)") from None
+          f"{st_path} is not a valid safetensors file "
+          f"({_first_line(e)}): download it again") from None
+    except TypeError as e:  # a dtype NumPy lacks
+      raise ConversionError(
+          f"{st_path} holds tensors NumPy cannot read ({_first_line(e)}): "
+          f"save it again as float32 or float16") from None
+    except (OSError, ValueError) as e:
+      raise ConversionError(f"cannot read {st_path} ({_first_line(e)})"
+                            ) from None
     return refuse_nonfinite(
         {k: np.asarray(v, np.float32) for k, v in state.items()}, st_path)
   if paths.isfile(bin_path):
@@ -290,10 +301,13 @@ def read_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
       state = torch.load(io.BytesIO(paths.read_bytes(bin_path)),
                          map_location="cpu", weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
+      # torch's own message suggests weights_only=False: never done here.
       raise ConversionError(
-          f"cannot read {bin_path} with torch.load(weights_only=True): "
-          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-          f"convert it to {WEIGHTS_NAME}") from None
+          f"{bin_path} is not a plain tensor file: torch.load("
+          f"weights_only=True) refused it ({type(e).__name__}: it holds "
+          f"objects other than tensors, or is damaged), and ddpm-jax never "
+          f"unpickles anything else; download it again, or convert it to "
+          f"{WEIGHTS_NAME} where you trust its source") from None
     return refuse_nonfinite(
         {k: v.detach().float().numpy() for k, v in state.items()}, bin_path)
   raise ConversionError(f"{model_dir} has no {WEIGHTS_NAME}: download the "
