@@ -260,3 +260,36 @@ def test_ddim_trajectory_every_k_steps(toy):
   assert traj["x0"].shape == (4, 2, 6, 6, C)
   np.testing.assert_array_equal(traj["t"], [750, 500, 250, 0])
   np.testing.assert_array_equal(traj["x_t"][-1], x)
+
+
+def test_ddim_through_the_registry_follows_eq_12_at_eta_half(toy):
+  """DDIM as sample.py calls it (the registry), eta = 0.5, against the
+  DDIM paper's eq. 12 with sigma of eq. 16, per step in float64 from the
+  chain's own states and noise: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev
+  - sigma^2) eps + sigma z, sigma = eta sqrt((1 - a_prev) / (1 - a_t))
+  sqrt(1 - a_t / a_prev)."""
+  from ddpm_jax.samplers import chain
+  key, shape, steps, eta = jax.random.PRNGKey(4), (2, 6, 6, C), 10, 0.5
+  _, traj = registry.get_sampler("ddim")(
+      toy, toy_apply_jax, BETAS, key, shape, steps=steps, eta=eta,
+      clip_denoised=False, return_every=1)
+  ts = spacing.timesteps("uniform", T, steps)  # 900, 800, ..., 0
+  abar = np.cumprod(1.0 - BETAS.astype(np.float64))
+  noise = chain.ExampleNoise(key, shape)
+  x = np.asarray(noise.initial(), np.float64)
+  apply = jax.jit(toy_apply_jax)
+  for i, t in enumerate(ts):
+    a_t = abar[t]
+    a_prev = abar[ts[i + 1]] if i + 1 < steps else 1.0
+    eps = np.asarray(apply(toy, jnp.asarray(x, jnp.float32),
+                           jnp.full((2,), t)), np.float64)
+    x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+    sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t)) * np.sqrt(
+        1 - a_t / a_prev)
+    z = np.asarray(noise.at(i), np.float64)
+    want = (np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps +
+            sigma * z)
+    assert_close(traj["x_t"][i], want, rtol=1e-5, atol=1e-5,
+                 err_msg=f"step {i}, t={t}")
+    x = np.asarray(traj["x_t"][i], np.float64)  # the chain's own state
+  assert sigma == 0.0 and i == steps - 1  # the last step adds no noise

@@ -62,3 +62,11 @@ def test_three_steps_per_call(tmp_path, capsys):
   train_loop.train_and_evaluate(config(9, 3), two)
   for a, b in zip(leaves(params(two)), leaves(params(one))):
     np.testing.assert_array_equal(a, b)
+  # Stopped at step 6, after a call of two steps (5 and 6) in mid-epoch:
+  # the input position saved is the one after step 6's batch, not after
+  # the call's first, so the resumed run reads on where it stopped.
+  three = str(tmp_path / "three")
+  train_loop.train_and_evaluate(config(6, 3), three)
+  train_loop.train_and_evaluate(config(9, 3), three)
+  for a, b in zip(leaves(params(three)), leaves(params(one))):
+    np.testing.assert_array_equal(a, b)

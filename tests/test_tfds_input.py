@@ -101,6 +101,30 @@ def test_tfds_each_process_reads_its_own_part(prepared_tfds):
     np.testing.assert_array_equal(got[0], b[k + 1])
 
 
+def test_each_epoch_reads_the_files_in_another_order(tmp_path):
+  # 4 record files of 5 images, no shuffle buffer: an epoch is the files
+  # read whole, in an order drawn from (seed, epoch, process); the next
+  # epoch draws another.
+  pytest.importorskip("tensorflow")
+  import tensorflow_datasets as tfds
+  from ddpm_jax import record_files
+  from tests.tfds_fakes import prepare_tiny_images
+  prepare_tiny_images(tmp_path, num_shards=4)
+  builder = tfds.builder("ddpm_jax_tiny_images", data_dir=str(tmp_path))
+  stored = [int(builder.info.features.deserialize_example_np(r)["image"][
+      0, 0, 0]) // 10 for r in record_files.split_records(builder, "train")]
+  files = {tuple(stored[k:k + 5]) for k in range(0, 20, 5)}
+  assert len(builder.info.splits["train"].file_instructions) == 4
+  it = tfds_input.tfds_batches(
+      "ddpm_jax_tiny_images", "train", 4, 8, 3, seed=7, random_flip=False,
+      data_dir=str(tmp_path), shuffle_buffer=1)
+  seen = [i for _ in range(10) for i in ids(next(it)[0])]
+  epochs = [seen[:20], seen[20:]]
+  for epoch in epochs:
+    assert {tuple(epoch[k:k + 5]) for k in range(0, 20, 5)} == files
+  assert epochs[0] != epochs[1]
+
+
 def test_square_resize_matches_tensorflows_area_resize():
   tf = pytest.importorskip("tensorflow")
   rng = np.random.default_rng(0)

@@ -5,9 +5,10 @@ dataset's. Needs TensorFlow (the test extra) to prepare them."""
 import numpy as np
 
 
-def prepare_tiny_images(data_dir):
+def prepare_tiny_images(data_dir, num_shards=None):
   """'ddpm_jax_tiny_images' in ``data_dir``: 20 RGB 12x10 images, image i
-  filled with the value 10 i, one 'train' split."""
+  filled with the value 10 i, one 'train' split (in ``num_shards`` record
+  files, default as tfds chooses: one)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   class DdpmJaxTinyImages(tfds.core.GeneratorBasedBuilder,
@@ -27,7 +28,10 @@ def prepare_tiny_images(data_dir):
       for i in range(20):
         yield i, {"image": np.full((10, 12, 3), 10 * i, np.uint8)}
 
-  DdpmJaxTinyImages(data_dir=str(data_dir)).download_and_prepare()
+  config = (None if num_shards is None else
+            tfds.download.DownloadConfig(num_shards=num_shards))
+  DdpmJaxTinyImages(data_dir=str(data_dir)).download_and_prepare(
+      download_config=config)
 
 
 def prepare_cifar10_stand_in(data_dir, n=16):
