@@ -23,6 +23,10 @@ run_flags.define_sampler_flags()
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch_size", 64, "Samples drawn per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_bool("memory_check", True, "Refuse a --batch_size whose "
+                  "activations need more than a device's memory (a lower "
+                  "bound, checked before any array is made); "
+                  "--nomemory_check tries anyway.")
 flags.DEFINE_string("out", None, "Output prefix; an existing one is an "
                     "error (outputs are never overwritten). Default: "
                     "WORKDIR/samples/sample_seed<SEED>_step<STEP><SETTINGS>, "
@@ -90,13 +94,14 @@ def main(argv):
           FLAGS.workdir, num=FLAGS.num, batch_size=FLAGS.batch_size,
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
           variance=FLAGS.variance, sampler=run_flags.sampler_overrides(),
-          dtype=FLAGS.dtype)
+          dtype=FLAGS.dtype, memory_check=FLAGS.memory_check)
     else:
       path = sampling.sample_from_model(
           FLAGS.model, num=FLAGS.num, batch_size=FLAGS.batch_size,
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
           image_size=FLAGS.image_size, variance=FLAGS.variance,
-          sampler=run_flags.sampler_overrides(), dtype=FLAGS.dtype)
+          sampler=run_flags.sampler_overrides(), dtype=FLAGS.dtype,
+          memory_check=FLAGS.memory_check)
   print(f"wrote {path}.png, {path}.npz and {path}.json")
 
 

@@ -147,3 +147,19 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
   # Nothing was written or created.
   assert sorted(os.listdir(samples)) == before
   assert not os.path.exists(str(tmp_path / "new"))
+  # A batch whose activations no memory holds: refused before any array.
+  line = refused("sample.py", "--workdir", wd, "--num", "100000000",
+                 "--batch_size", "100000000")
+  assert line.startswith("error: a sample batch of 100000000 at 8x8 needs "
+                         "at least "), line
+  assert line.endswith("lower --batch_size, or pass --nomemory_check to "
+                       "try anyway"), line
+
+
+def test_the_memory_check_can_be_skipped():
+  from ddpm_jax.run import sampling
+  from tests.tiny_configs import tiny_config
+  with pytest.raises(ValueError, match="--nomemory_check"):
+    sampling.check_batch_memory(tiny_config(), 10**9, memory_check=True)
+  sampling.check_batch_memory(tiny_config(), 10**9, memory_check=False)
+  sampling.check_batch_memory(tiny_config(), 64, memory_check=True)

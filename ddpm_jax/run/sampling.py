@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional, Sequence
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 
 from ddpm_jax import data, from_config, images, paths, validation
 from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
-from ddpm_jax.interop import sources
+from ddpm_jax.interop import diffusers_config, sources
 from ddpm_jax.interop import tf_checkpoint
 from ddpm_jax.models.unet import eps_fn
 from ddpm_jax.run import outputs
@@ -23,6 +24,41 @@ def _check_counts(num: int, batch_size: int) -> None:
     raise ValueError(f"--num must be positive, got {num}")
   if batch_size <= 0:
     raise ValueError(f"--batch_size must be positive, got {batch_size}")
+
+
+def memory_bytes() -> int:
+  """The memory one device can hold: an accelerator's own (``bytes_limit``),
+  else the host's RAM (CPU devices share it)."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_batch_memory(config, batch_size: int, memory_check: bool) -> None:
+  """Refuses, in one line and before any array is made, a sample batch
+  whose activations need more than a device holds, by a lower bound
+  (:func:`ddpm_jax.interop.diffusers_config.activation_bytes`: the first
+  level's feature maps) for the batch's share of a device (of all the
+  host's devices on the CPU, which share its RAM). ``memory_check``
+  False (``--nomemory_check``) skips it."""
+  if not memory_check:
+    return
+  size = int(config.data.image_size)
+  per_image = diffusers_config.activation_bytes(
+      size, int(config.model.ch), int(config.model.num_res_blocks))
+  on_cpu = jax.local_devices()[0].platform == "cpu"
+  share = (batch_size if on_cpu else
+           -(-batch_size // max(jax.device_count(), 1)))
+  need, have = per_image * share, memory_bytes()
+  if need > have:
+    where = "the host's RAM" if on_cpu else "one device's memory"
+    raise ValueError(
+        f"a sample batch of {batch_size} at {size}x{size} needs at least "
+        f"{need / 2**30:.3g} GiB of activations, more than {where} "
+        f"({have / 2**30:.3g} GiB): lower --batch_size, or pass "
+        f"--nomemory_check to try anyway")
 
 
 def apply_overrides(config, variance: Optional[str],
@@ -62,7 +98,9 @@ def _load_workdir(workdir: str, use_ema: bool, dtype: Optional[str]):
 
 
 def _draw_and_write(config, params, num: int, batch_size: int, seed: int,
-                    prefix: str, explicit: bool, **settings) -> str:
+                    prefix: str, explicit: bool, memory_check: bool,
+                    **settings) -> str:
+  check_batch_memory(config, min(batch_size, num), memory_check)
   prefix = outputs.claim(prefix, outputs.SAMPLES, explicit)
   x = generate.generate(config, from_config.make_model(config), params, num,
                         min(batch_size, num), seed)
@@ -76,12 +114,15 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
                         use_ema: bool = True,
                         variance: Optional[str] = None,
                         sampler: Optional[Dict[str, Any]] = None,
-                        dtype: Optional[str] = None) -> str:
+                        dtype: Optional[str] = None,
+                        memory_check: bool = True) -> str:
   """Writes ``num`` samples of ``workdir``'s latest checkpoint; returns the
   output prefix (``.png``, ``.npz`` and the settings' ``.json`` are
   appended; :mod:`ddpm_jax.run.outputs` names it and never overwrites).
   ``sampler`` overrides ``config.sampling`` fields (sampler, steps, eta,
-  spacing ...); ``dtype`` the compute dtype (:func:`set_compute_dtype`)."""
+  spacing ...); ``dtype`` the compute dtype (:func:`set_compute_dtype`);
+  ``memory_check`` refuses a batch too large (:func:`check_batch_memory`).
+  """
   _check_counts(num, batch_size)
   outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
@@ -90,8 +131,8 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
       workdir, "samples",
       f"sample_seed{seed}_step{step}{outputs.sampling_tag(config, use_ema)}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix,
-                         out is not None, source=workdir, step=step,
-                         use_ema=use_ema)
+                         out is not None, memory_check, source=workdir,
+                         step=step, use_ema=use_ema)
 
 
 def model_dir(path: str) -> str:
@@ -105,7 +146,8 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
                       image_size: Optional[int] = None,
                       variance: Optional[str] = None,
                       sampler: Optional[Dict[str, Any]] = None,
-                      dtype: Optional[str] = None) -> str:
+                      dtype: Optional[str] = None,
+                      memory_check: bool = True) -> str:
   """Writes ``num`` samples of a diffusers model directory or an original
   TF checkpoint (by default in the model's folder, under samples/);
   returns the output prefix."""
@@ -120,7 +162,8 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
   prefix = out or paths.join(model_dir(path), "samples",
                              f"sample_seed{seed}{tag}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix,
-                         out is not None, source=path, use_ema=use_ema)
+                         out is not None, memory_check, source=path,
+                         use_ema=use_ema)
 
 
 def _held_out(config, indices: Sequence[int]) -> np.ndarray:
