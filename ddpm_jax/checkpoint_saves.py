@@ -120,11 +120,6 @@ class Saves:
       logger.addFilter(self._errors)
     _drop_closed_loop_callbacks()
 
-  @property
-  def pending(self) -> Optional[int]:
-    """The step of the save not yet confirmed, or None."""
-    return self._pending
-
   def save(self, step: int, state: Any, data_position: dict) -> None:
     """Starts saving ``state`` as ``step`` (after confirming the previous
     save). Raises :class:`SaveError` if the save cannot start, and

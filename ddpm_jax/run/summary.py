@@ -96,7 +96,7 @@ class ScalarWriter:
   def __init__(self, logdir: str, event_types):
     self._event_pb2, self._summary_pb2, events_writer = event_types
     self._path = paths.join(logdir, "events.out.tfevents.*")
-    self._guard(record_writer_directory_check, logdir)
+    self._guard(_directory_check, logdir)
     self._events = self._guard(events_writer, paths.join(logdir, "events"))
     self._path = self._events._file_name  # pylint: disable=protected-access
 
@@ -124,8 +124,8 @@ class ScalarWriter:
     self._guard(self._events.close)
 
 
-def record_writer_directory_check(logdir: str) -> None:
-  """Creates ``logdir`` (through the writer factory of its URL scheme)."""
+def _directory_check(logdir: str) -> None:
+  # Creates logdir through the writer factory of its URL scheme.
   from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
   record_writer.directory_check(logdir)
 
