@@ -14,7 +14,18 @@ CACHE_DIR = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  ".pytest_cache", "jax_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# Every program, however quick to compile: the processes the tests start
+# each compile the same small programs (initialisers, checkpoint digests,
+# the samplers' pieces), which the cache then answers from the second on.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Every Python process the tests start loads tests/site/sitecustomize.py,
+# which lets each process of a multi-process job write the compile cache
+# (JAX writes it from process 0 alone).
+_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
+if _SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+  os.environ["PYTHONPATH"] = os.pathsep.join(
+      filter(None, [_SITE, os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("DDPM_JAX_CACHE_EVERY_PROCESS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The entry points split the CPU into one JAX device per core
 # (ddpm_jax.parallel.use_cpu_cores). The tests' train.py / sample.py runs

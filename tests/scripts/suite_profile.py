@@ -9,7 +9,7 @@ The first run fills the empty folder /tmp/c (cold), the second finds it full
 suite runs as the README runs it (``python -m pytest -q``, its workers and
 subprocesses sharing the cache), with this module as a pytest plugin that
 names the running test: every XLA compile of the workers and of every
-Python process they start (through profile_site/sitecustomize.py) is
+Python process they start (through tests/site/sitecustomize.py) is
 recorded under it.
 Prints a table per test file, longest first:
 
@@ -17,14 +17,13 @@ Prints a table per test file, longest first:
 - compiled: programs compiled, here and in the file's subprocesses, and
   in brackets those that took at least the suite's
   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (about the ones the cache
-  keeps: two workers may compile one program at once, and a multi-process
-  job's process 1 does not write; the entries the whole run added are
-  counted above the table);
+  keeps: two workers may compile one program at once; the entries the
+  whole run added are counted above the table);
 - compile s: the seconds those compiles took;
 - hits: programs read back from the persistent cache instead.
 
 Compiles outside any test (at collection) go in a row named '?'. While
-profiling, profile_site/sitecustomize.py shadows any other sitecustomize
+profiling, tests/site/sitecustomize.py shadows any other sitecustomize
 module.
 """
 
@@ -80,7 +79,7 @@ def register_listeners(current_test):
 
 
 # -- pytest plugin (tests/conftest.py loads it when $DDPM_JAX_SUITE_PROFILE
-# is set); every process's listeners come from profile_site/sitecustomize.py
+# is set); every process's listeners come from tests/site/sitecustomize.py
 
 _RUN_HERE = set()  # the tests this process runs (not an xdist controller)
 
@@ -174,7 +173,7 @@ def main():
   os.makedirs(cache, exist_ok=True)
   before = _cache_entries(cache)
   log = os.path.join(work, "records.jsonl")
-  site = str(pathlib.Path(__file__).resolve().parent / "profile_site")
+  site = str(ROOT / "tests" / "site")
   env = dict(os.environ, **{
       LOG_ENV: log, "JAX_COMPILATION_CACHE_DIR": cache,
       # The digits judge's cache too: cold means a fresh clone's state.

@@ -1,0 +1,109 @@
+"""Loaded by every Python process the test suite starts (train.py,
+sample.py, the multihost workers...): tests/conftest.py puts this folder
+on PYTHONPATH. Right after the process imports jax (jax is not imported
+here, so the entry points still set their flags first) it
+
+- lets every process of a multi-process job write the persistent compile
+  cache ($DDPM_JAX_CACHE_EVERY_PROCESS, set by tests/conftest.py). JAX
+  writes it from process 0 alone, and on the CPU a program's key differs
+  between the processes, so a 2-process test job's process 1 compiled
+  every program again at each start. Only the tests do this (a local
+  cache folder, entries under distinct keys); the entry points keep
+  JAX's rule, which spares a shared bucket the writes of every host;
+- records every compile and persistent-cache hit under the test that
+  started the process, when tests/scripts/suite_profile.py profiles the
+  suite ($DDPM_JAX_SUITE_PROFILE).
+
+A failure of either is a warning, never a failed import of jax. While this
+folder is on PYTHONPATH it shadows any other sitecustomize module."""
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+
+EVERY_PROCESS_ENV = "DDPM_JAX_CACHE_EVERY_PROCESS"
+PROFILE_ENV = "DDPM_JAX_SUITE_PROFILE"
+
+
+def _warn(what, error):
+  import warnings  # pylint: disable=g-import-not-at-top
+  warnings.warn(f"tests/site/sitecustomize.py: {what}: {error!r}")
+
+
+def _install():
+  if os.environ.get(EVERY_PROCESS_ENV):
+    try:
+      _write_cache_from_every_process()
+    except Exception as e:  # pylint: disable=broad-except
+      _warn("the compile cache is written by process 0 alone", e)
+  if os.environ.get(PROFILE_ENV):
+    try:
+      _register_profile()
+    except Exception as e:  # pylint: disable=broad-except
+      _warn("compiles not recorded here", e)
+
+
+def _write_cache_from_every_process():
+  """Wraps jax._src.compiler._cache_write: a process other than 0 writes
+  its entry as process 0 would (the same host-callback and minimum
+  compile-time rules); process 0 goes through JAX's own function."""
+  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+  from jax._src import compiler  # pylint: disable=g-import-not-at-top
+  from jax._src import config  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  original = compiler._cache_write  # pylint: disable=protected-access
+
+  def cache_write(cache_key, compile_time_secs, module_name, backend,
+                  executable, host_callbacks):
+    if distributed.global_state.process_id == 0:
+      return original(cache_key, compile_time_secs, module_name, backend,
+                      executable, host_callbacks)
+    if host_callbacks or (
+        compile_time_secs
+        < config.persistent_cache_min_compile_time_secs.value):
+      return None
+    try:
+      compilation_cache.put_executable_and_time(
+          cache_key, module_name, executable, backend,
+          int(compile_time_secs))
+    except Exception as e:  # pylint: disable=broad-except
+      _warn(f"cache entry of {module_name} not written", e)
+    return None
+
+  compiler._cache_write = cache_write  # pylint: disable=protected-access
+
+
+def _register_profile():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                      "scripts", "suite_profile.py")
+  spec = importlib.util.spec_from_file_location("_suite_profile", path)
+  suite_profile = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(suite_profile)
+  suite_profile.register_listeners(
+      lambda: os.environ.get("DDPM_JAX_SUITE_PROFILE_TEST", "?"))
+
+
+class _AfterJax(importlib.abc.MetaPathFinder):
+  """Runs :func:`_install` right after the module ``jax`` executes."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name != "jax":
+      return None
+    sys.meta_path.remove(self)
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    if spec is None or spec.loader is None:
+      return spec
+    exec_module = spec.loader.exec_module
+
+    def exec_then_install(module):
+      exec_module(module)
+      _install()
+
+    spec.loader.exec_module = exec_then_install
+    return spec
+
+
+if os.environ.get(EVERY_PROCESS_ENV) or os.environ.get(PROFILE_ENV):
+  sys.meta_path.insert(0, _AfterJax())
