@@ -194,50 +194,6 @@ def test_sigterm_then_a_damaged_newest_checkpoint_in_the_bucket(gcs):
   assert not _local_leftovers()
 
 
-@pytest.mark.slow
-def test_two_hosts_preempted_and_resumed_in_the_bucket(gcs):
-  import re
-  import signal
-  from ddpm_jax import paths
-  from tests.test_multihost import (assert_same_state, finish, saved_state,
-                                    start_job)
-  # SIGTERM to the second host of a 2-process x 2-device job: both save
-  # the same step in the bucket and exit. Three steps per jitted call
-  # (steps_per_call 4, stopped short at each log): the hosts agree on a
-  # call to stop before, not on a step (test_multihost.py runs one step
-  # per call).
-  pre = f"gs://{BUCKET}/multihost_pre"
-  calls = ("--config.training.steps_per_call=4",
-           "--config.training.log_every=3")
-  procs = start_job(pre, *calls, "--config.training.num_steps=100000",
-                    "--config.training.checkpoint_every=100000",
-                    "--config.training.sample_every=0")
-  try:
-    wait_then_signal(procs, lambda: paths.exists(f"{pre}/config.json"),
-                     signal.SIGTERM, target=1, settle=5)
-  finally:
-    outs = finish(procs)
-  said = re.findall(r"preemption: saved the checkpoint of step (\d+)",
-                    outs[0])
-  assert said, outs[0][-2000:]
-  step = int(said[0])
-  assert paths.listdir(f"{pre}/checkpoints") == [str(step)]
-  assert step % 3 == 0, step  # between calls
-  # Resumed to step + 2 (one call of two steps), it ends exactly where an
-  # uninterrupted job does.
-  total = step + 2
-  job = f"gs://{BUCKET}/multihost_job"
-  finish(start_job(job, *calls, f"--config.training.num_steps={total}",
-                   "--config.training.checkpoint_every=100000",
-                   "--config.training.sample_every=0"))
-  finish(start_job(pre, *calls, f"--config.training.num_steps={total}",
-                   "--config.training.checkpoint_every=100000",
-                   "--config.training.sample_every=0"))
-  assert_same_state(saved_state(job, total), saved_state(pre, total),
-                    rel=1e-6)
-  assert not _local_leftovers()
-
-
 def test_tensorboard_events_in_the_bucket_go_on_in_parts(gcs, tmp_path,
                                                         monkeypatch):
   # An object cannot be appended to: each flush rewrites the newest part,
@@ -389,47 +345,86 @@ def _documented_pod_command():
 
 
 @pytest.mark.slow
-def test_the_documented_pod_command_in_the_bucket(gcs, tmp_path):
+def test_the_documented_pod_command_preempted_and_resumed_in_the_bucket(
+    gcs, tmp_path):
+  # The pod command of docs/training.md as written (2 hosts x 2 devices,
+  # CIFAR-10 read from the bucket by tfds, the workdir in the bucket), with
+  # tiny settings after it. SIGTERM to the second host: both save the same
+  # step in the bucket and exit. Three steps per jitted call
+  # (steps_per_call 4, stopped short at each log): the hosts agree on a
+  # call to stop before, not on a step (test_multihost.py runs one step per
+  # call, on local digits). Resumed, the job ends exactly where the same
+  # command run uninterrupted ends.
+  import re
+  import signal
   import subprocess
   import sys
   from ddpm_jax import paths
-  from tests.test_multihost import env, finish, free_port
+  from tests.test_multihost import (assert_same_state, env, finish,
+                                    free_port, saved_state)
   from tests.tfds_fakes import prepare_cifar10_stand_in
 
   # A stand-in for CIFAR-10 prepared in the bucket (`tfds build cifar10
   # --data_dir gs://...`).
   prepare_cifar10_stand_in(tmp_path)
   _upload(str(tmp_path), f"gs://{BUCKET}/tfds")
-  # The command as documented, with the bucket, host 0's address, N and i
-  # filled in, and tiny settings after it.
-  port = free_port()
-  fill = {"gs://bucket/cifar10": f"gs://{BUCKET}/cifar10",
-          "--coordinator_address=host0:1234":
-              f"--coordinator_address=localhost:{port}",
-          "--num_processes=N": "--num_processes=2"}
-  words = [fill.get(w, w) for w in _documented_pod_command()]
-  assert words[:4] == ["python", "train.py", "--config", "configs/cifar10.py"]
-  assert words[-1] == "--process_id=i", words
+  documented = _documented_pod_command()
+  assert documented[:4] == ["python", "train.py", "--config",
+                            "configs/cifar10.py"]
+  assert documented[-1] == "--process_id=i", documented
   tiny = [f"--config.data.data_dir=gs://{BUCKET}/tfds",
           "--config.data.download=False", "--config.data.image_size=8",
           "--config.model.ch=32", "--config.model.ch_mult=(1,)",
           "--config.model.num_res_blocks=1",
           "--config.model.attn_resolutions=(8,)",
           "--config.diffusion.num_timesteps=20",
-          "--config.training.batch_size=8", "--config.training.num_steps=2",
-          "--config.training.checkpoint_every=2",
+          "--config.training.batch_size=8",
+          "--config.training.checkpoint_every=100000",
           "--config.training.sample_every=0",
           "--config.sampling.num_samples=4", "--config.sampling.batch_size=4",
-          "--config.optim.warmup_steps=2"]
-  procs = [subprocess.Popen(
-      [sys.executable] + words[1:-1] + [f"--process_id={i}"] + tiny,
-      cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
-  finish(procs)
-  wd = f"gs://{BUCKET}/cifar10"
-  assert paths.listdir(f"{wd}/checkpoints") == ["2"]
-  assert json.loads(paths.read_text(f"{wd}/config.json"))["data"][
+          "--config.optim.warmup_steps=2",
+          "--config.training.steps_per_call=4",
+          "--config.training.log_every=3"]
+
+  def start(workdir, num_steps):
+    """The documented command, with the bucket, host 0's address, N and i
+    filled in; two processes."""
+    port = free_port()
+    fill = {"gs://bucket/cifar10": workdir,
+            "--coordinator_address=host0:1234":
+                f"--coordinator_address=localhost:{port}",
+            "--num_processes=N": "--num_processes=2"}
+    words = [fill.get(w, w) for w in documented]
+    return [subprocess.Popen(
+        [sys.executable] + words[1:-1] + [f"--process_id={i}"] + tiny
+        + [f"--config.training.num_steps={num_steps}"],
+        cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
+
+  pre = f"gs://{BUCKET}/cifar10"
+  procs = start(pre, 100000)
+  try:
+    wait_then_signal(procs, lambda: paths.exists(f"{pre}/config.json"),
+                     signal.SIGTERM, target=1, settle=5)
+  finally:
+    outs = finish(procs)
+  said = re.findall(r"preemption: saved the checkpoint of step (\d+)",
+                    outs[0])
+  assert said, outs[0][-2000:]
+  step = int(said[0])
+  assert paths.listdir(f"{pre}/checkpoints") == [str(step)]
+  assert step % 3 == 0, step  # between calls
+  assert json.loads(paths.read_text(f"{pre}/config.json"))["data"][
       "name"] == "cifar10"
+  # Resumed to step + 2 (one call of two steps), it ends exactly where an
+  # uninterrupted job does.
+  total = step + 2
+  job = f"gs://{BUCKET}/cifar10_job"
+  finish(start(job, total))
+  finish(start(pre, total))
+  assert paths.listdir(f"{job}/checkpoints") == [str(total)]
+  assert_same_state(saved_state(job, total), saved_state(pre, total),
+                    rel=1e-6)
   assert not _local_leftovers()
 
 

@@ -50,7 +50,8 @@ DOWNLOADED_MODEL = "models/ddpm-cifar10-32"
 NOT_RUN = [
     ("python train.py --config configs/cifar10.py --workdir gs://",
      "a 2-host pod job on a bucket: test_bucket.py runs this line as written "
-     "(test_the_documented_pod_command_in_the_bucket)"),
+     "(test_the_documented_pod_command_preempted_and_resumed_in_the_"
+     "bucket)"),
 ]
 # --metric fid needs the FID Inception's weights, a one-time download: run
 # offline, the documented command gives the one-line error saying where to

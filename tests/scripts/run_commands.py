@@ -14,6 +14,7 @@ import json
 import os
 import runpy
 import sys
+import time
 
 from absl import flags
 
@@ -42,11 +43,13 @@ def main():
       delattr(flags.FLAGS, name)
     sys.argv = [script] + argv
     out, err = io.StringIO(), io.StringIO()
+    start = time.time()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
       rc = cli.run(module["main"])
     results.append({"argv": argv, "rc": rc, "stdout": out.getvalue(),
                     "stderr": err.getvalue()})
-    print(f"{script} {' '.join(argv)}: rc {rc}", file=sys.stderr)
+    print(f"{script} {' '.join(argv)}: rc {rc} in {time.time() - start:.1f} s",
+          file=sys.stderr)
   print(json.dumps(results))
 
 
