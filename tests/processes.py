@@ -52,15 +52,29 @@ def run_in_one_process(entry, argvs, cwd=ROOT, timeout=900):
   Returns one result per argv with ``argv``, ``returncode``, ``stdout``
   and ``stderr``, as subprocess.run gives them. absl logging is not in
   ``stderr``: check it with a real process."""
-  cmd = [sys.executable, str(ROOT / "tests" / "scripts" / "run_commands.py")]
-  cmd += ["-m", entry] if entry.startswith("ddpm_jax") else [entry]
+  return run_entries_in_one_process([(entry, argvs)], cwd, timeout)[0]
+
+
+def run_entries_in_one_process(groups, cwd=ROOT, timeout=900):
+  """:func:`run_in_one_process` for several entry points in turn:
+  ``groups`` is a list of (ENTRY, argvs); returns a list of results per
+  group."""
+  cmd = [sys.executable, str(ROOT / "tests" / "scripts" / "run_commands.py"),
+         "--entries"]
+  pairs = [("-m " + entry if entry.startswith("ddpm_jax") else entry,
+            list(argvs)) for entry, argvs in groups]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  p = subprocess.run(cmd, input=json.dumps(argvs), cwd=cwd, env=env,
+  p = subprocess.run(cmd, input=json.dumps(pairs), cwd=cwd, env=env,
                      capture_output=True, text=True, timeout=timeout)
   assert p.returncode == 0, p.stderr[-3000:]
-  return [types.SimpleNamespace(argv=r["argv"], returncode=r["rc"],
-                                stdout=r["stdout"], stderr=r["stderr"])
-          for r in json.loads(p.stdout.strip().splitlines()[-1])]
+  results = [types.SimpleNamespace(argv=r["argv"], returncode=r["rc"],
+                                   stdout=r["stdout"], stderr=r["stderr"])
+             for r in json.loads(p.stdout.strip().splitlines()[-1])]
+  out = []
+  for _, argvs in pairs:
+    out.append(results[:len(argvs)])
+    results = results[len(argvs):]
+  return out
 
 
 def wait_then_signal(procs, ready, signum, target=-1, settle=0.0,

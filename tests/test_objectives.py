@@ -209,7 +209,7 @@ def test_hybrid_stops_the_mean_gradient_in_the_bound(sched):
             sched, out, x0, t, noise, variance="learned_range",
             loss_type="mse"))
 
-  grad = jax.grad(vb_only)(jnp.full((2, 2, 2, 2), 0.3))
+  grad = jax.jit(jax.grad(vb_only))(jnp.full((2, 2, 2, 2), 0.3))
   assert np.all(np.asarray(grad[..., 0]) == 0)  # mean part: stopped
   assert np.any(np.asarray(grad[..., 1]) != 0)  # variance part: trained
   with pytest.raises(ValueError, match="learned variance"):
@@ -283,10 +283,15 @@ def test_default_objective_is_the_papers_loss():
   state = train.create_train_state(config, model, tx)
   # Perturbed: a fresh U-Net outputs exactly zero (its last convolution
   # starts at zero), which would make the loss blind to t and x_t.
-  leaves, treedef = jax.tree_util.tree_flatten(state.params)
-  keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
-  state = state.replace(params=jax.tree_util.tree_unflatten(treedef, [
-      p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]))
+  @jax.jit
+  def perturbed(params):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+    return jax.tree_util.tree_unflatten(treedef, [
+        p + 0.05 * jax.random.normal(k, p.shape)
+        for p, k in zip(leaves, keys)])
+
+  state = state.replace(params=perturbed(state.params))
   x0 = jnp.asarray(next(data.create_input_iter(config))[0])
   # Both jitted: run eagerly, the U-Net takes ~50 s on 2 cores.
   step = jax.jit(functools.partial(train.train_step,
@@ -418,12 +423,17 @@ def test_bpd_is_the_sum_of_its_terms_and_pads_batches():
   assert_close(out["decoder"], out["terms"][0])
   # Term t by hand: the noise of fold_in(key, t) through vlb_terms.
   t = 4
-  noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
-  tv = jnp.full((5,), t)
-  x_t = diffusion.q_sample(schedule, jnp.asarray(x0), tv, noise)
-  want = losses.vlb_terms(schedule, eps_fn(model)(state.params, x_t, tv),
-                          jnp.asarray(x0), x_t, tv, variance="fixedlarge",
-                          clip_denoised=True)
+
+  @jax.jit
+  def term_by_hand(params, x0):
+    noise = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
+    tv = jnp.full((5,), t)
+    x_t = diffusion.q_sample(schedule, x0, tv, noise)
+    return losses.vlb_terms(schedule, eps_fn(model)(params, x_t, tv), x0,
+                            x_t, tv, variance="fixedlarge",
+                            clip_denoised=True)
+
+  want = term_by_hand(state.params, jnp.asarray(x0))
   assert_close(out["terms"][t], want, rtol=1e-5)
   # Batches of 2 (the last one 1) give the mean of the per-image totals.
   res = bpd.evaluate_bpd(
@@ -474,17 +484,15 @@ def test_bpd_decreases_with_training(tmp_path):
   assert "bits/dim: " in e.stderr, e.stderr[-2000:]
   assert final["total"] == pytest.approx(bpd[200], rel=1e-5)
   # The initial model (step 0: EMA = init) is far worse.
-  e0 = subprocess.run([sys.executable, "-c", (
-      "import jax, json; from ddpm_jax import from_config, train; "
-      "from ddpm_jax.evaluators import bpd; "
-      "from ddpm_jax.checkpoints import read_config; "
-      f"c = read_config({wd!r}); m = from_config.make_model(c); "
-      "s = train.create_train_state(c, m, from_config.make_optimizer(c)); "
-      "print(json.dumps(bpd.evaluate(c, m, s.params, "
-      "from_config.make_schedule(c))))")], cwd=ROOT, env=env,
-                      capture_output=True, text=True, timeout=900)
-  assert e0.returncode == 0, e0.stderr[-3000:]
-  initial = json.loads(e0.stdout.strip().splitlines()[-1])
+  # Here, in the test's process: the same flags, precision and device as
+  # train.py's, so the same programs.
+  from ddpm_jax import from_config, train
+  from ddpm_jax.checkpoints import read_config
+  from ddpm_jax.evaluators import bpd as bpd_eval
+  c = read_config(wd)
+  m = from_config.make_model(c)
+  s = train.create_train_state(c, m, from_config.make_optimizer(c))
+  initial = bpd_eval.evaluate(c, m, s.params, from_config.make_schedule(c))
   # The same noise (from the seed) at every evaluation: the bound falls.
   assert initial["total"] - 0.2 > bpd[100] > bpd[200], (initial, bpd)
   assert initial["prior"] == pytest.approx(final["prior"])  # no parameters

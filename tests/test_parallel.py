@@ -20,15 +20,31 @@ PYTHONPATH = os.pathsep.join(filter(None, [ROOT,
                                            os.environ.get("PYTHONPATH")]))
 
 
+# Both scripts in one 8-device process (one start instead of two): each
+# prints its JSON line.
+_EIGHT_DEVICES = ("import sys; sys.path.insert(0, 'tests/scripts'); "
+                  "sys.argv = ['sharded_steps.py', sys.argv[1]]; "
+                  "import sharded_steps, sharded_sampling; "
+                  "sharded_steps.main(); sharded_sampling.main()")
+
+
 @pytest.fixture(scope="module")
-def sharded_result():
+def eight_devices():
+  """{"steps": tests/scripts/sharded_steps.py's result, "sampling":
+  tests/scripts/sharded_sampling.py's}, on 8 simulated devices."""
   env = dict(os.environ, XLA_FLAGS=processes.xla_flags(8),
              PYTHONPATH=PYTHONPATH, TF_CPP_MIN_LOG_LEVEL="2")
-  p = subprocess.run([sys.executable, "tests/scripts/sharded_steps.py",
-                      str(STEPS)], cwd=ROOT, env=env, capture_output=True,
-                     text=True, timeout=900)
+  p = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(STEPS)],
+                     cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=1200)
   assert p.returncode == 0, p.stderr[-3000:]
-  return json.loads(p.stdout.strip().splitlines()[-1])
+  steps, sampling = p.stdout.strip().splitlines()[-2:]
+  return {"steps": json.loads(steps), "sampling": json.loads(sampling)}
+
+
+@pytest.fixture(scope="module")
+def sharded_result(eight_devices):
+  return eight_devices["steps"]
 
 
 @pytest.mark.slow
@@ -66,17 +82,11 @@ def test_sharded_adam_losses_equal_one_device(sharded_result, run):
 
 
 @pytest.mark.slow
-def test_sampling_on_8_devices_equals_one_device():
+def test_sampling_on_8_devices_equals_one_device(eight_devices):
   """generate.generate with the batch split over 8 simulated devices, on 1
   device, and in batches of 3: the same samples, bit for bit (each sample's
   noise comes from its own key; the U-Net's ops are per example)."""
-  env = dict(os.environ, XLA_FLAGS=processes.xla_flags(8),
-             PYTHONPATH=PYTHONPATH, TF_CPP_MIN_LOG_LEVEL="2")
-  p = subprocess.run([sys.executable, "tests/scripts/sharded_sampling.py"],
-                     cwd=ROOT, env=env, capture_output=True, text=True,
-                     timeout=900)
-  assert p.returncode == 0, p.stderr[-3000:]
-  r = json.loads(p.stdout.strip().splitlines()[-1])
+  r = eight_devices["sampling"]
   assert r["devices"] == 8
   for name in ("ddpm", "ddpm_respaced", "ddim"):
     assert r[name]["shards"] == 8, name  # really split over 8 devices

@@ -50,9 +50,9 @@ def test_forward_shapes_init_and_dropout():
   assert float(jnp.abs(params["down_0_block_0"]["conv2"]["kernel"]).max()) == 0
   assert float(jnp.abs(params["mid_attn_1"]["proj_out"]["kernel"]).max()) == 0
   # With non-zero weights, dropout makes train mode stochastic.
-  params = jax.tree_util.tree_map(
+  params = jax.jit(lambda params: jax.tree_util.tree_map(
       lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-      params)
+      params))(params)
   a = g(params, x, t, None)
   b = g(params, x, t, None)
   c = g(params, x, t, jax.random.PRNGKey(3))

@@ -1,8 +1,14 @@
-"""Parses documented command lines against an entry point's absl flags
-without running it: python tests/scripts/parse_commands.py SCRIPT
-(a path, or -m MODULE) < JSON list of argv lists. Prints one JSON object:
-{"errors": [...]} naming each command line that does not parse, whose
---config file does not load, or whose config fails validate_config."""
+"""Parses documented command lines against their entry points' absl flags
+without running them:
+
+  python tests/scripts/parse_commands.py < JSON list of [SCRIPT, [argv,
+      ...]] pairs
+
+SCRIPT is a path under the repository, or ``-m MODULE``. Each entry point
+is loaded in turn in this one process (its flags dropped after its
+lines). Prints one JSON object: {"errors": [...]} naming each command
+line that does not parse, whose --config file does not load, or whose
+config fails validate_config."""
 
 import json
 import os
@@ -15,24 +21,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
-def main():
-  sys.path.insert(0, ROOT)
-  os.chdir(ROOT)
-  if sys.argv[1] == "-m":
-    script = sys.argv[2]
+def parse_errors(script, argvs):
+  """The errors of ``argvs`` against the flags of ``script``."""
+  from ddpm_jax import validation  # pylint: disable=g-import-not-at-top
+  values = flags.FLAGS
+  before = set(values)
+  if script.startswith("-m "):
+    script = script[3:]
     runpy.run_module(script, run_name="documented_command")
   else:
-    script = sys.argv[1]
     runpy.run_path(os.path.join(ROOT, script),
                    run_name="documented_command")
-  from ddpm_jax import validation  # pylint: disable=g-import-not-at-top
   errors = []
-  values = flags.FLAGS
-  for argv in json.load(sys.stdin):
+  for argv in argvs:
     line = " ".join([script] + argv)
     # ml_collections reads --config.* overrides from sys.argv.
     sys.argv = [script] + argv
     values.unparse_flags()
+    for flag in [n for n in values if "." in n]:
+      delattr(values, flag)
     try:
       rest = values(sys.argv)
       if len(rest) > 1:
@@ -44,6 +51,18 @@ def main():
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f"{line}: {type(e).__name__}: "
                     f"{str(e).strip().splitlines()[-1] if str(e) else ''}")
+  values.unparse_flags()
+  for flag in set(values) - before:
+    delattr(values, flag)
+  return errors
+
+
+def main():
+  sys.path.insert(0, ROOT)
+  os.chdir(ROOT)
+  errors = []
+  for script, argvs in json.load(sys.stdin):
+    errors += parse_errors(script, argvs)
   print(json.dumps({"errors": errors}))
 
 

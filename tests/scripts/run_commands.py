@@ -1,12 +1,20 @@
-"""Runs command lines of one absl entry point in this one process, one after
-another, as ``python SCRIPT ARGS...`` would run each of them: python
-tests/scripts/run_commands.py SCRIPT (a path under the repository, or -m
-MODULE) < JSON list of argv lists, in the current directory. Prints one
-JSON line: a list of {"argv", "rc", "stdout", "stderr"}, one per command.
+"""Runs command lines of absl entry points in this one process, one after
+another, as ``python SCRIPT ARGS...`` would run each of them, in the
+current directory:
 
-Running them in one process shares the JIT caches between the commands, so
-that a test can run every documented command of an entry point for the
-cost of one start (tests/test_docs_run.py)."""
+  python tests/scripts/run_commands.py SCRIPT < JSON list of argv lists
+  python tests/scripts/run_commands.py --entries < JSON list of
+      [SCRIPT, [argv, ...]] pairs, run in that order
+
+SCRIPT is a path under the repository, or ``-m MODULE`` (as one string in
+--entries' pairs). Prints one JSON line: a list of {"argv", "rc",
+"stdout", "stderr"}, one per command, in order.
+
+Running them in one process shares the JIT caches between the commands,
+and saves a Python start (imports, tracing) per command, so that a test
+can run every documented command for the cost of one start
+(tests/test_docs_run.py). Each entry's flags are dropped after its
+commands, so that the next entry defines its own."""
 
 import contextlib
 import io
@@ -22,34 +30,57 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
-def main():
-  sys.path.insert(0, ROOT)
-  if sys.argv[1] == "-m":
-    script = sys.argv[2]
-    module = runpy.run_module(script, run_name="documented_command")
-  else:
-    script = sys.argv[1]
-    module = runpy.run_path(os.path.join(ROOT, script),
-                            run_name="documented_command")
+def load(script):
+  """Executes the entry point ``script`` (a path, or '-m MODULE') as a
+  module that is not __main__: its flags are defined; its main()."""
+  if script.startswith("-m "):
+    return runpy.run_module(script[3:], run_name="documented_command")
+  return runpy.run_path(os.path.join(ROOT, script),
+                        run_name="documented_command")
+
+
+def run_commands(script, argvs):
+  """Runs each argv of ``argvs`` with ``script``'s main, as cli.run does
+  for a real process; one result dict per argv."""
   from ddpm_jax import cli  # pylint: disable=g-import-not-at-top
+  before = set(flags.FLAGS)
+  module = load(script)
+  name = script[3:] if script.startswith("-m ") else script
   results = []
-  for argv in json.load(sys.stdin):
+  for argv in argvs:
     # absl keeps the values of an earlier parse for flags a later command
     # does not give; ml_collections reads --config.* overrides from sys.argv.
     flags.FLAGS.unparse_flags()
     # ml_collections defines a flag per --config.FIELD override at each
     # parse: drop the previous command's.
-    for name in [n for n in flags.FLAGS if "." in n]:
-      delattr(flags.FLAGS, name)
-    sys.argv = [script] + argv
+    for flag in [n for n in flags.FLAGS if "." in n]:
+      delattr(flags.FLAGS, flag)
+    sys.argv = [name] + argv
     out, err = io.StringIO(), io.StringIO()
     start = time.time()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
       rc = cli.run(module["main"])
     results.append({"argv": argv, "rc": rc, "stdout": out.getvalue(),
                     "stderr": err.getvalue()})
-    print(f"{script} {' '.join(argv)}: rc {rc} in {time.time() - start:.1f} s",
+    print(f"{name} {' '.join(argv)}: rc {rc} in {time.time() - start:.1f} s",
           file=sys.stderr)
+  flags.FLAGS.unparse_flags()
+  for flag in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, flag)
+  return results
+
+
+def main():
+  sys.path.insert(0, ROOT)
+  if sys.argv[1] == "--entries":
+    groups = json.load(sys.stdin)
+  elif sys.argv[1] == "-m":
+    groups = [("-m " + sys.argv[2], json.load(sys.stdin))]
+  else:
+    groups = [(sys.argv[1], json.load(sys.stdin))]
+  results = []
+  for script, argvs in groups:
+    results += run_commands(script, argvs)
   print(json.dumps(results))
 
 
