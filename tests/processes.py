@@ -50,8 +50,8 @@ def run_in_one_process(entry, argvs, cwd=ROOT, timeout=900):
   script under the repository, or a ``ddpm_jax...`` module), one after
   another in one process (tests/scripts/run_commands.py), from ``cwd``.
   Returns one result per argv with ``argv``, ``returncode``, ``stdout``
-  and ``stderr``, as subprocess.run gives them. absl logging is not in
-  ``stderr``: check it with a real process."""
+  and ``stderr`` (absl's log lines included), as subprocess.run gives
+  them."""
   return run_entries_in_one_process([(entry, argvs)], cwd, timeout)[0]
 
 

@@ -154,19 +154,25 @@ def test_data_errors():
 @pytest.mark.slow
 def test_conditional_train_sample_and_export_cli(tmp_path):
   import os
-  from tests.test_train_cli import TINY, error_line, run
+  from tests.processes import run_entries_in_one_process
+  from tests.test_train_cli import TINY, error_line
   wd = str(tmp_path / "cond")
-  p = run("train.py", *TINY, "--workdir", wd, "--config.training.num_steps=2",
-          "--config.model.num_classes=10", "--config.sampling.guidance=1.0")
+  # The four commands in one process (tests/processes.py).
+  [[p], [sampled, bad_class], [export]] = run_entries_in_one_process([
+      ("train.py", [[*TINY, "--workdir", wd, "--config.training.num_steps=2",
+                     "--config.model.num_classes=10",
+                     "--config.sampling.guidance=1.0"]]),
+      ("sample.py", [["--workdir", wd, "--num", "4", "--batch_size", "4",
+                      "--class", "7", "--guidance", "2"],
+                     ["--workdir", wd, "--class", "12"]]),
+      ("ddpm_jax.interop.export", [["--workdir", wd, "--out",
+                                    str(tmp_path / "exported")]])])
   assert p.returncode == 0, p.stderr[-3000:]
-  p = run("sample.py", "--workdir", wd, "--num", "4", "--batch_size", "4",
-          "--class", "7", "--guidance", "2")
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
   x = np.load(os.path.join(wd, "samples", "sample_seed0_step2_class7_w2.npz"))
   assert x["images"].shape == (4, 8, 8, 1)
-  line = error_line(run("sample.py", "--workdir", wd, "--class", "12"))
+  line = error_line(bad_class)
   assert "--class=12 is invalid" in line and "[0, 10)" in line, line
-  line = error_line(run("-m", "ddpm_jax.interop.export", "--workdir", wd,
-                        "--out", str(tmp_path / "exported")))
+  line = error_line(export)
   assert "class-conditional" in line
   assert not os.path.exists(tmp_path / "exported")

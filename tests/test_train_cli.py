@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.processes import run_in_one_process, run_until_signalled
+from tests.processes import (run_entries_in_one_process, run_in_one_process,
+                             run_until_signalled)
 from tests.tiny_configs import TINY_ARGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,50 +235,57 @@ def test_train_resume_and_sample(tmp_path):
 
 @pytest.mark.slow
 def test_bad_arguments_give_one_line_errors(tmp_path):
-  wd = str(tmp_path / "w")
-  line = error_line(run("train.py", "--config", "configs/nope.py",
-                        "--workdir", wd))
-  assert "configs/nope.py" in line
-  line = error_line(run("train.py", "--config", "configs/digits.py",
-                        "--workdir", wd, "--config.training.no_such_key=1"))
-  assert "no_such_key" in line
-  line = error_line(run("train.py", "--config", "configs/digits.py",
-                        "--workdir", wd, "--config.training.batch_size=0"))
-  assert "training.batch_size" in line
-  assert not os.path.exists(os.path.join(wd, "checkpoints"))
-  line = error_line(run("sample.py", "--workdir", wd))
-  assert "config.json" in line
-  # A workdir with a config but no checkpoint yet.
   from ddpm_jax import checkpoints
   from tests.tiny_configs import tiny_config
-  os.makedirs(wd)
-  checkpoints.write_config(wd, tiny_config())
-  line = error_line(run("sample.py", "--workdir", wd))
-  assert "no checkpoint" in line
+  wd = str(tmp_path / "w")
+  # A workdir with a config but no checkpoint yet.
+  empty = str(tmp_path / "empty")
+  os.makedirs(empty)
+  checkpoints.write_config(empty, tiny_config())
   # One whose config.json lost a section (tests/test_saved_config.py has
   # the other cases): refused, not completed from the defaults.
-  with open(os.path.join(wd, "config.json")) as f:
+  partial = str(tmp_path / "partial")
+  os.makedirs(partial)
+  checkpoints.write_config(partial, tiny_config())
+  with open(os.path.join(partial, "config.json")) as f:
     saved = json.load(f)
   del saved["diffusion"]
-  with open(os.path.join(wd, "config.json"), "w") as f:
+  with open(os.path.join(partial, "config.json"), "w") as f:
     json.dump(saved, f)
-  line = error_line(run("sample.py", "--workdir", wd))
-  assert "config.json has no 'diffusion' section" in line, line
-
-  # sample.py --model: neither or both sources, a missing path, a model
-  # directory we cannot convert. Nothing is written.
-  line = error_line(run("sample.py"))
-  assert "--workdir" in line and "--model" in line
-  line = error_line(run("sample.py", "--model", str(tmp_path / "none")))
-  assert "does not exist" in line
+  # A model directory we cannot convert.
   bad = tmp_path / "bad_model"
   bad.mkdir()
   (bad / "config.json").write_text(json.dumps(
       {"_class_name": "UNet2DModel", "sample_size": 8,
        "down_block_types": ["CrossAttnDownBlock2D"] * 4}))
   out = str(tmp_path / "never")
-  line = error_line(run("sample.py", "--model", str(bad), "--out", out))
-  assert "CrossAttnDownBlock2D" in line
+  # Every command in one process (tests/processes.py), in this order.
+  [train_runs, sample_runs] = run_entries_in_one_process([
+      ("train.py", [
+          ["--config", "configs/nope.py", "--workdir", wd],
+          ["--config", "configs/digits.py", "--workdir", wd,
+           "--config.training.no_such_key=1"],
+          ["--config", "configs/digits.py", "--workdir", wd,
+           "--config.training.batch_size=0"]]),
+      ("sample.py", [
+          ["--workdir", wd], ["--workdir", empty], ["--workdir", partial],
+          # --model: neither or both sources, a missing path, a model
+          # directory we cannot convert. Nothing is written.
+          [], ["--model", str(tmp_path / "none")],
+          ["--model", str(bad), "--out", out]])])
+  nope, no_key, zero_batch = (error_line(r) for r in train_runs)
+  assert "configs/nope.py" in nope
+  assert "no_such_key" in no_key
+  assert "training.batch_size" in zero_batch
+  assert not os.path.exists(os.path.join(wd, "checkpoints"))
+  (no_config, no_checkpoint, no_section, no_source, missing,
+   cannot_convert) = (error_line(r) for r in sample_runs)
+  assert "config.json" in no_config
+  assert "no checkpoint" in no_checkpoint
+  assert "config.json has no 'diffusion' section" in no_section, no_section
+  assert "--workdir" in no_source and "--model" in no_source
+  assert "does not exist" in missing
+  assert "CrossAttnDownBlock2D" in cannot_convert
   assert not os.path.exists(out + ".png") and not os.path.exists(out + ".npz")
 
 

@@ -25,6 +25,7 @@ import sys
 import time
 
 from absl import flags
+from absl import logging as absl_logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -58,8 +59,16 @@ def run_commands(script, argvs):
     sys.argv = [name] + argv
     out, err = io.StringIO(), io.StringIO()
     start = time.time()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      rc = cli.run(module["main"])
+    # absl's log lines too go to the command's stderr, as in a process of
+    # its own.
+    python_handler = absl_logging.get_absl_handler().python_handler
+    stream = python_handler.stream
+    python_handler.stream = err
+    try:
+      with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.run(module["main"])
+    finally:
+      python_handler.stream = stream
     results.append({"argv": argv, "rc": rc, "stdout": out.getvalue(),
                     "stderr": err.getvalue()})
     print(f"{name} {' '.join(argv)}: rc {rc} in {time.time() - start:.1f} s",
