@@ -109,51 +109,59 @@ def _no_file_bytes():
 
 @pytest.mark.slow
 def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
+  from tests.processes import run_entries_in_one_process
   wd = str(tmp_path / "run")
-  p = run("train.py", *TINY, "--workdir", wd, "--config.training.num_steps=2")
-  assert p.returncode == 0, p.stderr[-3000:]
   a_file = str(tmp_path / "a_file")
   with open(a_file, "w") as f:
     f.write("not a folder")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
-  def refused(script, *args, full_disk=False):
-    p = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600,
-                       preexec_fn=_no_file_bytes if full_disk else None)
+  def refusal(p):
     line = error_line(p)
     assert "sampling" not in p.stderr and "train:" not in p.stderr, line
     return line
 
-  # A workdir or an --out whose parent is a file.
-  assert refused("train.py", *TINY, "--workdir", a_file) == (
+  def refused(script, *args):
+    """A refusal under a file-size limit of 0 (a process of its own)."""
+    return refusal(subprocess.run(
+        [sys.executable, script, *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600,
+        preexec_fn=_no_file_bytes))
+
+  # A trained workdir, then a workdir or an --out whose parent is a file,
+  # and a batch whose activations no memory holds (refused before any
+  # array): in one process (tests/processes.py).
+  [[p, file_workdir], [file_out, too_big]] = run_entries_in_one_process([
+      ("train.py", [[*TINY, "--workdir", wd, "--config.training.num_steps=2"],
+                    [*TINY, "--workdir", a_file]]),
+      ("sample.py", [["--workdir", wd, "--out", os.path.join(a_file, "x")],
+                     ["--workdir", wd, "--num", "100000000", "--batch_size",
+                      "100000000"]])])
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert refusal(file_workdir) == (
       f"error: {a_file} is a file, not a folder: give --workdir a path "
       f"under a folder")
-  assert refused("sample.py", "--workdir", wd, "--out",
-                 os.path.join(a_file, "x")) == (
-                     f"error: {a_file} is a file, not a folder: give --out a "
-                     f"path under a folder")
+  assert refusal(file_out) == (
+      f"error: {a_file} is a file, not a folder: give --out a "
+      f"path under a folder")
+  line = refusal(too_big)
+  assert line.startswith("error: a sample batch of 100000000 at 8x8 needs "
+                         "at least "), line
+  assert line.endswith("lower --batch_size, or pass --nomemory_check to "
+                       "try anyway"), line
   # A full disk: refused before the model is loaded or a sample drawn.
   samples = os.path.join(wd, "samples")
   before = sorted(os.listdir(samples))
-  assert refused("sample.py", "--workdir", wd, "--num", "4",
-                 full_disk=True) == (
-                     f"error: cannot write in {samples}: give --out a "
-                     f"writable folder (File too large (errno 27))")
+  assert refused("sample.py", "--workdir", wd, "--num", "4") == (
+      f"error: cannot write in {samples}: give --out a "
+      f"writable folder (File too large (errno 27))")
   new = str(tmp_path / "new" / "run")
-  assert refused("train.py", *TINY, "--workdir", new, full_disk=True) == (
+  assert refused("train.py", *TINY, "--workdir", new) == (
       f"error: cannot write in {tmp_path}: give --workdir a writable folder "
       f"(File too large (errno 27))")
   # Nothing was written or created.
   assert sorted(os.listdir(samples)) == before
   assert not os.path.exists(str(tmp_path / "new"))
-  # A batch whose activations no memory holds: refused before any array.
-  line = refused("sample.py", "--workdir", wd, "--num", "100000000",
-                 "--batch_size", "100000000")
-  assert line.startswith("error: a sample batch of 100000000 at 8x8 needs "
-                         "at least "), line
-  assert line.endswith("lower --batch_size, or pass --nomemory_check to "
-                       "try anyway"), line
 
 
 def test_the_memory_check_can_be_skipped():
