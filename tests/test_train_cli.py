@@ -95,8 +95,11 @@ def test_train_resume_and_sample(tmp_path):
           "ddim", "--steps", "5", "--eta", "0.5"]
   fig = str(tmp_path / "fig")
   before = open(out + ".npz", "rb").read()
-  (same_seed, bf16_run, fast_run, eta_alone, ddim_again, trailing_run,
-   taken, prog, part, interp, interp_bad) = run_in_one_process("sample.py", [
+  exported = str(tmp_path / "exported")
+  # With the first export to diffusers (checked below), in one process.
+  [(same_seed, bf16_run, fast_run, eta_alone, ddim_again, trailing_run,
+    taken, prog, part, interp, interp_bad),
+   (first,)] = run_entries_in_one_process([("sample.py", [
        ["--workdir", wd, "--num", "6", "--batch_size", "4", "--seed", "1",
         "--out", out + "b"],
        ["--workdir", wd, "--num", "6", "--batch_size", "4", "--seed", "1",
@@ -112,7 +115,8 @@ def test_train_resume_and_sample(tmp_path):
         "--out", fig + "_part"],
        ["--workdir", wd, "--interpolate", "0,1", "--t", "0", "--lambdas",
         "3", "--out", fig + "_interp"],
-       ["--workdir", wd, "--interpolate", "0", "--out", fig + "_bad"]])
+       ["--workdir", wd, "--interpolate", "0", "--out", fig + "_bad"]]),
+       ("ddpm_jax.interop.export", [["--workdir", wd, "--out", exported]])])
   # Deterministic in the seed.
   assert same_seed.returncode == 0, same_seed.stderr[-3000:]
   np.testing.assert_array_equal(np.load(out + "b.npz")["images"], imgs)
@@ -174,9 +178,6 @@ def test_train_resume_and_sample(tmp_path):
   # Exported to diffusers; exporting again onto the same directory is
   # refused and changes nothing; without --out the export goes into the
   # workdir (never the current directory).
-  exported = str(tmp_path / "exported")
-  first, = run_in_one_process("ddpm_jax.interop.export",
-                              [["--workdir", wd, "--out", exported]])
   assert first.returncode == 0, first.stderr[-3000:]
   assert sorted(os.listdir(exported)) == [
       "config.json", "diffusion_pytorch_model.safetensors",
@@ -185,13 +186,31 @@ def test_train_resume_and_sample(tmp_path):
     assert json.load(f)["num_train_timesteps"] == 20
   before = {f: os.path.getmtime(os.path.join(exported, f))
             for f in os.listdir(exported)}
-  refused, default_run = run_in_one_process("ddpm_jax.interop.export", [
-      ["--workdir", wd, "--out", exported], ["--workdir", wd]])
+  # The rest in one process: the second exports, sampling from them, and
+  # evaluate.py (checked further below).
+  default = os.path.join(wd, "diffusers_step5")
+  [(refused, default_run), (from_exported, from_default),
+   (score_run, fid_run, model_score_run,
+    no_dataset)] = run_entries_in_one_process([
+        ("ddpm_jax.interop.export", [["--workdir", wd, "--out", exported],
+                                     ["--workdir", wd]]),
+        ("sample.py", [
+            ["--model", exported, "--num", "6", "--batch_size", "4",
+             "--seed", "1", "--out", out + "c"],
+            ["--model", default, "--num", "6", "--batch_size", "4",
+             "--seed", "1"]]),
+        ("evaluate.py", [
+            ["--workdir", wd, "--metric", "digits", "--num", "8", "--steps",
+             "5"],
+            ["--workdir", wd, "--metric", "fid", "--inception",
+             str(tmp_path / "none.safetensors")],
+            ["--model", exported, "--dataset", "digits", "--metric",
+             "digits", "--num", "8", "--steps", "5"],
+            ["--model", exported]])])
   assert "already exists" in error_line(refused)
   assert before == {f: os.path.getmtime(os.path.join(exported, f))
                     for f in os.listdir(exported)}
   assert default_run.returncode == 0, default_run.stderr[-3000:]
-  default = os.path.join(wd, "diffusers_step5")
   assert f"wrote {default} (step 5" in default_run.stdout, default_run.stdout
   name = "diffusion_pytorch_model.safetensors"
   assert open(os.path.join(default, name), "rb").read() == open(
@@ -199,10 +218,6 @@ def test_train_resume_and_sample(tmp_path):
   # Sampled from the exported directories with the exported scheduler
   # config (T=20): same model, same samples; the samples of a --model go
   # into the model's folder.
-  from_exported, from_default = run_in_one_process("sample.py", [
-      ["--model", exported, "--num", "6", "--batch_size", "4", "--seed", "1",
-       "--out", out + "c"],
-      ["--model", default, "--num", "6", "--batch_size", "4", "--seed", "1"]])
   assert from_exported.returncode == 0, from_exported.stderr[-3000:]
   np.testing.assert_array_equal(np.load(out + "c.npz")["images"], imgs)
   assert from_default.returncode == 0, from_default.stderr[-3000:]
@@ -212,15 +227,6 @@ def test_train_resume_and_sample(tmp_path):
   # The offline digits score of the trained workdir and of the exported
   # model (given its data), one JSON line each; FID without the Inception
   # weights says where to get them, before sampling.
-  score_run, fid_run, model_score_run, no_dataset = run_in_one_process(
-      "evaluate.py", [
-          ["--workdir", wd, "--metric", "digits", "--num", "8", "--steps",
-           "5"],
-          ["--workdir", wd, "--metric", "fid", "--inception",
-           str(tmp_path / "none.safetensors")],
-          ["--model", exported, "--dataset", "digits", "--metric", "digits",
-           "--num", "8", "--steps", "5"],
-          ["--model", exported]])
   assert score_run.returncode == 0, score_run.stderr[-3000:]
   score = json.loads(score_run.stdout.strip().splitlines()[-1])
   assert score["num_samples"] == 8 and score["steps"] == 5
@@ -381,10 +387,12 @@ def test_config_and_data_errors_come_before_anything_is_written(tmp_path):
 @pytest.mark.slow
 def test_train_classifier_shows_progress(tmp_path):
   wd = str(tmp_path / "clf")
-  args = ["train_classifier.py", "--config", "configs/digits_classifier.py",
-          "--workdir", wd, "--config.training.num_steps=3",
-          "--config.training.log_every=1"]
-  p = run(*args)
+  # T=20, as the classifier of tests/test_classifier_guidance.py: the same
+  # programs. Trained, then again into the same workdir, in one process.
+  args = ["--config", "configs/digits_classifier.py", "--workdir", wd,
+          "--config.training.num_steps=3", "--config.training.log_every=1",
+          "--config.diffusion.num_timesteps=20"]
+  p, again = run_in_one_process("train_classifier.py", [args, args])
   assert p.returncode == 0, p.stderr[-3000:]
   assert "train classifier: 100%" in p.stderr, p.stderr[-2000:]
   lines = p.stdout.strip().splitlines()
@@ -392,4 +400,4 @@ def test_train_classifier_shows_progress(tmp_path):
       "step 1", "step 2", "step 3"]
   assert "held_out_accuracy_at_t" in json.loads(lines[-1])
   # Again into the same workdir: refused in one line, nothing replaced.
-  assert "give a new --workdir" in error_line(run(*args))
+  assert "give a new --workdir" in error_line(again)
