@@ -4,22 +4,24 @@ script trains, scores and compares both sides at a tiny setting."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from tests.processes import run_in_one_process
 from tests.tiny_configs import tiny_digits_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The model, batch, warmup and grid of tests/tiny_configs.py's TINY_ARGS
+# (the same train step and samplers as the other tests').
 TINY = ["--config.training.num_steps=3", "--config.model.ch_mult=(1,)",
         "--config.model.num_res_blocks=1",
         "--config.model.attn_resolutions=(8,)",
+        "--config.model.num_groups=8",
         "--config.diffusion.num_timesteps=20",
         "--config.training.batch_size=8", "--config.optim.warmup_steps=2",
-        "--config.sampling.num_samples=2", "--config.sampling.batch_size=2",
+        "--config.sampling.num_samples=4", "--config.sampling.batch_size=4",
         "--seeds", "0", "--sample_seeds", "0,1", "--num", "8",
         "--sampler_steps", "5", "--bpd_num", "4"]
 
@@ -90,10 +92,12 @@ def test_the_reference_loop_makes_ddpm_jax_updates(tmp_path, torch):
 
 @pytest.mark.slow
 def test_the_script_trains_scores_and_compares_both_sides(tmp_path):
-  cmd = [sys.executable, "benchmarks/quality_parity.py", "--workdir",
-         str(tmp_path / "q"), *TINY]
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                     timeout=900)
+  # Run, run again, and run with other settings into the same workdir, in
+  # one process (tests/processes.py).
+  args = ["--workdir", str(tmp_path / "q"), *TINY]
+  p, again, other = run_in_one_process(
+      "benchmarks/quality_parity.py",
+      [args, args, args + ["--torch_init", "jax"]])
   assert p.returncode == 0, p.stderr[-3000:]
   # stdout: the training loop's lines, then the results.
   lines = [l for l in p.stdout.strip().splitlines()
@@ -113,14 +117,10 @@ def test_the_script_trains_scores_and_compares_both_sides(tmp_path):
       "config.json", "diffusion_pytorch_model.safetensors",
       "scheduler_config.json", "scores.json"]
   # Again: nothing is trained or scored anew, the same figures come out.
-  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                         timeout=900)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "training " not in again.stderr and "sampling" not in again.stderr
   assert again.stdout.strip().splitlines()[:4] == lines[:4]
   # Other settings into the same workdir: refused in one line.
-  other = subprocess.run(cmd + ["--torch_init", "jax"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
   assert other.returncode == 1
   assert other.stderr.strip().splitlines()[-1].startswith(
       f"error: {tmp_path / 'q'} holds models of other settings")

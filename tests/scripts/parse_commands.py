@@ -32,13 +32,14 @@ def parse_errors(script, argvs):
   else:
     runpy.run_path(os.path.join(ROOT, script),
                    run_name="documented_command")
+  loaded = set(values)
   errors = []
   for argv in argvs:
     line = " ".join([script] + argv)
     # ml_collections reads --config.* overrides from sys.argv.
     sys.argv = [script] + argv
     values.unparse_flags()
-    for flag in [n for n in values if "." in n]:
+    for flag in [n for n in values if "." in n and n not in loaded]:
       delattr(values, flag)
     try:
       rest = values(sys.argv)

@@ -45,16 +45,22 @@ def run_commands(script, argvs):
   for a real process; one result dict per argv."""
   from ddpm_jax import cli  # pylint: disable=g-import-not-at-top
   before = set(flags.FLAGS)
-  module = load(script)
   name = script[3:] if script.startswith("-m ") else script
+  # As in a process of its own, the module executes with its (first)
+  # command line in sys.argv: ml_collections defines the --config.FIELD
+  # overrides of a default config file from it, at the definition.
+  sys.argv = [name] + list(argvs[:1][0] if argvs else [])
+  module = load(script)
+  loaded = set(flags.FLAGS)
   results = []
   for argv in argvs:
     # absl keeps the values of an earlier parse for flags a later command
     # does not give; ml_collections reads --config.* overrides from sys.argv.
     flags.FLAGS.unparse_flags()
     # ml_collections defines a flag per --config.FIELD override at each
-    # parse: drop the previous command's.
-    for flag in [n for n in flags.FLAGS if "." in n]:
+    # parse (and at the definition, for a default config file): drop the
+    # previous command's.
+    for flag in [n for n in flags.FLAGS if "." in n and n not in loaded]:
       delattr(flags.FLAGS, flag)
     sys.argv = [name] + argv
     out, err = io.StringIO(), io.StringIO()
