@@ -43,8 +43,8 @@ def test_classifier_gradient_matches_finite_differences(classifier_dir):
   log_prob = log_prob_fn(classifier)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   t, y = jnp.asarray([3, 15]), jnp.asarray([4, 7])
-  f = lambda x: jnp.sum(log_prob(params, x, t, y))
-  grad = jax.grad(f)(x)
+  f = jax.jit(lambda x: jnp.sum(log_prob(params, x, t, y)))
+  grad = jax.jit(jax.grad(f))(x)
   for seed in range(3):
     v = jax.random.normal(jax.random.PRNGKey(10 + seed), x.shape)
     v = v / jnp.linalg.norm(v)
@@ -149,11 +149,12 @@ def test_guidance_raises_the_requested_class(classifier_dir, tmp_path):
   _, classifier, clf_params = checkpoints.load_classifier(wd)
   config.sampling.classifier = wd
   config.sampling.label = 3
+  log_prob = jax.jit(log_prob_fn(classifier))
   logp = {}
   for scale in (0.0, 30.0):
     config.sampling.guidance = scale
     x = generate.generate(config, model, state.params, 16, 16, seed=0)
-    logp[scale] = float(jnp.mean(log_prob_fn(classifier)(
+    logp[scale] = float(jnp.mean(log_prob(
         clf_params, jnp.asarray(x), jnp.zeros((16,), jnp.int32),
         jnp.full((16,), 3))))
   assert logp[30.0] > logp[0.0] + 1.0, logp
