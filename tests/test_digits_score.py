@@ -10,7 +10,7 @@ from ddpm_jax import data, from_config, validation
 from ddpm_jax.evaluators import digits_judge, digits_score, metrics
 from ddpm_jax.samplers import generate
 from ddpm_jax.run import train_loop
-from tests.tiny_configs import tiny_config, tiny_digits_config
+from tests.tiny_configs import tiny_config
 
 N = 297  # the size of the held-out split the score compares against
 
@@ -34,9 +34,8 @@ def test_real_digits_score_near_zero_and_noise_far_worse(real):
 
 @pytest.mark.slow
 def test_a_model_trained_for_10_steps_scores_far_worse(real, tmp_path):
-  config = tiny_digits_config(num_timesteps=100, batch_size=32,
-                              num_steps=10, log_every=10,
-                              checkpoint_every=10)
+  # The suite's shared tiny model (T=20, batch 8): its programs.
+  config = tiny_config(num_steps=10, log_every=10, checkpoint_every=10)
   model = from_config.make_model(config)
   state = train_loop.train_and_evaluate(config, str(tmp_path))
   x = generate.generate(config, model, state.ema_params, N, N, seed=0)
