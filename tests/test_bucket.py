@@ -98,28 +98,35 @@ def test_train_writes_only_to_the_bucket_and_resumes_from_it(gcs, trained):
 @pytest.mark.slow
 def test_sample_evaluate_and_export_in_the_bucket(gcs, trained, tmp_path):
   from ddpm_jax import paths
+  from tests.processes import run_entries_in_one_process
+  del gcs  # its client environment is the session's (tests/conftest.py)
   out = f"gs://{BUCKET}/outputs/s"
-  p = run("sample.py", "--workdir", trained, "--num", "4", "--batch_size",
-          "4", "--out", out, env=gcs)
-  assert p.returncode == 0, p.stderr[-3000:]
+  exported = f"gs://{BUCKET}/exported"
+  # Exported, sampled from the workdir and from the export, evaluated: in
+  # one process (tests/processes.py).
+  [(export,), (sampled, from_model), (evaluated,)] = (
+      run_entries_in_one_process([
+          ("ddpm_jax.interop.export", [["--workdir", trained, "--out",
+                                        exported]]),
+          ("sample.py", [["--workdir", trained, "--num", "4",
+                          "--batch_size", "4", "--out", out],
+                         ["--model", exported, "--num", "4", "--batch_size",
+                          "4", "--out", out + "_model"]]),
+          ("evaluate.py", [["--workdir", trained, "--num", "8",
+                            "--batch_size", "8"]])]))
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
   imgs = paths.load_npz(out + ".npz")["images"]
   assert imgs.shape == (4, 8, 8, 1) and imgs.dtype == np.uint8
-  p = run("evaluate.py", "--workdir", trained, "--num", "8", "--batch_size",
-          "8", env=gcs)
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert json.loads(p.stdout.strip().splitlines()[-1])["num_examples"] == 8
-  exported = f"gs://{BUCKET}/exported"
-  p = run("-m", "ddpm_jax.interop.export", "--workdir", trained, "--out",
-          exported, env=gcs)
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert json.loads(evaluated.stdout.strip().splitlines()[-1])[
+      "num_examples"] == 8
+  assert export.returncode == 0, export.stderr[-3000:]
   assert paths.listdir(exported) == [
       "config.json", "diffusion_pytorch_model.safetensors",
       "scheduler_config.json"]
   # The exported model, read back from the bucket, draws the same samples
   # as the workdir it came from.
-  p = run("sample.py", "--model", exported, "--num", "4", "--batch_size",
-          "4", "--out", out + "_model", env=gcs)
-  assert p.returncode == 0, p.stderr[-3000:]
+  assert from_model.returncode == 0, from_model.stderr[-3000:]
   np.testing.assert_array_equal(
       paths.load_npz(out + "_model.npz")["images"], imgs)
   assert not _local_leftovers()
