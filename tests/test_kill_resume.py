@@ -2,10 +2,12 @@
 an uninterrupted run ends (tests/scripts/kill_resume.py; run it with
 --kills 20 for the long version).
 
-Here with two steps per jitted call (training.steps_per_call) and a
-checkpoint every three steps, so that calls of two and of one step
-alternate and kills land inside calls; tests/test_bucket.py runs the same
-script with one step per call and a checkpoint every step."""
+Here with up to four steps per jitted call (training.steps_per_call; the
+program test_train_cli.py's SIGTERM test compiles too) and a checkpoint
+every three steps, so that each call stops short at a checkpoint (three
+of its four steps) and kills land inside calls; tests/test_bucket.py runs
+the same script with one step per call and a checkpoint every step, and
+tests/test_steps_per_call.py resumes after calls of other lengths."""
 
 import json
 import os
@@ -21,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_sigkill_and_restart_matches_uninterrupted_run(tmp_path):
   p = subprocess.run([sys.executable, "tests/scripts/kill_resume.py",
                       "--kills", "3", "--steps", "12", "--seed", "1",
-                      "--steps_per_call", "2", "--checkpoint_every", "3",
+                      "--steps_per_call", "4", "--checkpoint_every", "3",
                       "--workdir",
                       str(tmp_path)], cwd=ROOT, capture_output=True,
                      text=True, timeout=1200)
