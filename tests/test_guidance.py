@@ -155,18 +155,19 @@ def test_data_errors():
 def test_conditional_train_sample_and_export_cli(tmp_path):
   import os
   from tests.processes import run_entries_in_one_process
-  from tests.test_train_cli import TINY, error_line
+  from tests.test_train_cli import TINY, error_line, run
   wd = str(tmp_path / "cond")
-  # The four commands in one process (tests/processes.py).
-  [[p], [sampled, bad_class], [export]] = run_entries_in_one_process([
+  # Trained and sampled in one process (tests/processes.py); the exporter's
+  # refusal is a process of its own (`python -m`, as users run it).
+  [[p], [sampled, bad_class]] = run_entries_in_one_process([
       ("train.py", [[*TINY, "--workdir", wd, "--config.training.num_steps=2",
                      "--config.model.num_classes=10",
                      "--config.sampling.guidance=1.0"]]),
       ("sample.py", [["--workdir", wd, "--num", "4", "--batch_size", "4",
                       "--class", "7", "--guidance", "2"],
-                     ["--workdir", wd, "--class", "12"]]),
-      ("ddpm_jax.interop.export", [["--workdir", wd, "--out",
-                                    str(tmp_path / "exported")]])])
+                     ["--workdir", wd, "--class", "12"]])])
+  export = run("-m", "ddpm_jax.interop.export", "--workdir", wd, "--out",
+               str(tmp_path / "exported"))
   assert p.returncode == 0, p.stderr[-3000:]
   assert sampled.returncode == 0, sampled.stderr[-3000:]
   x = np.load(os.path.join(wd, "samples", "sample_seed0_step2_class7_w2.npz"))

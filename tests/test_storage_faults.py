@@ -18,6 +18,10 @@ from tests.test_train_cli import TINY, error_line, run
 
 # Above every file but the checkpoints' data files (several 100 kB each).
 LIMIT_BYTES = 100_000
+# A process under a file-size limit reads the suite's compile cache but
+# does not write it: an entry cut at the limit would stay in the cache,
+# damaged, for every later test.
+NO_CACHE_WRITES = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}
 
 
 def _limit_file_size():
@@ -50,7 +54,7 @@ def test_a_failed_save_stops_the_run_in_one_line_and_keeps_the_others(
   before = {s: _tree_digest(os.path.join(ckpts, s)) for s in ("2", "4")}
   assert sorted(os.listdir(ckpts)) == ["2", "4"]
 
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **NO_CACHE_WRITES)
   p = subprocess.run([sys.executable, "train.py", *common,
                       "--config.training.num_steps=12"], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=600,
@@ -114,7 +118,7 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
   a_file = str(tmp_path / "a_file")
   with open(a_file, "w") as f:
     f.write("not a folder")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **NO_CACHE_WRITES)
 
   def refusal(p):
     line = error_line(p)

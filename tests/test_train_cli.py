@@ -11,8 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.processes import (run_entries_in_one_process, run_in_one_process,
-                             run_until_signalled)
+from tests.processes import run_entries_in_one_process, run_until_signalled
 from tests.tiny_configs import TINY_ARGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -388,11 +387,12 @@ def test_config_and_data_errors_come_before_anything_is_written(tmp_path):
 def test_train_classifier_shows_progress(tmp_path):
   wd = str(tmp_path / "clf")
   # T=20, as the classifier of tests/test_classifier_guidance.py: the same
-  # programs. Trained, then again into the same workdir, in one process.
-  args = ["--config", "configs/digits_classifier.py", "--workdir", wd,
-          "--config.training.num_steps=3", "--config.training.log_every=1",
+  # programs. Processes of their own: the entry point as users run it.
+  args = ["train_classifier.py", "--config", "configs/digits_classifier.py",
+          "--workdir", wd, "--config.training.num_steps=3",
+          "--config.training.log_every=1",
           "--config.diffusion.num_timesteps=20"]
-  p, again = run_in_one_process("train_classifier.py", [args, args])
+  p = run(*args)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "train classifier: 100%" in p.stderr, p.stderr[-2000:]
   lines = p.stdout.strip().splitlines()
@@ -400,4 +400,4 @@ def test_train_classifier_shows_progress(tmp_path):
       "step 1", "step 2", "step 3"]
   assert "held_out_accuracy_at_t" in json.loads(lines[-1])
   # Again into the same workdir: refused in one line, nothing replaced.
-  assert "give a new --workdir" in error_line(again)
+  assert "give a new --workdir" in error_line(run(*args))

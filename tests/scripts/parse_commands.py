@@ -16,6 +16,7 @@ import runpy
 import sys
 
 from absl import flags
+from run_commands import drop_entry_flags  # this folder, on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -28,8 +29,10 @@ def parse_errors(script, argvs):
   before = set(values)
   if script.startswith("-m "):
     script = script[3:]
+    sys.argv = [script]
     runpy.run_module(script, run_name="documented_command")
   else:
+    sys.argv = [script]
     runpy.run_path(os.path.join(ROOT, script),
                    run_name="documented_command")
   loaded = set(values)
@@ -52,9 +55,7 @@ def parse_errors(script, argvs):
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f"{line}: {type(e).__name__}: "
                     f"{str(e).strip().splitlines()[-1] if str(e) else ''}")
-  values.unparse_flags()
-  for flag in set(values) - before:
-    delattr(values, flag)
+  drop_entry_flags(before)
   return errors
 
 

@@ -31,9 +31,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
+# Libraries that define flags once, when first imported (absl's help flags
+# at its first app.run, Orbax's, tfds'): theirs stay. Every other flag an
+# entry point brought is its own (its module's, or a helper's it calls:
+# ddpm_jax's define_* functions, benchmarks/common.py's) and is defined
+# again the next time an entry point loads.
+_LIBRARIES = ("absl.", "orbax", "tensorflow", "etils", "jax")
+
+
+def drop_entry_flags(before):
+  """Deletes the flags defined since ``before`` (a set of flag names) but
+  the libraries', and every --config.FIELD override flag, so that the next
+  entry point defines its own."""
+  values = flags.FLAGS
+  values.unparse_flags()
+  kept = {f.name for module, defined in values.flags_by_module_dict().items()
+          if module.startswith(_LIBRARIES) for f in defined}
+  for name in [n for n in values if n not in before and (
+      n not in kept or "." in n)]:
+    delattr(values, name)
+
+
 def load(script):
   """Executes the entry point ``script`` (a path, or '-m MODULE') as a
-  module that is not __main__: its flags are defined; its main()."""
+  module that is not __main__, which defines its flags; returns the
+  module's globals (its ``main`` among them)."""
   if script.startswith("-m "):
     return runpy.run_module(script[3:], run_name="documented_command")
   return runpy.run_path(os.path.join(ROOT, script),
@@ -49,7 +71,7 @@ def run_commands(script, argvs):
   # As in a process of its own, the module executes with its (first)
   # command line in sys.argv: ml_collections defines the --config.FIELD
   # overrides of a default config file from it, at the definition.
-  sys.argv = [name] + list(argvs[:1][0] if argvs else [])
+  sys.argv = [name] + (list(argvs[0]) if argvs else [])
   module = load(script)
   loaded = set(flags.FLAGS)
   results = []
@@ -79,9 +101,7 @@ def run_commands(script, argvs):
                     "stderr": err.getvalue()})
     print(f"{name} {' '.join(argv)}: rc {rc} in {time.time() - start:.1f} s",
           file=sys.stderr)
-  flags.FLAGS.unparse_flags()
-  for flag in set(flags.FLAGS) - before:
-    delattr(flags.FLAGS, flag)
+  drop_entry_flags(before)
   return results
 
 

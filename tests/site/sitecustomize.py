@@ -31,13 +31,19 @@ def _warn(what, error):
   warnings.warn(f"tests/site/sitecustomize.py: {what}: {error!r}")
 
 
+def _on(name):
+  """Whether the environment variable ``name`` turns a part on."""
+  return os.environ.get(name, "") not in ("", "0")
+
+
 def _install():
-  if os.environ.get(EVERY_PROCESS_ENV):
+  """Installs the parts the environment asks for (once jax is loaded)."""
+  if _on(EVERY_PROCESS_ENV):
     try:
       _write_cache_from_every_process()
     except Exception as e:  # pylint: disable=broad-except
       _warn("the compile cache is written by process 0 alone", e)
-  if os.environ.get(PROFILE_ENV):
+  if _on(PROFILE_ENV):
     try:
       _register_profile()
     except Exception as e:  # pylint: disable=broad-except
@@ -47,12 +53,22 @@ def _install():
 def _write_cache_from_every_process():
   """Wraps jax._src.compiler._cache_write: a process other than 0 writes
   its entry as process 0 would (the same host-callback and minimum
-  compile-time rules); process 0 goes through JAX's own function."""
+  compile-time rules, errors raised where JAX would raise them); process
+  0 goes through JAX's own function. Not installed (a warning) where JAX's
+  function is not the one this mirrors."""
+  import inspect  # pylint: disable=g-import-not-at-top
   from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
   from jax._src import compiler  # pylint: disable=g-import-not-at-top
   from jax._src import config  # pylint: disable=g-import-not-at-top
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   original = compiler._cache_write  # pylint: disable=protected-access
+  should_raise = getattr(compiler, "_should_raise_persistent_cache_error")
+  expected = ["cache_key", "compile_time_secs", "module_name", "backend",
+              "executable", "host_callbacks"]
+  if list(inspect.signature(original).parameters) != expected:
+    raise RuntimeError(f"jax's _cache_write takes "
+                       f"{list(inspect.signature(original).parameters)}, "
+                       f"not {expected}")
 
   def cache_write(cache_key, compile_time_secs, module_name, backend,
                   executable, host_callbacks):
@@ -68,6 +84,8 @@ def _write_cache_from_every_process():
           cache_key, module_name, executable, backend,
           int(compile_time_secs))
     except Exception as e:  # pylint: disable=broad-except
+      if should_raise(e):
+        raise
       _warn(f"cache entry of {module_name} not written", e)
     return None
 
@@ -75,6 +93,7 @@ def _write_cache_from_every_process():
 
 
 def _register_profile():
+  """Records this process's compiles (tests/scripts/suite_profile.py)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                       "scripts", "suite_profile.py")
@@ -86,24 +105,35 @@ def _register_profile():
 
 
 class _AfterJax(importlib.abc.MetaPathFinder):
-  """Runs :func:`_install` right after the module ``jax`` executes."""
+  """Runs :func:`_install` right after the module ``jax`` executes. It
+  stays in place until then: a lookup that does not import (e.g.
+  importlib.util.find_spec("jax")) does not use it up."""
 
   def find_spec(self, name, path=None, target=None):
+    """The spec of ``jax`` from the other finders, its loader wrapped."""
     if name != "jax":
       return None
-    sys.meta_path.remove(self)
-    spec = importlib.machinery.PathFinder.find_spec(name, path)
-    if spec is None or spec.loader is None:
+    others = [f for f in sys.meta_path if f is not self]
+    for finder in others:
+      spec = getattr(finder, "find_spec", lambda *a: None)(name, path,
+                                                           target)
+      if spec is not None:
+        break
+    else:
+      return None
+    if spec.loader is None:
       return spec
     exec_module = spec.loader.exec_module
 
     def exec_then_install(module):
       exec_module(module)
-      _install()
+      if self in sys.meta_path:
+        sys.meta_path.remove(self)
+        _install()
 
     spec.loader.exec_module = exec_then_install
     return spec
 
 
-if os.environ.get(EVERY_PROCESS_ENV) or os.environ.get(PROFILE_ENV):
+if _on(EVERY_PROCESS_ENV) or _on(PROFILE_ENV):
   sys.meta_path.insert(0, _AfterJax())
