@@ -18,8 +18,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # the default build's by float32 rounding, as another CPU model's would (no
 # fused multiply-adds); tests/test_golden.py checks the default build's
 # bits, and the few tests whose time is the running (training for an
-# outcome, the Inception network) run at the default level, in a process
-# of their own (call_at_default_level). tests/conftest.py adds this to
+# outcome, the Inception network, the documented commands' 1000-step
+# samplers) run at the default level, in a process of their own
+# (call_at_default_level, run_entries_in_one_process's default_level).
+# tests/conftest.py adds this to
 # XLA_FLAGS; docs/testing.md has the measurements.
 OPT_FLAG = "--xla_backend_optimization_level=0"
 
@@ -55,15 +57,20 @@ def run_in_one_process(entry, argvs, cwd=ROOT, timeout=900):
   return run_entries_in_one_process([(entry, argvs)], cwd, timeout)[0]
 
 
-def run_entries_in_one_process(groups, cwd=ROOT, timeout=900):
+def run_entries_in_one_process(groups, cwd=ROOT, timeout=900,
+                               default_level=False):
   """:func:`run_in_one_process` for several entry points in turn:
   ``groups`` is a list of (ENTRY, argvs); returns a list of results per
-  group."""
+  group. ``default_level``: compiled at XLA's default level (without
+  :data:`OPT_FLAG`), for commands whose running outweighs their compiling
+  (the documented commands' 1000-step samplers)."""
   cmd = [sys.executable, str(ROOT / "tests" / "scripts" / "run_commands.py"),
          "--entries"]
   pairs = [("-m " + entry if entry.startswith("ddpm_jax") else entry,
             list(argvs)) for entry, argvs in groups]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  if default_level:
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(OPT_FLAG, "").strip()
   p = subprocess.run(cmd, input=json.dumps(pairs), cwd=cwd, env=env,
                      capture_output=True, text=True, timeout=timeout)
   assert p.returncode == 0, p.stderr[-3000:]

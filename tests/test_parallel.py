@@ -1,6 +1,6 @@
 """The sharded train step: 8 simulated devices (data-parallel, and FSDP)
-against 1 device, in a subprocess because the device count is fixed when
-JAX starts."""
+against 1 device, and checkpoints moved between device counts, in one
+subprocess because the device count is fixed when JAX starts."""
 
 import json
 import os
@@ -20,26 +20,53 @@ PYTHONPATH = os.pathsep.join(filter(None, [ROOT,
                                            os.environ.get("PYTHONPATH")]))
 
 
-# Both scripts in one 8-device process (one start instead of two): each
-# prints its JSON line.
-_EIGHT_DEVICES = ("import sys; sys.path.insert(0, 'tests/scripts'); "
-                  "sys.argv = ['sharded_steps.py', sys.argv[1]]; "
-                  "import sharded_steps, sharded_sampling; "
-                  "sharded_steps.main(); sharded_sampling.main()")
+# One 8-device process for every 8-device part of this file (one start,
+# instead of one per part): tests/scripts/sharded_steps.py and
+# sharded_sampling.py each print their JSON line, then train.py's commands
+# of argv[2] (a JSON list of argvs) run in the same process
+# (tests/scripts/run_commands.py), their results as the last line.
+_EIGHT_DEVICES = ("import json, sys; sys.path.insert(0, 'tests/scripts'); "
+                  "steps, argvs = sys.argv[1], json.loads(sys.argv[2]); "
+                  "sys.argv = ['sharded_steps.py', steps]; "
+                  "import sharded_steps, sharded_sampling, run_commands; "
+                  "sharded_steps.main(); sharded_sampling.main(); "
+                  "print(json.dumps(run_commands.run_commands('train.py', "
+                  "argvs)))")
+
+
+def moved_config(num_steps):
+  """TINY (tests/test_train_cli.py) as a config, for the training run of
+  test_checkpoints_move_between_device_counts in this process."""
+  from tests.tiny_configs import tiny_config
+  return tiny_config(num_steps=num_steps, log_every=1, checkpoint_every=2,
+                     sample_every=0)
 
 
 @pytest.fixture(scope="module")
-def eight_devices():
+def eight_devices(tmp_path_factory):
   """{"steps": tests/scripts/sharded_steps.py's result, "sampling":
-  tests/scripts/sharded_sampling.py's}, on 8 simulated devices."""
+  tests/scripts/sharded_sampling.py's, "moved": (workdir, train.py's
+  results)}, on 8 simulated devices. The workdir is written here, on 1
+  device (2 steps), then resumed by train.py on 8 devices with FSDP (to
+  step 4) and on 8 replicated (to step 6)."""
+  from ddpm_jax.run import train_loop
+  from tests.test_train_cli import TINY
+  wd = str(tmp_path_factory.mktemp("moved") / "run")
+  train_loop.train_and_evaluate(moved_config(2), wd)
+  common = [*TINY, "--workdir", wd, "--config.training.sample_every=0"]
+  argvs = [common + ["--config.training.num_steps=4",
+                     "--config.parallel.fsdp=True"],
+           common + ["--config.training.num_steps=6"]]
   env = dict(os.environ, XLA_FLAGS=processes.xla_flags(8),
              PYTHONPATH=PYTHONPATH, TF_CPP_MIN_LOG_LEVEL="2")
-  p = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(STEPS)],
+  p = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(STEPS),
+                      json.dumps(argvs)],
                      cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=1200)
   assert p.returncode == 0, p.stderr[-3000:]
-  steps, sampling = p.stdout.strip().splitlines()[-2:]
-  return {"steps": json.loads(steps), "sampling": json.loads(sampling)}
+  steps, sampling, moved = p.stdout.strip().splitlines()[-3:]
+  return {"steps": json.loads(steps), "sampling": json.loads(sampling),
+          "moved": (wd, json.loads(moved))}
 
 
 @pytest.fixture(scope="module")
@@ -106,26 +133,22 @@ def test_fsdp_spec_picks_the_largest_divisible_axis():
 
 
 @pytest.mark.slow
-def test_checkpoints_move_between_device_counts(tmp_path):
-  # Written by 8 devices with FSDP, resumed on 1, then on 8 again
-  # (replicated): the checkpoint restores onto whatever mesh runs.
-  from tests.test_train_cli import TINY, run
-  wd = str(tmp_path / "run")
-  eight = {"XLA_FLAGS": processes.xla_flags(8)}
-  # TINY's one-level U-Net: restoring is what is tested.
-  common = [*TINY, "--workdir", wd, "--config.training.sample_every=0"]
-  p = run("train.py", *common, "--config.training.num_steps=2",
-          "--config.parallel.fsdp=True", env=eight)
-  assert p.returncode == 0, p.stderr[-3000:]
-  p = run("train.py", *common, "--config.training.num_steps=4",
-          env={"XLA_FLAGS": processes.xla_flags(1)})
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert "at step 2" in p.stdout
-  p = run("train.py", *common, "--config.training.num_steps=6", env=eight)
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert "at step 4" in p.stdout
+def test_checkpoints_move_between_device_counts(eight_devices, capsys):
+  # Written by 1 device, resumed on 8 with FSDP, then on 8 replicated
+  # (train.py, in the 8-device process of the fixture), then on 1 again
+  # (here): the checkpoint restores onto whatever mesh runs. TINY's
+  # one-level U-Net: restoring is what is tested.
+  from ddpm_jax.run import train_loop
+  wd, (fsdp, replicated) = eight_devices["moved"]
+  assert fsdp["rc"] == 0, fsdp["stderr"][-3000:]
+  assert "at step 2" in fsdp["stdout"], fsdp["stdout"][-2000:]
+  assert replicated["rc"] == 0, replicated["stderr"][-3000:]
+  assert "at step 4" in replicated["stdout"], replicated["stdout"][-2000:]
+  capsys.readouterr()
+  train_loop.train_and_evaluate(moved_config(8), wd)
+  assert "at step 6" in capsys.readouterr().out
   assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints"))
-                ) == [2, 4, 6]
+                ) == [4, 6, 8]
 
 
 def test_cpu_device_count_is_a_power_of_two_per_core():
