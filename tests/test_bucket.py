@@ -363,11 +363,11 @@ def test_the_documented_pod_command_preempted_and_resumed_in_the_bucket(
   # call, on local digits). Resumed, the job ends exactly where the same
   # command run uninterrupted ends.
   import re
-  import signal
   import subprocess
   import sys
   from ddpm_jax import paths
   from tests.test_multihost import (assert_same_state, env, finish,
+                                    signal_once_training, watch,
                                     free_port, saved_state)
   from tests.tfds_fakes import prepare_cifar10_stand_in
 
@@ -410,11 +410,12 @@ def test_the_documented_pod_command_preempted_and_resumed_in_the_bucket(
 
   pre = f"gs://{BUCKET}/cifar10"
   procs = start(pre, 100000)
+  outputs = watch(procs)
   try:
-    wait_then_signal(procs, lambda: paths.exists(f"{pre}/config.json"),
-                     signal.SIGTERM, target=1, settle=5)
+    # Once the first call's steps are logged: both hosts are training.
+    signal_once_training(procs, outputs, "step 3: loss")
   finally:
-    outs = finish(procs)
+    outs = finish(procs, outputs=outputs)
   said = re.findall(r"preemption: saved the checkpoint of step (\d+)",
                     outs[0])
   assert said, outs[0][-2000:]

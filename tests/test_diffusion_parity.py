@@ -8,7 +8,7 @@ import pytest
 
 from ddpm_jax import diffusion, schedules
 from tests.reference_models import (assert_close, assert_close_to_terms,
-                                    make_torch_model, nchw,
+                                    make_torch_model,
                                     nhwc, toy_apply_jax, toy_weights)
 from tests.test_schedules import lucidrains_diffusion
 

@@ -62,11 +62,18 @@ def start_job(workdir, *args):
   ]
 
 
-def finish(procs, timeout=600):
+def finish(procs, timeout=600, outputs=None):
+  """Waits for the job's processes; their stdout + stderr, once each has
+  exited 0. ``outputs``: the processes' :class:`processes.Output`, where a
+  test reads their lines while they run (:func:`watch`)."""
   outs = []
   try:
-    for p in procs:
-      out, err = p.communicate(timeout=timeout)
+    for i, p in enumerate(procs):
+      if outputs is None:
+        out, err = p.communicate(timeout=timeout)
+      else:
+        p.wait(timeout=timeout)
+        out, err = outputs[i].finish()
       outs.append(out + err)
   finally:
     for p in procs:
@@ -75,6 +82,20 @@ def finish(procs, timeout=600):
   for p, o in zip(procs, outs):
     assert p.returncode == 0, o[-3000:]
   return outs
+
+
+def watch(procs):
+  """A :class:`processes.Output` per process of a job, collecting its lines
+  while it runs."""
+  return [processes.Output(p) for p in procs]
+
+
+def signal_once_training(procs, outputs, line):
+  """SIGTERM to the job's second host once process 0 has printed ``line``
+  (a step's log line: the hosts are inside the training loop, past every
+  start-up step), rather than at a time guessed after the start."""
+  wait_then_signal(procs, lambda: outputs[0].has(line), signal.SIGTERM,
+                   target=1)
 
 
 def single_process(workdir, *args):
@@ -120,12 +141,11 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
   procs = start_job(pre, "--config.training.num_steps=100000",
                     "--config.training.checkpoint_every=100000",
                     "--config.training.sample_every=0")
+  outputs = watch(procs)
   try:
-    wait_then_signal(
-        procs, lambda: os.path.exists(os.path.join(pre, "config.json")),
-        signal.SIGTERM, target=1, settle=5)
+    signal_once_training(procs, outputs, "step 1: loss")
   finally:
-    outs = finish(procs)
+    outs = finish(procs, outputs=outputs)
   said = re.findall(r"preemption: saved the checkpoint of step (\d+)",
                     outs[0])
   assert said, outs[0][-2000:]  # process 0 reports it

@@ -9,7 +9,7 @@ import pytest
 
 from ddpm_jax import diffusion, likelihood, losses, schedules
 from tests.reference_models import (assert_close, assert_close_to_terms,
-                                    make_torch_model, nchw, nhwc,
+                                    make_torch_model, nhwc,
                                     toy_apply_jax, toy_weights)
 
 T = 1000

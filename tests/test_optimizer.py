@@ -2,7 +2,6 @@
 without a reference library: global-norm clipping, the warmup's learning
 rates, and the posterior mean coefficients of eq. 7."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -10,7 +10,7 @@ import pytest
 
 from ddpm_jax import diffusion, losses, schedules, self_conditioning
 from ddpm_jax.samplers.ancestral import sample_with_noise
-from tests.reference_models import (assert_close, make_torch_model, nchw,
+from tests.reference_models import (assert_close, make_torch_model,
                                     nhwc, toy_apply_jax, toy_weights)
 
 
