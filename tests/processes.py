@@ -58,17 +58,18 @@ def run_in_one_process(entry, argvs, cwd=ROOT, timeout=900):
 
 
 def run_entries_in_one_process(groups, cwd=ROOT, timeout=900,
-                               default_level=False):
+                               default_level=False, env=None):
   """:func:`run_in_one_process` for several entry points in turn:
   ``groups`` is a list of (ENTRY, argvs); returns a list of results per
   group. ``default_level``: compiled at XLA's default level (without
   :data:`OPT_FLAG`), for commands whose running outweighs their compiling
-  (the documented commands' 1000-step samplers)."""
+  (the documented commands' 1000-step samplers). ``env``: the process's
+  environment, if not this one's."""
   cmd = [sys.executable, str(ROOT / "tests" / "scripts" / "run_commands.py"),
          "--entries"]
   pairs = [("-m " + entry if entry.startswith("ddpm_jax") else entry,
             list(argvs)) for entry, argvs in groups]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   if default_level:
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(OPT_FLAG, "").strip()
   p = subprocess.run(cmd, input=json.dumps(pairs), cwd=cwd, env=env,

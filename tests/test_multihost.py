@@ -98,13 +98,6 @@ def signal_once_training(procs, outputs, line):
                    target=1)
 
 
-def single_process(workdir, *args):
-  p = subprocess.run([sys.executable, "train.py", *TINY, *args, "--workdir",
-                      workdir], cwd=ROOT, env=env(4), capture_output=True,
-                     text=True, timeout=600)
-  assert p.returncode == 0, p.stderr[-3000:]
-
-
 def saved_state(workdir, step):
   return flat(read_state(os.path.join(workdir, "checkpoints", str(step),
                                       "state")))
@@ -175,19 +168,22 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
                    f"--config.training.eval_every={total}",
                    "--config.training.eval_examples=10",
                    "--config.training.eval_batch_size=6"))
-  single_process(ref, f"--config.training.num_steps={total}",
-                 "--config.training.checkpoint_every=2")
+  # The 1-host run and the evaluation below: one 4-device process.
+  [[trained], [evaluated]] = processes.run_entries_in_one_process([
+      ("train.py", [[*TINY, f"--config.training.num_steps={total}",
+                     "--config.training.checkpoint_every=2", "--workdir",
+                     ref]]),
+      ("evaluate.py", [["--workdir", job, "--num=10", "--batch_size=6"]])],
+      env=env(4))
+  assert trained.returncode == 0, trained.stderr[-3000:]
   assert_same_state(saved_state(ref, total), saved_state(job, total),
                     rel=2e-4)
   assert_same_losses(ref, job)
   # The same EMA params evaluated by one process: the bound agrees.
   from tests.test_train_cli import read_scalars
   logged = read_scalars(os.path.join(job, "tensorboard"))
-  p = subprocess.run([sys.executable, "evaluate.py", "--workdir", job,
-                      "--num=10", "--batch_size=6"], cwd=ROOT, env=env(4),
-                     capture_output=True, text=True, timeout=600)
-  assert p.returncode == 0, p.stderr[-3000:]
-  alone = json.loads(p.stdout.strip().splitlines()[-1])
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  alone = json.loads(evaluated.stdout.strip().splitlines()[-1])
   assert alone["num_examples"] == 10
   assert logged["eval/num_examples"][total] == 10
   for part in ("total", "prior", "decoder", "kl"):
