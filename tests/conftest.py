@@ -94,16 +94,15 @@ def torch():
 # (tests/scripts/suite_profile.py, docs/testing.md); the files not listed
 # follow in collection order.
 _LONG_FILES = ("test_conv", "test_unet",
-               "test_guidance_quality", "test_bucket", "test_parallel",
-               "test_docs_run", "test_train_cli", "test_objectives",
-               "test_multihost", "test_benchmarks", "test_inception",
-               "test_classifier_guidance", "test_microbatch",
-               "test_interop_diffusers", "test_quality_parity",
-               "test_precision", "test_golden", "test_guidance",
-               "test_steps_per_call", "test_kill_resume",
-               "test_storage_faults", "test_checkpoint_checks",
-               "test_digits_classifier", "test_faults",
-               "test_self_conditioning", "test_digits_score",
+               "test_bucket", "test_guidance_quality", "test_parallel",
+               "test_objectives", "test_multihost", "test_train_cli",
+               "test_docs_run", "test_benchmarks", "test_inception",
+               "test_classifier_guidance", "test_precision",
+               "test_kill_resume", "test_steps_per_call", "test_golden",
+               "test_microbatch", "test_guidance", "test_interop_diffusers",
+               "test_quality_parity", "test_checkpoint_checks",
+               "test_storage_faults", "test_digits_classifier",
+               "test_faults", "test_self_conditioning", "test_digits_score",
                "test_docs_commands", "test_sampler")
 
 
