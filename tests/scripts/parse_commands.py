@@ -12,11 +12,10 @@ config fails validate_config."""
 
 import json
 import os
-import runpy
 import sys
 
 from absl import flags
-from run_commands import drop_entry_flags  # this folder, on sys.path
+from run_commands import drop_entry_flags, load  # this folder, on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -27,20 +26,15 @@ def parse_errors(script, argvs):
   from ddpm_jax import validation  # pylint: disable=g-import-not-at-top
   values = flags.FLAGS
   before = set(values)
-  if script.startswith("-m "):
-    script = script[3:]
-    sys.argv = [script]
-    runpy.run_module(script, run_name="documented_command")
-  else:
-    sys.argv = [script]
-    runpy.run_path(os.path.join(ROOT, script),
-                   run_name="documented_command")
+  name = script[3:] if script.startswith("-m ") else script
+  sys.argv = [name]
+  load(script)
   loaded = set(values)
   errors = []
   for argv in argvs:
-    line = " ".join([script] + argv)
+    line = " ".join([name] + argv)
     # ml_collections reads --config.* overrides from sys.argv.
-    sys.argv = [script] + argv
+    sys.argv = [name] + argv
     values.unparse_flags()
     for flag in [n for n in values if "." in n and n not in loaded]:
       delattr(values, flag)
