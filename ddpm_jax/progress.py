@@ -5,6 +5,7 @@ silent in library use."""
 
 from __future__ import annotations
 
+import sys
 from typing import Iterable, Optional
 
 import jax
@@ -25,3 +26,11 @@ def bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None,
   return tqdm(iterable, total=total, desc=desc, unit=unit,
               disable=not _ENABLED[0] or jax.process_index() != 0,
               dynamic_ncols=True)
+
+
+def log_line(progress: tqdm, text: str) -> None:
+  """``text`` as a line of stdout above the bar ``progress``, flushed at
+  once: a log read through a pipe (a pod's log collector, ``| tee``) shows
+  each line when it happens, not when a buffer of them fills."""
+  progress.write(text)
+  sys.stdout.flush()

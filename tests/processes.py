@@ -69,7 +69,8 @@ def run_entries_in_one_process(groups, cwd=ROOT, timeout=900,
          "--entries"]
   pairs = [("-m " + entry if entry.startswith("ddpm_jax") else entry,
             list(argvs)) for entry, argvs in groups]
-  env = dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(env if env is not None else os.environ,
+             TF_CPP_MIN_LOG_LEVEL="2")
   if default_level:
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(OPT_FLAG, "").strip()
   p = subprocess.run(cmd, input=json.dumps(pairs), cwd=cwd, env=env,
@@ -127,14 +128,23 @@ class Output:
     return "".join(self._parts["stdout"]), "".join(self._parts["stderr"])
 
 
+def unbuffered_off(env):
+  """``env`` without PYTHONUNBUFFERED (a developer's shell may set it)."""
+  env.pop("PYTHONUNBUFFERED", None)
+  return env
+
+
 def run_until_signalled(args, ready, signum, env=None, timeout=300):
   """Starts ``python ARGS`` in the repository, sends ``signum`` once
   ``ready(output)`` holds (output: an :class:`Output` of the process) and
   waits for it to end: (return code, stdout, stderr). The process is
-  killed if the test fails first."""
+  killed if the test fails first. Its stdout is a pipe without
+  PYTHONUNBUFFERED, as a log collector reads a job: ``ready`` sees a line
+  only once the process flushes it."""
   proc = subprocess.Popen(
       [sys.executable, *args], cwd=ROOT,
-      env=dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+      env=unbuffered_off(dict(env if env is not None else os.environ,
+                              TF_CPP_MIN_LOG_LEVEL="2")),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   output = Output(proc)
   try:

@@ -47,16 +47,16 @@ def eight_devices(tmp_path_factory):
   """{"steps": tests/scripts/sharded_steps.py's result, "sampling":
   tests/scripts/sharded_sampling.py's, "moved": (workdir, train.py's
   results)}, on 8 simulated devices. The workdir is written here, on 1
-  device (2 steps), then resumed by train.py on 8 devices with FSDP (to
-  step 4) and on 8 replicated (to step 6)."""
+  device (2 steps), then resumed by train.py on 8 devices replicated (to
+  step 4) and on 8 with FSDP (to step 6)."""
   from ddpm_jax.run import train_loop
   from tests.test_train_cli import TINY
   wd = str(tmp_path_factory.mktemp("moved") / "run")
   train_loop.train_and_evaluate(moved_config(2), wd)
   common = [*TINY, "--workdir", wd, "--config.training.sample_every=0"]
-  argvs = [common + ["--config.training.num_steps=4",
-                     "--config.parallel.fsdp=True"],
-           common + ["--config.training.num_steps=6"]]
+  argvs = [common + ["--config.training.num_steps=4"],
+           common + ["--config.training.num_steps=6",
+                     "--config.parallel.fsdp=True"]]
   env = dict(os.environ, XLA_FLAGS=processes.xla_flags(8),
              PYTHONPATH=PYTHONPATH, TF_CPP_MIN_LOG_LEVEL="2")
   p = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, str(STEPS),
@@ -134,16 +134,16 @@ def test_fsdp_spec_picks_the_largest_divisible_axis():
 
 @pytest.mark.slow
 def test_checkpoints_move_between_device_counts(eight_devices, capsys):
-  # Written by 1 device, resumed on 8 with FSDP, then on 8 replicated
+  # Written by 1 device, resumed on 8 replicated, then on 8 with FSDP
   # (train.py, in the 8-device process of the fixture), then on 1 again
-  # (here): the checkpoint restores onto whatever mesh runs. TINY's
-  # one-level U-Net: restoring is what is tested.
+  # (here): the checkpoint restores onto whatever mesh runs, split or not.
+  # TINY's one-level U-Net: restoring is what is tested.
   from ddpm_jax.run import train_loop
-  wd, (fsdp, replicated) = eight_devices["moved"]
-  assert fsdp["rc"] == 0, fsdp["stderr"][-3000:]
-  assert "at step 2" in fsdp["stdout"], fsdp["stdout"][-2000:]
+  wd, (replicated, fsdp) = eight_devices["moved"]
   assert replicated["rc"] == 0, replicated["stderr"][-3000:]
-  assert "at step 4" in replicated["stdout"], replicated["stdout"][-2000:]
+  assert "at step 2" in replicated["stdout"], replicated["stdout"][-2000:]
+  assert fsdp["rc"] == 0, fsdp["stderr"][-3000:]
+  assert "at step 4" in fsdp["stdout"], fsdp["stdout"][-2000:]
   capsys.readouterr()
   train_loop.train_and_evaluate(moved_config(8), wd)
   assert "at step 6" in capsys.readouterr().out

@@ -311,6 +311,9 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path):
   steps = os.listdir(os.path.join(wd, "checkpoints"))
   assert len(steps) == 1 and int(steps[0]) > 0, steps
   assert int(steps[0]) % 4 == 0, steps  # between calls of 4 steps
+  # Soon after step 4's log line: train.py flushes each log line (through
+  # a block buffer it would show up about 100 lines, 400 steps, late).
+  assert int(steps[0]) <= 100, steps
   assert f"SIGTERM: saved the checkpoint of step {steps[0]}" in out + err
   # The same workdir with another model: one line naming the array and the
   # fix, before any read starts (no stray traceback at exit); the

@@ -91,6 +91,6 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str
         params, opt_state, schedule, jax.tree_util.tree_map(jnp.asarray, batch),
         jax.random.fold_in(key, step), classifier=classifier, tx=tx)
     if (step + 1) % config.training.log_every == 0:
-      bar.write(f"step {step + 1}: loss {float(loss):.4f}")
+      progress.log_line(bar, f"step {step + 1}: loss {float(loss):.4f}")
   checkpoints.save_classifier(workdir, config, params)
   return held_out_accuracy(config, classifier, params, schedule)

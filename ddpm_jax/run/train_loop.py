@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ddpm_jax import (checkpoint_saves, checkpoints, data, images, parallel,
-                      paths)
+                      paths, progress)
 from ddpm_jax.evaluators import common as evaluators_common
 from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
                                   make_optimizer, make_schedule)
@@ -204,9 +204,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         if stop.requested:
           if step == start:  # during start-up: no step has run
             if lead:
-              bar.write(f"{stop.requested}: stopped before the first step; "
-                        f"nothing new to save; run the same command to "
-                        f"continue")
+              progress.log_line(
+                  bar, f"{stop.requested}: stopped before the first step; "
+                  f"nothing new to save; run the same command to continue")
             break
           if pending is not None:
             check_finite(*pending)
@@ -214,9 +214,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
             save(step)
           saves.check(wait=True)
           if lead:
-            bar.write(f"{stop.requested}: saved the checkpoint of step "
-                      f"{step} and stopped; run the same command to "
-                      f"continue")
+            progress.log_line(
+                bar, f"{stop.requested}: saved the checkpoint of step "
+                f"{step} and stopped; run the same command to continue")
           break
         n = chunk(step)
         taken = [next(batches) for _ in range(n)]
@@ -257,10 +257,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
               writer.flush()
               flushed = time.time()
           if lead:  # one line per log_every steps on stdout, beside the bar
-            bar.write(f"step {done}: loss {m['loss']:.5f} grad_norm "
-                      f"{m['grad_norm']:.4f} lr {m['learning_rate']:.3g} "
-                      f"steps/s {m['steps_per_s']:.2f} img/s "
-                      f"{m['img_per_s']:.1f}")
+            progress.log_line(
+                bar, f"step {done}: loss {m['loss']:.5f} grad_norm "
+                f"{m['grad_norm']:.4f} lr {m['learning_rate']:.3g} "
+                f"steps/s {m['steps_per_s']:.2f} img/s "
+                f"{m['img_per_s']:.1f}")
         bar.update(n)
         step = done
         if done % config.training.checkpoint_every == 0 or done == total:
@@ -269,13 +270,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         for every, evaluator in evaluators:
           if evaluators_common.due(every, done, total):
             if lead:
-              bar.write(f"step {done}: {evaluator.title} ...")
+              progress.log_line(bar, f"step {done}: {evaluator.title} ...")
             results = dict(evaluator.run(state.ema_params, done))
             if writer is not None:
               for key, v in results.items():
                 writer.add_scalar(f"eval/{key}", v, done)
             if lead:
-              bar.write(f"step {done}: {evaluator.summary(results)}")
+              progress.log_line(bar,
+                                f"step {done}: {evaluator.summary(results)}")
     finally:
       bar.close()
       failing = sys.exc_info()[1]
