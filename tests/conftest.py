@@ -37,8 +37,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS",
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=1"
                              ).strip()
-# Programs compiled at LLVM level 1 (tests/processes.py: OPT_FLAG), here and
-# in every process the tests start, unless XLA_FLAGS already picks a level.
+# Programs compiled at XLA's CPU level 0 (tests/processes.py: OPT_FLAG),
+# here and in every process the tests start, unless XLA_FLAGS already picks
+# a level.
 from tests import processes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:

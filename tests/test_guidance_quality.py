@@ -30,8 +30,9 @@ def short_config(num_classes):
   config.training.log_every = STEPS
   config.optim.warmup_steps = 50
   # Batches of 32, not the config's 64: half the training time, judged
-  # 0.74 (classifier-free) and 0.82 (classifier) against the bound 0.5;
-  # 200 steps of 64 judged 0.38-0.48 (docs/testing.md).
+  # 0.74 (classifier-free) and 0.82 (classifier) against the bound 0.5
+  # (one run each); 200 steps of 64 judged 0.38, and 0.48 at twice the
+  # learning rate (docs/testing.md).
   config.training.batch_size = 32
   # The end-of-training grid: one image (the judge samples its own).
   config.sampling.num_samples = 1
