@@ -121,10 +121,13 @@ class Output:
     return any(text in line for lines in self._parts.values()
                for line in list(lines))
 
-  def finish(self):
-    """(stdout, stderr) once the process has closed both."""
+  def finish(self, timeout=60):
+    """(stdout, stderr) once the process has closed both (called after it
+    exited: a pipe still open ``timeout`` seconds later is held by a
+    process it left behind, which fails the test instead of hanging it)."""
     for t in self._threads:
-      t.join()
+      t.join(timeout)
+      assert not t.is_alive(), "a process left behind holds the output pipe"
     return "".join(self._parts["stdout"]), "".join(self._parts["stderr"])
 
 

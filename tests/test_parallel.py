@@ -64,9 +64,13 @@ def eight_devices(tmp_path_factory):
                      cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=1200)
   assert p.returncode == 0, p.stderr[-3000:]
-  steps, sampling, moved = p.stdout.strip().splitlines()[-3:]
-  return {"steps": json.loads(steps), "sampling": json.loads(sampling),
-          "moved": (wd, json.loads(moved))}
+  # The three JSON lines, told apart by what they hold (not by position).
+  printed = [json.loads(line) for line in p.stdout.splitlines()
+             if line.startswith(("{", "["))]
+  (steps,) = [x for x in printed if isinstance(x, dict) and "adam_dp8" in x]
+  (sampling,) = [x for x in printed if isinstance(x, dict) and "devices" in x]
+  (moved,) = [x for x in printed if isinstance(x, list)]
+  return {"steps": steps, "sampling": sampling, "moved": (wd, moved)}
 
 
 @pytest.fixture(scope="module")
