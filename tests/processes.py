@@ -21,8 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # outcome, the Inception network, the documented commands' 1000-step
 # samplers) run at the default level, in a process of their own
 # (call_at_default_level, run_entries_in_one_process's default_level).
-# tests/conftest.py adds this to
-# XLA_FLAGS; docs/testing.md has the measurements.
+# tests/conftest.py adds this to XLA_FLAGS; docs/testing.md has the
+# measurements.
 OPT_FLAG = "--xla_backend_optimization_level=0"
 
 
@@ -86,16 +86,13 @@ def run_entries_in_one_process(groups, cwd=ROOT, timeout=900,
   return out
 
 
-def wait_then_signal(procs, ready, signum, target=-1, settle=0.0,
-                     timeout=300):
+def wait_then_signal(procs, ready, signum, target=-1, timeout=300):
   """Waits until ``ready()`` while every one of ``procs`` still runs (at
-  most ``timeout`` seconds), waits ``settle`` seconds more, then sends
-  ``signum`` to ``procs[target]``."""
+  most ``timeout`` seconds), then sends ``signum`` to ``procs[target]``."""
   deadline = time.time() + timeout
   while not ready():
     assert all(p.poll() is None for p in procs) and time.time() < deadline
     time.sleep(0.5)
-  time.sleep(settle)
   procs[target].send_signal(signum)
 
 

@@ -35,7 +35,7 @@ _EIGHT_DEVICES = ("import json, sys; sys.path.insert(0, 'tests/scripts'); "
 
 
 def moved_config(num_steps):
-  """TINY (tests/test_train_cli.py) as a config, for the training run of
+  """TINY_ARGS (tests/tiny_configs.py) as a config, for the training run of
   test_checkpoints_move_between_device_counts in this process."""
   from tests.tiny_configs import tiny_config
   return tiny_config(num_steps=num_steps, log_every=1, checkpoint_every=2,
@@ -50,10 +50,10 @@ def eight_devices(tmp_path_factory):
   device (2 steps), then resumed by train.py on 8 devices replicated (to
   step 4) and on 8 with FSDP (to step 6)."""
   from ddpm_jax.run import train_loop
-  from tests.test_train_cli import TINY
+  from tests.tiny_configs import TINY_ARGS
   wd = str(tmp_path_factory.mktemp("moved") / "run")
   train_loop.train_and_evaluate(moved_config(2), wd)
-  common = [*TINY, "--workdir", wd, "--config.training.sample_every=0"]
+  common = [*TINY_ARGS, "--workdir", wd, "--config.training.sample_every=0"]
   argvs = [common + ["--config.training.num_steps=4"],
            common + ["--config.training.num_steps=6",
                      "--config.parallel.fsdp=True"]]
