@@ -19,7 +19,11 @@ Prints a table per test file, longest first:
   every program; the entries the whole run added are counted above the
   table);
 - compile s: the seconds those compiles took;
-- hits: programs read back from the persistent cache instead.
+- hits: programs read back from the persistent cache instead;
+- cpu s: CPU seconds (user and system) of the worker and of the processes
+  it started and waited for while the file's tests ran. The suite's two
+  workers keep both cores busy, so this, not wall, is what a file costs
+  the run.
 
 Compiles outside any test (at collection) go in a row named '?'. While
 profiling, tests/site/sitecustomize.py shadows any other sitecustomize
@@ -31,6 +35,7 @@ import collections
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -87,7 +92,14 @@ def register_listeners(current_test):
 # -- pytest plugin (tests/conftest.py loads it when $DDPM_JAX_SUITE_PROFILE
 # is set); every process's listeners come from tests/site/sitecustomize.py
 
-_RUN_HERE = set()  # the tests this process runs (not an xdist controller)
+_RUN_HERE = {}  # test -> CPU seconds at its start, for this process's tests
+
+
+def _cpu_secs():
+  """User and system seconds of this process and its waited-for children."""
+  return sum(u.ru_utime + u.ru_stime for u in (
+      resource.getrusage(resource.RUSAGE_SELF),
+      resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def pytest_runtest_protocol(item, nextitem):
@@ -95,7 +107,7 @@ def pytest_runtest_protocol(item, nextitem):
   del nextitem
   if not os.environ.get(LOG_ENV):
     return None
-  _RUN_HERE.add(item.nodeid)
+  _RUN_HERE[item.nodeid] = _cpu_secs()
   os.environ[TEST_ENV] = item.nodeid
   _append({"kind": "start", "test": item.nodeid, "t": time.time()})
   return None
@@ -105,7 +117,8 @@ def pytest_runtest_logfinish(nodeid, location):
   """Records the end of a test this process ran."""
   del location
   if os.environ.get(LOG_ENV) and nodeid in _RUN_HERE:
-    _append({"kind": "end", "test": nodeid, "t": time.time()})
+    _append({"kind": "end", "test": nodeid, "t": time.time(),
+             "cpu": _cpu_secs() - _RUN_HERE[nodeid]})
 
 
 # -- the command -------------------------------------------------------------
@@ -125,7 +138,7 @@ def summarize(records):
   seconds, persistent-cache hits."""
   rows = collections.defaultdict(lambda: {
       "start": None, "end": None, "tests": 0, "compiled": 0, "cached": 0,
-      "compile_s": 0.0, "hits": 0})
+      "compile_s": 0.0, "hits": 0, "cpu": 0.0})
   for r in records:
     row = rows[_file(r["test"])]
     if r["kind"] == "start":
@@ -133,6 +146,7 @@ def summarize(records):
       row["start"] = min(row["start"] or r["t"], r["t"])
     elif r["kind"] == "end":
       row["end"] = max(row["end"] or r["t"], r["t"])
+      row["cpu"] += r.get("cpu", 0.0)
     elif r["hit"]:
       row["hits"] += 1
     else:
@@ -147,17 +161,17 @@ def summarize(records):
 
 def table(rows):
   """The per-file rows as a Markdown table, longest first, with totals."""
-  lines = ["| file | tests | wall s | compiled (>= 0.5 s) | compile s | hits |",
-           "|---|---:|---:|---:|---:|---:|"]
+  lines = ["| file | tests | wall s | cpu s | compiled (>= 0.5 s) | "
+           "compile s | hits |", "|---|---:|---:|---:|---:|---:|---:|"]
   order = sorted(rows, key=lambda f: -rows[f]["wall"])
   for f in order:
     r = rows[f]
-    lines.append(f"| {f} | {r['tests']} | {r['wall']:.0f} | "
+    lines.append(f"| {f} | {r['tests']} | {r['wall']:.0f} | {r['cpu']:.0f} | "
                  f"{r['compiled']} ({r['cached']}) | {r['compile_s']:.0f} | "
                  f"{r['hits']} |")
   tot = {k: sum(r[k] for r in rows.values())
-         for k in ("tests", "compiled", "cached", "compile_s", "hits")}
-  lines.append(f"| all | {tot['tests']} | | {tot['compiled']} "
+         for k in ("tests", "compiled", "cached", "compile_s", "hits", "cpu")}
+  lines.append(f"| all | {tot['tests']} | | {tot['cpu']:.0f} | {tot['compiled']} "
                f"({tot['cached']}) | {tot['compile_s']:.0f} | {tot['hits']} |")
   return "\n".join(lines)
 
