@@ -153,6 +153,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.training.checkpoint_every = 10_000
   config.training.sample_every = 50_000  # 0: only at the end
   config.training.max_to_keep = 3
+  # The longest a checkpoint save, or another write to the workdir, may
+  # take: one still unfinished after this many seconds (a bucket that
+  # stopped answering, which the storage clients retry for many minutes)
+  # ends the run with one line; 0: no limit.
+  config.training.storage_timeout_s = 600.0
   # A non-finite loss or gradient stops the run (False) or skips the update.
   config.training.skip_nonfinite = False
   # Train steps per jitted call (a lax.fori_loop over that many batches):

@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from ddpm_jax import checkpoints, paths
+from ddpm_jax import checkpoints, paths, write_deadlines
 
 # A save's outcome, as each process sees it.
 PENDING, DONE, FAILED = 0, 1, 2
@@ -108,10 +108,14 @@ def _root_cause(errors: List[BaseException]) -> str:
 
 
 class Saves:
-  """The checkpoint saves of a training run on ``manager``."""
+  """The checkpoint saves of a training run on ``manager``; with
+  ``deadlines`` (:class:`ddpm_jax.write_deadlines.Deadlines`), a save not
+  confirmed within their time limit ends the process with one line."""
 
-  def __init__(self, manager: ocp.CheckpointManager):
+  def __init__(self, manager: ocp.CheckpointManager,
+               deadlines: Optional[write_deadlines.Deadlines] = None):
     self._manager = manager
+    self._deadlines = deadlines or write_deadlines.Deadlines(0)
     self._pending: Optional[int] = None
     self._failed: Optional[int] = None  # the step of a failed save
     self._errors = _OrbaxErrors()
@@ -126,9 +130,23 @@ class Saves:
     :class:`ddpm_jax.checkpoints.NonFiniteStateError` for a state with a
     NaN or an infinity (nothing saved)."""
     self.check(wait=True)
+    where = paths.join(str(self._manager.directory), str(step))
+    last = self._manager.latest_step()
+    limit = self._deadlines.timeout_s
+
+    def late():
+      return (f"checkpoint {step} could not be written to {where} within "
+              f"{limit:.0f} s (the storage did not answer; "
+              f"--config.training.storage_timeout_s); training stopped, the "
+              f"last checkpoint is "
+              f"{'step ' + str(last) if last is not None else 'none'}: fix "
+              f"the storage, then run the same command to continue")
+
+    self._deadlines.arm(("checkpoint", step), late)
     try:
       checkpoints.save(self._manager, step, state, data_position)
     except checkpoints.NonFiniteStateError:
+      self._deadlines.disarm(("checkpoint", step))
       raise
     except Exception as e:  # pylint: disable=broad-except
       self._errors.take()
@@ -152,6 +170,7 @@ class Saves:
     if outcome == PENDING:
       return
     self._pending = None
+    self._deadlines.disarm(("checkpoint", step))
     if outcome == FAILED:
       self._fail(step, self._errors.take())
 
@@ -217,12 +236,14 @@ class Saves:
             f"({paths.cause(error) if error else 'it kept reappearing'})")
 
   def _fail(self, step: int, errors: List[BaseException]) -> None:
+    # The save's deadline stays armed while its partial folder goes.
     self._failed = step
     left = self._remove_partial(step)
     try:
       self._manager.reload()
     except Exception:  # pylint: disable=broad-except
       pass
+    self._deadlines.disarm(("checkpoint", step))
     where = paths.join(str(self._manager.directory), str(step))
     raise SaveError(f"checkpoint {step} could not be written to {where} "
                     f"({_root_cause(errors)}){left}")
@@ -231,6 +252,19 @@ class Saves:
     """Confirms the last save (:class:`SaveError` if it failed) and closes
     the manager. After a failure Orbax's remaining error logs stay
     silenced: its other writes of the failed save end in errors too."""
+    directory = str(self._manager.directory)
+    limit = self._deadlines.timeout_s
+    self._deadlines.arm("close", lambda: (
+        f"the checkpoints in {directory} could not be closed within "
+        f"{limit:.0f} s (the storage did not answer; "
+        f"--config.training.storage_timeout_s): fix the storage, then run "
+        f"the same command to continue"))
+    try:
+      self._close()
+    finally:
+      self._deadlines.disarm("close")
+
+  def _close(self) -> None:
     try:
       if self._failed is None:
         self.check(wait=True)

@@ -11,9 +11,11 @@ TensorStore's OCDBT checkpoints ("Malformed StorageGeneration").
 
 import contextlib
 import json
+import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from typing import Dict, Iterator
 
@@ -53,6 +55,38 @@ def create_bucket(url: str, bucket: str) -> None:
     assert response.status == 200, response.status
 
 
+# The running servers' processes, by URL.
+_RUNNING: Dict[str, subprocess.Popen] = {}
+
+
+def freeze(url: str) -> None:
+  """Stops the server at ``url`` from answering (SIGSTOP): connections are
+  still accepted, requests hang, as in an outage."""
+  _RUNNING[url].send_signal(signal.SIGSTOP)
+
+
+def thaw(url: str) -> None:
+  """Lets the server at ``url`` answer again (SIGCONT)."""
+  _RUNNING[url].send_signal(signal.SIGCONT)
+
+
+def list_objects(url: str, bucket: str, prefix: str) -> Dict[str, str]:
+  """{name: crc32c} of the objects under ``prefix``, straight from the
+  server's JSON API (no client library)."""
+  found, token = {}, ""
+  while True:
+    query = f"prefix={urllib.parse.quote(prefix)}" + (
+        f"&pageToken={token}" if token else "")
+    with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}/o?{query}",
+                                timeout=10) as response:
+      page = json.load(response)
+    found.update({o["name"]: o.get("crc32c", "") for o in page.get("items",
+                                                                   [])})
+    token = page.get("nextPageToken", "")
+    if not token:
+      return found
+
+
 @contextlib.contextmanager
 def emulator(url: str, bucket: str) -> Iterator[str]:
   """Starts the server at ``url`` (from :func:`reserve_url`) with
@@ -74,8 +108,11 @@ def emulator(url: str, bucket: str) -> Iterator[str]:
           raise RuntimeError("fake-gcs-server did not start") from None
         time.sleep(0.1)
     create_bucket(url, bucket)
+    _RUNNING[url] = proc
     yield url
   finally:
+    _RUNNING.pop(url, None)
+    proc.send_signal(signal.SIGCONT)  # a frozen server cannot terminate
     proc.terminate()
     try:
       proc.wait(timeout=10)

@@ -452,3 +452,59 @@ def test_a_workdir_lock_in_the_bucket_is_taken_once(gcs):
   assert not paths.exists(f"{wd}/{workdir_lock.LOCK_FILE}")
   workdir_lock.acquire(wd).release()
   assert not _local_leftovers()
+
+
+@pytest.mark.slow
+def test_a_bucket_that_stops_answering_ends_the_run_in_one_line():
+  """An outage that fails no request: the server hangs (SIGSTOP) after a
+  few checkpoints. The storage clients would retry for many minutes with
+  training blocked at the next save; the run ends once its pending save
+  outlives training.storage_timeout_s, with one line, and the checkpoints
+  written before the outage are left as they were. Its own server, so
+  that the module's stays up."""
+  import subprocess
+  import sys
+  from tests import processes
+  url = gcs_emulator.reserve_url()
+  timeout_s = 10
+  with gcs_emulator.emulator(url, BUCKET):
+    env = processes.unbuffered_off(dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+        **gcs_emulator.client_env(url)))
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *TINY, "--workdir", f"gs://{BUCKET}/out",
+         "--config.training.num_steps=100000",
+         "--config.training.sample_every=0",
+         f"--config.training.storage_timeout_s={timeout_s}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    output = processes.Output(proc)
+    prefix = "out/checkpoints/"
+    try:
+      # Checkpoints 2 and 4 committed (the step folder's commit marker).
+      deadline = time.time() + 300
+      while True:
+        assert proc.poll() is None and time.time() < deadline, proc.poll()
+        before = gcs_emulator.list_objects(url, BUCKET, prefix)
+        if output.has("step 6:") and f"{prefix}4/commit_success.txt" in before:
+          break
+        time.sleep(0.5)
+      gcs_emulator.freeze(url)
+      frozen = time.time()
+      proc.wait(timeout=timeout_s + 120)
+      took = time.time() - frozen
+      gcs_emulator.thaw(url)
+      out, err = output.finish()
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    line = error_line(p)
+    assert p.returncode == 1, err[-2000:]
+    assert f"within {timeout_s} s (the storage did not answer" in line, line
+    assert "run the same command to continue" in line, line
+    assert took < timeout_s + 60, took  # not the clients' minutes of retries
+    after = gcs_emulator.list_objects(url, BUCKET, prefix)
+    committed = {n: c for n, c in before.items()
+                 if n.split("/")[2] in ("2", "4")}
+    assert committed and {n: after.get(n) for n in committed} == committed

@@ -175,3 +175,30 @@ def test_the_memory_check_can_be_skipped():
     sampling.check_batch_memory(tiny_config(), 10**9, memory_check=True)
   sampling.check_batch_memory(tiny_config(), 10**9, memory_check=False)
   sampling.check_batch_memory(tiny_config(), 64, memory_check=True)
+
+
+def test_a_write_past_its_deadline_ends_with_its_line():
+  import threading
+  import time
+  from ddpm_jax import write_deadlines
+  fired, done = [], threading.Event()
+
+  def expire(line):
+    fired.append(line)
+    done.set()
+
+  deadlines = write_deadlines.Deadlines(0.3, expire=expire)
+  with deadlines.guard("in time", lambda: "in time is late"):
+    pass
+  deadlines.arm("finished", lambda: "finished is late")
+  deadlines.disarm("finished")
+  start = time.monotonic()
+  deadlines.arm("hung", lambda: "hung is late")
+  assert done.wait(10)
+  assert fired == ["hung is late"]
+  assert 0.3 <= time.monotonic() - start < 5
+  # No limit: nothing is watched.
+  never = write_deadlines.Deadlines(0, expire=expire)
+  never.arm("hung", lambda: "never")
+  time.sleep(0.5)
+  assert fired == ["hung is late"]

@@ -4,6 +4,7 @@ cleanly on SIGTERM / SIGINT or a pod's preemption notice."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ddpm_jax import (checkpoint_saves, checkpoints, data, images, parallel,
-                      paths, progress)
+                      paths, progress, write_deadlines)
 from ddpm_jax.evaluators import common as evaluators_common
 from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
                                   make_optimizer, make_schedule)
@@ -31,9 +32,11 @@ class _SampleGrid:
   ``workdir/samples/step_N.png`` (and ``.npz``). Every process samples (the
   parameters may span processes); process 0 alone writes."""
 
-  def __init__(self, config, model, workdir: str, write: bool):
+  def __init__(self, config, model, workdir: str, write: bool,
+               deadline=contextlib.nullcontext):
     self._config, self._model = config, model
     self._workdir, self._write = workdir, write
+    self._deadline = deadline  # what -> a context bounding that write
     self._path = ""
     self.title = (f"drawing the sample grid ({config.sampling.num_samples} "
                   f"samples)")
@@ -44,8 +47,9 @@ class _SampleGrid:
                               min(n, c.sampling.batch_size), seed=c.seed)
     prefix = paths.join(self._workdir, "samples", f"step_{step:08d}")
     if self._write:
-      images.write_samples(prefix, x,
-                           images.display_scale(c.data.image_size))
+      with self._deadline(f"the sample grid {prefix}.png"):
+        images.write_samples(prefix, x,
+                             images.display_scale(c.data.image_size))
     self._path = prefix + ".png"
     return iter(())
 
@@ -131,8 +135,25 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
             f"the input stream restarts", file=sys.stderr)
     if lead:
       print(f"Resuming from {workdir} at step {int(state.step)}.")
+  deadlines = write_deadlines.Deadlines(config.training.storage_timeout_s)
+  step = int(state.step)
+
+  def deadline(what):
+    # Bounds a write of `what` (the last checkpoint and the step read when
+    # it fires; reading them touches no storage).
+    def late():
+      last = manager.latest_step()
+      return (f"{what} could not be written within "
+              f"{deadlines.timeout_s:.0f} s (the storage did not answer; "
+              f"--config.training.storage_timeout_s); training stopped at "
+              f"step {step}, the last checkpoint is "
+              f"{'step ' + str(last) if last is not None else 'none'}: fix "
+              f"the storage, then run the same command to continue")
+    return deadlines.guard(("write", what), late)
+
   if lead:
-    checkpoints.write_config(workdir, config)
+    with deadline(paths.join(workdir, checkpoints.CONFIG_FILE)):
+      checkpoints.write_config(workdir, config)
 
   start, total = int(state.step), int(config.training.num_steps)
   k = int(config.training.steps_per_call)
@@ -142,7 +163,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   schedule = jax.device_put(schedule, parallel.replicated(mesh))
   batches = parallel.prefetch_to_mesh(
       data.create_input_iter(config, position), mesh, size=max(2, k))
-  writer = summary.summary_writer(workdir) if lead else None
+  events = ("the TensorBoard events in "
+            f"{paths.join(workdir, summary.EVENTS_DIR)}")
+  with deadline(events):
+    writer = summary.summary_writer(workdir) if lead else None
   t0, last = time.time(), start
   lr_fn = learning_rate_fn(config)
   bar = tqdm(total=total, initial=start, desc="train", unit="step",
@@ -152,7 +176,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   # The grid is also drawn at the end when sample_every is 0.
   evaluators = evaluators_common.from_config(config, model, schedule) + [
       (int(config.training.sample_every) or total,
-       _SampleGrid(config, model, workdir, lead))]
+       _SampleGrid(config, model, workdir, lead, deadline))]
   # The steps after which something happens: a call stops short of them.
   periods = [int(config.training.log_every),
              int(config.training.checkpoint_every)] + [
@@ -185,13 +209,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         f"checkpoint is step {manager.latest_step()} (set "
         f"--config.training.skip_nonfinite=True to skip such steps)")
 
-  saves = checkpoint_saves.Saves(manager)
+  saves = checkpoint_saves.Saves(manager, deadlines)
 
   def save(step):
     saves.save(step, state, position.to_json())
 
   pending = None  # the previous call's steps, checked once the next is out
-  step = start
   calls = 0
   flushed = time.time()
   try:
@@ -254,7 +277,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
             for key, v in m.items():
               writer.add_scalar(f"train/{key}", v, done)
             if time.time() - flushed > summary.FLUSH_SECS:
-              writer.flush()
+              with deadline(events):
+                writer.flush()
               flushed = time.time()
           if lead:  # one line per log_every steps on stdout, beside the bar
             progress.log_line(
@@ -283,8 +307,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       failing = sys.exc_info()[1]
       closing = [saves.close]
       if writer is not None and not isinstance(failing, paths.StorageError):
-        closing.append(writer.close)  # (no writes once storage failed)
+        # (no writes once storage failed)
+        closing.append(lambda: _within(deadline(events), writer.close))
       _close_all(closing, failing=failing is not None)
+      deadlines.close()
   except paths.StorageError as e:
     latest = manager.latest_step()
     raise type(e)(
@@ -293,6 +319,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         f"space or fix the storage, then run the same command to continue"
     ) from e
   return state
+
+
+def _within(bound, fn):
+  """``fn()`` inside the context ``bound``."""
+  with bound:
+    return fn()
 
 
 def _close_all(closes, failing: bool) -> None:
