@@ -508,3 +508,14 @@ def test_a_bucket_that_stops_answering_ends_the_run_in_one_line():
     committed = {n: c for n, c in before.items()
                  if n.split("/")[2] in ("2", "4")}
     assert committed and {n: after.get(n) for n in committed} == committed
+    # Once the storage answers again, the same command goes on from the
+    # last committed checkpoint, past the step whose save was cut off.
+    p = run("train.py", *TINY, "--workdir", f"gs://{BUCKET}/out",
+            "--config.training.num_steps=10",
+            "--config.training.sample_every=0",
+            env=gcs_emulator.client_env(url))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "at step 4" in p.stdout or "at step 6" in p.stdout, p.stdout[-2000:]
+    done = gcs_emulator.list_objects(url, BUCKET, prefix)
+    assert f"{prefix}10/commit_success.txt" in done, sorted(done)
+    assert not [n for n in done if "tmp" in n.split("/")[2]], sorted(done)
