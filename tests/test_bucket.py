@@ -412,10 +412,19 @@ def test_the_documented_pod_command_preempted_and_resumed_in_the_bucket(
   procs = start(pre, 100000)
   outputs = watch(procs)
   try:
-    # Once the first call's steps are logged: both hosts are training.
+    # Once the first call's steps are logged: both hosts are training,
+    # process 0 alone holding the workdir's lock.
+    deadline = time.time() + 300
+    while not outputs[0].has("step 3: loss"):
+      assert all(p.poll() is None for p in procs) and time.time() < deadline
+      time.sleep(0.5)
+    holder = json.loads(paths.read_text(f"{pre}/train.lock"))
+    assert holder["pid"] == procs[0].pid and "--process_id=0" in holder[
+        "command"], holder
     signal_once_training(procs, outputs, "step 3: loss")
   finally:
     outs = finish(procs, outputs=outputs)
+  assert not paths.exists(f"{pre}/train.lock")  # released at the end
   said = re.findall(r"preemption: saved the checkpoint of step (\d+)",
                     outs[0])
   assert said, outs[0][-2000:]
