@@ -66,11 +66,18 @@ logging.getLogger("absl").addFilter(_RoutineReadOnlyNotes())
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int = 3,
-                       read_only: bool = False) -> ocp.CheckpointManager:
+                       read_only: bool = False,
+                       remove_partial: bool = False
+                       ) -> ocp.CheckpointManager:
   """A CheckpointManager over ``workdir/checkpoints`` (a local path or a
-  URL such as ``gs://bucket/run``)."""
+  URL such as ``gs://bucket/run``). ``remove_partial``: the folders of
+  saves that never committed (a process killed or a storage cut off
+  mid-save) are removed, in the background until the first save; only
+  for the workdir's one writer (a training run holding its lock), as
+  another run's save in flight looks the same."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      cleanup_tmp_directories=remove_partial and not read_only)
   return ocp.CheckpointManager(
       paths.absolute(paths.join(workdir, CHECKPOINT_DIR)), options=options)
 

@@ -190,3 +190,22 @@ def test_an_offset_beyond_the_data_is_refused():
     next(data.array_batches(images, 8, 0, streams.Position(0, 48)))
   # The end of an epoch is a position a save can hold.
   next(data.array_batches(images, 8, 0, streams.Position(0, 40)))
+
+
+def test_a_training_run_removes_partial_save_folders(tmp_path, template):
+  # A save cut off mid-way (a SIGKILL, a storage outage) leaves its
+  # temporary folder. A reader leaves it alone; the workdir's writer (a
+  # training run holding the lock) removes it, and no checkpoint.
+  saved(tmp_path, {1: at_step(template, 1), 2: at_step(template, 2)})
+  ckpts = tmp_path / "run" / "checkpoints"
+  partial = ckpts / "3.orbax-checkpoint-tmp-1765000000"
+  shutil.copytree(ckpts / "2", partial)
+  checkpoints.checkpoint_manager(str(tmp_path / "run"),
+                                 read_only=True).close()
+  assert partial.is_dir()
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "run"),
+                                           remove_partial=True)
+  checkpoints.save(manager, 3, at_step(template, 3), {"epoch": 0,
+                                                      "offset": 3})
+  manager.wait_until_finished()
+  assert sorted(os.listdir(ckpts)) == ["1", "2", "3"]

@@ -120,8 +120,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                       f"set --config.training.batch_size to a multiple of "
                       f"the {mesh.size} devices{hint}")
   fsdp = bool(config.parallel.fsdp)
-  manager = checkpoints.checkpoint_manager(workdir,
-                                           config.training.max_to_keep)
+  # (the lock is held: a partial save folder is a dead run's)
+  manager = checkpoints.checkpoint_manager(
+      workdir, config.training.max_to_keep, remove_partial=True)
   state = create_train_state(config, model, tx, mesh, fsdp)
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   position = data.Position()
