@@ -30,6 +30,8 @@ from ddpm_jax import checkpoints, paths, write_deadlines
 
 # A save's outcome, as each process sees it.
 PENDING, DONE, FAILED = 0, 1, 2
+# How long the checkpoints' close may take once a save has failed.
+_CLOSE_AFTER_FAILURE_S = 30.0
 
 
 class SaveError(paths.StorageError):
@@ -118,6 +120,7 @@ class Saves:
     self._deadlines = deadlines or write_deadlines.Deadlines(0)
     self._pending: Optional[int] = None
     self._failed: Optional[int] = None  # the step of a failed save
+    self._failure = ""  # and its message
     self._errors = _OrbaxErrors()
     self._loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     for logger in self._loggers:
@@ -175,6 +178,10 @@ class Saves:
       self._fail(step, self._errors.take())
 
   def _outcome(self, step: int, wait: bool) -> int:
+    # A write that failed here fails the save at once: the other
+    # processes' parts of it may be waiting on this one's, for ever.
+    if self._errors.seen():
+      return FAILED
     if wait:
       try:
         self._manager.wait_until_finished()
@@ -183,7 +190,7 @@ class Saves:
     elif self._manager.is_saving_in_progress():
       return PENDING
     if jax.process_index() != 0:  # the primary process commits
-      return DONE
+      return FAILED if self._errors.seen() else DONE
     path = paths.join(str(self._manager.directory), str(step))
     try:
       committed = (paths.isdir(path) and
@@ -245,8 +252,9 @@ class Saves:
       pass
     self._deadlines.disarm(("checkpoint", step))
     where = paths.join(str(self._manager.directory), str(step))
-    raise SaveError(f"checkpoint {step} could not be written to {where} "
-                    f"({_root_cause(errors)}){left}")
+    self._failure = (f"checkpoint {step} could not be written to {where} "
+                     f"({_root_cause(errors)}){left}")
+    raise SaveError(self._failure)
 
   def close(self) -> None:
     """Confirms the last save (:class:`SaveError` if it failed) and closes
@@ -254,11 +262,16 @@ class Saves:
     silenced: its other writes of the failed save end in errors too."""
     directory = str(self._manager.directory)
     limit = self._deadlines.timeout_s
-    self._deadlines.arm("close", lambda: (
-        f"the checkpoints in {directory} could not be closed within "
-        f"{limit:.0f} s (the storage did not answer; "
-        f"--config.training.storage_timeout_s): fix the storage, then run "
-        f"the same command to continue"))
+    if self._failed is None:
+      self._deadlines.arm("close", lambda: (
+          f"the checkpoints in {directory} could not be closed within "
+          f"{limit:.0f} s (the storage did not answer; "
+          f"--config.training.storage_timeout_s): fix the storage, then run "
+          f"the same command to continue"))
+    else:  # the failed save's other writes (or processes) may never end
+      self._deadlines.arm("close", lambda: (
+          f"{self._failure}; training stopped: fix the storage, then run "
+          f"the same command to continue"), timeout_s=_CLOSE_AFTER_FAILURE_S)
     try:
       self._close()
     finally:

@@ -47,14 +47,17 @@ class Deadlines:
     self._thread: Optional[threading.Thread] = None
     self._closed = False
 
-  def arm(self, key: Hashable, message: Callable[[], str]) -> None:
+  def arm(self, key: Hashable, message: Callable[[], str],
+          timeout_s: Optional[float] = None) -> None:
     """Starts the clock of write ``key``; ``message()`` is the line (without
-    'error: ') printed if it is still armed ``timeout_s`` from now. It
-    must not touch the storage."""
+    'error: ') printed if it is still armed ``timeout_s`` (default: the
+    object's) from now. It must not touch the storage."""
     if self.timeout_s <= 0:
       return
+    limit = self.timeout_s if timeout_s is None else min(timeout_s,
+                                                         self.timeout_s)
     with self._lock:
-      self._due[key] = (time.monotonic() + self.timeout_s, message)
+      self._due[key] = (time.monotonic() + limit, message)
       if self._thread is None:
         self._thread = threading.Thread(target=self._watch, daemon=True,
                                         name="write-deadlines")

@@ -6,6 +6,7 @@ the batch; SIGTERM on one host makes both save the same step and exit."""
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -208,3 +209,51 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
                    "--config.training.sample_every=0"))
   assert_same_state(saved_state(job, total), saved_state(pre, total),
                     rel=1e-6)
+
+
+def _limit_file_size(limit_bytes):
+  def limit():  # in the child before exec: EFBIG past the limit, no signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+  return limit
+
+
+@pytest.mark.slow
+def test_a_save_failing_on_one_host_stops_every_host_in_one_line(tmp_path):
+  # Host 1 cannot write a file past 100 kB (as a full disk of its own
+  # would fail it). Orbax's processes then wait on each other's parts of
+  # the save at its barriers; neither may hang: each stops with one line
+  # naming checkpoint 4, once the failure is seen or at the latest when
+  # training.storage_timeout_s runs out.
+  wd = str(tmp_path / "run")
+  port, timeout_s = free_port(), 20
+  procs = []
+  for i in range(2):
+    job_env = env(2)
+    if i == 1:  # an entry cut at the limit would stay in the cache
+      job_env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1e9"
+    procs.append(subprocess.Popen(
+        [sys.executable, "train.py", *TINY, "--workdir", wd,
+         "--config.training.num_steps=40",
+         "--config.training.checkpoint_every=4",
+         "--config.training.sample_every=0",
+         f"--config.training.storage_timeout_s={timeout_s}", "--multihost",
+         f"--coordinator_address=localhost:{port}", "--num_processes=2",
+         f"--process_id={i}"], cwd=ROOT, env=job_env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_limit_file_size(100_000) if i == 1 else None))
+  try:
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, err in zip(procs, errs):
+    assert p.returncode == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint 4 could not be written to "
+                           f"{wd}/checkpoints/4"), last
+  # Nothing was committed: no later step was saved over the failure.
+  assert not [n for n in os.listdir(os.path.join(wd, "checkpoints"))
+              if n.isdigit()]
