@@ -65,6 +65,12 @@ def freeze(url: str) -> None:
   _RUNNING[url].send_signal(signal.SIGSTOP)
 
 
+def stop(url: str) -> None:
+  """Kills the server at ``url``: connections are refused from then on."""
+  _RUNNING[url].kill()
+  _RUNNING[url].wait()
+
+
 def thaw(url: str) -> None:
   """Lets the server at ``url`` answer again (SIGCONT)."""
   _RUNNING[url].send_signal(signal.SIGCONT)

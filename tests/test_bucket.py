@@ -463,6 +463,40 @@ def test_a_workdir_lock_in_the_bucket_is_taken_once(gcs):
   assert not _local_leftovers()
 
 
+_OUT = "out/checkpoints/"
+
+
+def _train_until_committed(url, timeout_s):
+  """train.py on the server at ``url`` (a workdir in BUCKET), with
+  training.storage_timeout_s ``timeout_s``, once checkpoints 2 and 4 are
+  committed (their folder's commit marker) and step 6 is logged: (the
+  process, its :class:`processes.Output`, {object: crc32c} then)."""
+  import subprocess
+  import sys
+  from tests import processes
+  env = processes.unbuffered_off(dict(
+      os.environ, TF_CPP_MIN_LOG_LEVEL="2", **gcs_emulator.client_env(url)))
+  proc = subprocess.Popen(
+      [sys.executable, "train.py", *TINY, "--workdir", f"gs://{BUCKET}/out",
+       "--config.training.num_steps=100000",
+       "--config.training.sample_every=0",
+       f"--config.training.storage_timeout_s={timeout_s}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  output = processes.Output(proc)
+  try:
+    deadline = time.time() + 300
+    while True:
+      assert proc.poll() is None and time.time() < deadline, proc.poll()
+      before = gcs_emulator.list_objects(url, BUCKET, _OUT)
+      if output.has("step 6:") and f"{_OUT}4/commit_success.txt" in before:
+        return proc, output, before
+      time.sleep(0.5)
+  except BaseException:
+    proc.kill()
+    raise
+
+
 @pytest.mark.slow
 def test_a_bucket_that_stops_answering_ends_the_run_in_one_line():
   """An outage that fails no request: the server hangs (SIGSTOP) after a
@@ -472,32 +506,12 @@ def test_a_bucket_that_stops_answering_ends_the_run_in_one_line():
   written before the outage are left as they were. Its own server, so
   that the module's stays up."""
   import subprocess
-  import sys
-  from tests import processes
   url = gcs_emulator.reserve_url()
   timeout_s = 10
+  prefix = _OUT
   with gcs_emulator.emulator(url, BUCKET):
-    env = processes.unbuffered_off(dict(
-        os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-        **gcs_emulator.client_env(url)))
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *TINY, "--workdir", f"gs://{BUCKET}/out",
-         "--config.training.num_steps=100000",
-         "--config.training.sample_every=0",
-         f"--config.training.storage_timeout_s={timeout_s}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    output = processes.Output(proc)
-    prefix = "out/checkpoints/"
+    proc, output, before = _train_until_committed(url, timeout_s)
     try:
-      # Checkpoints 2 and 4 committed (the step folder's commit marker).
-      deadline = time.time() + 300
-      while True:
-        assert proc.poll() is None and time.time() < deadline, proc.poll()
-        before = gcs_emulator.list_objects(url, BUCKET, prefix)
-        if output.has("step 6:") and f"{prefix}4/commit_success.txt" in before:
-          break
-        time.sleep(0.5)
       gcs_emulator.freeze(url)
       frozen = time.time()
       proc.wait(timeout=timeout_s + 120)
@@ -528,3 +542,33 @@ def test_a_bucket_that_stops_answering_ends_the_run_in_one_line():
     done = gcs_emulator.list_objects(url, BUCKET, prefix)
     assert f"{prefix}10/commit_success.txt" in done, sorted(done)
     assert not [n for n in done if "tmp" in n.split("/")[2]], sorted(done)
+
+
+@pytest.mark.slow
+def test_a_bucket_server_that_goes_away_ends_the_run_in_one_line():
+  """The server killed after a few checkpoints (connections refused): the
+  clients' retries and their failures are not printed; the run ends with
+  one line (the failed save's, or its deadline's) within the deadline and
+  a minute."""
+  import subprocess
+  url = gcs_emulator.reserve_url()
+  timeout_s = 10
+  with gcs_emulator.emulator(url, BUCKET):
+    proc, output, _ = _train_until_committed(url, timeout_s)
+    try:
+      gcs_emulator.stop(url)
+      gone = time.time()
+      proc.wait(timeout=timeout_s + 120)
+      took = time.time() - gone
+      out, err = output.finish()
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+  line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode,
+                                                out, err))
+  assert proc.returncode == 1, err[-2000:]
+  assert "could not be written" in line and "gs://" in line, line
+  assert took < timeout_s + 60, took
+  # No flood: besides the progress bar's redraws, a few lines at most.
+  said = [s for s in err.splitlines() if s.strip() and "train:" not in s]
+  assert len(said) <= 5, said
