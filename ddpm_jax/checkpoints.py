@@ -162,8 +162,7 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
       restored = Restored(out[STATE_ITEM],
                           None if position is None else dict(position))
     except Exception as e:  # pylint: disable=broad-except
-      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-      failures.append((step, f"is unreadable ({reason[:200]})", e))
+      failures.append((step, f"is unreadable ({_read_error(e)})", e))
       continue
     problem = verify(restored.state, dict(out[DIGESTS_ITEM])
                      if DIGESTS_ITEM in items else None)
@@ -193,9 +192,38 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
     step, what, e = failures[0]
     others = ", ".join(str(f[0]) for f in failures[1:])
     others = f" (and so do checkpoints {others})" if others else ""
-    raise ValueError(f"checkpoint {step} in {manager.directory} {what[:300]}"
-                     f"{others}: no checkpoint can be used") from e
+    raise ValueError(f"checkpoint {step} in {manager.directory} {what[:400]}"
+                     f"{others}: no checkpoint can be used (copy a good one "
+                     f"back from a backup, or move the checkpoints folder "
+                     f"away to train from the start)") from e
   return None
+
+
+# Where a storage library's message turns to its internals (TensorStore
+# appends a spec, a bound method's repr or source locations).
+_INTERNALS = (" See full TensorStore details", " [source locations=",
+              " [tensorstore_spec=", "<bound method")
+
+
+def _read_error(e: BaseException) -> str:
+  """Why a checkpoint could not be read, in one short clause: the first
+  line of the innermost error of ``e``'s chain (TensorStore's own, e.g.
+  'Error reading "params.x/0.0" in OCDBT database at ...: ZSTD_decompress
+  Stream() failed: Data corruption detected'), cut where the library's
+  internals begin."""
+  chain, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for error in reversed(chain):
+    text = (str(error).strip().splitlines() or [""])[0]
+    for marker in _INTERNALS:
+      text = text.split(marker, 1)[0]
+    text = text.strip().rstrip(".:;,")
+    if text:
+      return text[:240]
+  return type(chain[0]).__name__
 
 
 def _named_shapes(tree: Any) -> dict:

@@ -209,3 +209,27 @@ def test_a_training_run_removes_partial_save_folders(tmp_path, template):
                                                       "offset": 3})
   manager.wait_until_finished()
   assert sorted(os.listdir(ckpts)) == ["1", "2", "3"]
+
+
+def test_unreadable_checkpoints_are_one_clean_line(tmp_path, template):
+  # Every checkpoint damaged so that it cannot be read at all (random bytes
+  # in its data; truncated): the line names them and says what to do,
+  # without the storage library's internals.
+  manager = saved(tmp_path, {1: at_step(template, 1),
+                             2: at_step(template, 2)})
+  overwrite_middle(tmp_path / "run" / "checkpoints" / "2" / "state",
+                   data=bytes(4096))
+  for f in glob.glob(f"{tmp_path}/run/checkpoints/1/state/**",
+                     recursive=True):
+    if os.path.isfile(f) and os.path.getsize(f) > 1000:
+      os.truncate(f, 100)
+  with pytest.raises(ValueError) as e:
+    checkpoints.restore_latest(manager, template, set_aside=True)
+  line = str(e.value)
+  assert "\n" not in line and "checkpoint 2 in" in line, line
+  assert "(and so do checkpoints 1)" in line, line
+  for internal in ("pybind11", "<bound method", "TensorStore(",
+                   "source locations", "tensorstore_spec"):
+    assert internal not in line, line
+  assert "is unreadable (" in line and "move the checkpoints folder" in line
+  assert manager.all_steps() == [1, 2]
