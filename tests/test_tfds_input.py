@@ -99,6 +99,11 @@ def test_tfds_each_process_reads_its_own_part(prepared_tfds):
   for k in (1, 4):
     got, _ = stream(1, 2, position=pb[k], n=1)
     np.testing.assert_array_equal(got[0], b[k + 1])
+  # A saved offset beyond the dataset (damaged, or the data changed) is
+  # refused, not silently turned into another stream.
+  with pytest.raises(data.DataError,
+                     match="lies beyond the dataset's 20 examples"):
+    stream(0, 2, position=data.Position(0, 22), n=1)
 
 
 def test_each_epoch_reads_the_files_in_another_order(tmp_path):
