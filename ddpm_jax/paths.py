@@ -14,6 +14,7 @@ import io
 import os
 import shutil
 import socket
+import sys
 import threading
 import urllib.parse
 import uuid
@@ -284,6 +285,21 @@ def save_npz(path: Any, compress: bool = True, **arrays: Any) -> None:
   buf = io.BytesIO()
   (np.savez_compressed if compress else np.savez)(buf, **arrays)
   write_bytes(path, buf.getvalue())
+
+
+def save_cache_npz(path: Any, what: str, **arrays: Any) -> bool:
+  """:func:`save_npz` (uncompressed) for a cache entry: a cache that cannot
+  be written (a read-only or full folder, a path under a file) is a
+  one-line warning naming ``what`` and the path, not an error, so that a
+  result already computed is not lost. Whether it was written."""
+  try:
+    save_npz(path, compress=False, **arrays)
+    return True
+  except OSError as e:
+    print(f"warning: {what} not cached at {path} ({cause(e)}); it will be "
+          f"computed again next time (set DDPM_JAX_CACHE to a writable "
+          f"folder)", file=sys.stderr)
+    return False
 
 
 def load_npz(path: Any) -> Dict[str, np.ndarray]:

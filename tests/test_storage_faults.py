@@ -202,3 +202,20 @@ def test_a_write_past_its_deadline_ends_with_its_line():
   never.arm("hung", lambda: "never")
   time.sleep(0.5)
   assert fired == ["hung is late"]
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path, capsys):
+  # The FID statistics and the digits judge are computed before they are
+  # cached: a cache folder that cannot be written must not lose them.
+  import numpy as np
+  from ddpm_jax import paths
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  where = str(blocker / "cache" / "stats.npz")
+  assert not paths.save_cache_npz(where, "the statistics", mu=np.zeros(3))
+  err = capsys.readouterr().err
+  assert err.startswith(f"warning: the statistics not cached at {where} ("), err
+  assert len(err.strip().splitlines()) == 1, err
+  ok = str(tmp_path / "cache" / "stats.npz")
+  assert paths.save_cache_npz(ok, "the statistics", mu=np.ones(3))
+  np.testing.assert_array_equal(paths.load_npz(ok)["mu"], np.ones(3))

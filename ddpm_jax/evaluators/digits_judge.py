@@ -98,9 +98,9 @@ def load_or_train(cache_dir: Optional[str] = None) -> Dict[str, Any]:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
       pass  # a damaged cache entry: train again and replace it
   params = train()
-  paths.save_npz(path, compress=False,
-                 **{f"a{i}": np.asarray(a) for i, a in
-                    enumerate(jax.tree_util.tree_leaves(params))})
+  paths.save_cache_npz(path, "the digits judge",
+                       **{f"a{i}": np.asarray(a) for i, a in
+                          enumerate(jax.tree_util.tree_leaves(params))})
   return params
 
 

@@ -126,10 +126,10 @@ def dataset_statistics(config: Any, split: str, params: Any,
     return metrics.load_statistics(path)
   feats = _split_features(config, split, params, limit, batch_size)
   mu, sigma = metrics.feature_statistics(feats, f"the {split} split")
-  try:
-    metrics.save_statistics(path, mu, sigma)
-  except FileExistsError:
-    pass  # another process wrote the same statistics meanwhile
+  if not paths.exists(path):  # (another process may have written them)
+    paths.save_cache_npz(path, f"the Inception statistics of {split}",
+                         mu=np.asarray(mu, np.float64),
+                         sigma=np.asarray(sigma, np.float64))
   return mu, sigma
 
 
@@ -149,6 +149,7 @@ def dataset_features(config: Any, split: str, params: Any,
           f"remove it to recompute") from None
   feats = _split_features(config, split, params, limit, batch_size)
   if not paths.exists(path):
-    paths.save_npz(path, compress=False, features=feats.astype(np.float32))
+    paths.save_cache_npz(path, f"the Inception features of {split}",
+                         features=feats.astype(np.float32))
   return feats.astype(np.float32).astype(np.float64)
 
