@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import sys
 import threading
 import time
 from typing import Any, List, Optional
@@ -71,26 +70,6 @@ class _OrbaxErrors(logging.Filter):
     return errors
 
 
-def _drop_closed_loop_callbacks() -> None:
-  """When a save fails, TensorStore completes the save's other writes with
-  callbacks into an event loop Orbax has already closed; each raises
-  'Event loop is closed' into sys.unraisablehook: hundreds of tracebacks
-  around the one line that matters. Drops those, and only those, for the
-  rest of the process."""
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_loop_callbacks", False):
-    return
-
-  def hook(unraisable):
-    e = unraisable.exc_value
-    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
-      return
-    previous(unraisable)
-
-  hook.drops_closed_loop_callbacks = True
-  sys.unraisablehook = hook
-
-
 def _root_cause(errors: List[BaseException]) -> str:
   """The cause of a failed save in a few words, from the errors seen: an
   OSError's message, or the last clause of a TensorStore error ('...:
@@ -125,7 +104,7 @@ class Saves:
     self._loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     for logger in self._loggers:
       logger.addFilter(self._errors)
-    _drop_closed_loop_callbacks()
+    checkpoints.quiet_storage_noise()
 
   def save(self, step: int, state: Any, data_position: dict) -> None:
     """Starts saving ``state`` as ``step`` (after confirming the previous

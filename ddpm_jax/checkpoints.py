@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -142,6 +143,7 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
   error is raised and nothing is moved: a config that no longer matches
   the checkpoints is not mistaken for damage.
   """
+  quiet_storage_noise()
   steps = sorted(manager.all_steps(), reverse=True)
   failures = []
   for step in steps:
@@ -205,6 +207,47 @@ _INTERNALS = (" See full TensorStore details", " [source locations=",
               " [tensorstore_spec=", "<bound method")
 
 
+class _ReportedElsewhere(logging.Filter):
+  """Drops the storage libraries' log records about a checkpoint that this
+  module reports itself in one line: Orbax's 'Failed to get item metadata'
+  warning for a damaged one, and asyncio's 'exception was never retrieved'
+  for the TensorStore reads a failed restore leaves behind."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    if message.startswith("Failed to get item metadata from directory"):
+      return False
+    if message.startswith(("Task exception was never retrieved",
+                           "Future exception was never retrieved")):
+      e = record.exc_info[1] if record.exc_info else None
+      return "tensorstore" not in repr(e).lower()
+    return True
+
+
+def quiet_storage_noise() -> None:
+  """Keeps the console to the one line that matters when a save or a
+  restore fails. TensorStore completes the other reads or writes with
+  callbacks into an event loop Orbax has already closed; each raises
+  'Event loop is closed' into sys.unraisablehook (a workdir whose every
+  checkpoint was truncated printed 7,000 lines of them), and the storage
+  libraries log what this module reports (:class:`_ReportedElsewhere`).
+  Drops those, and only those, for the rest of the process."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_callbacks", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_ReportedElsewhere())
+
+
 def _read_error(e: BaseException) -> str:
   """Why a checkpoint could not be read, in one short clause: the first
   line of the innermost error of ``e``'s chain (TensorStore's own, e.g.
@@ -221,6 +264,15 @@ def _read_error(e: BaseException) -> str:
     for marker in _INTERNALS:
       text = text.split(marker, 1)[0]
     text = text.strip().rstrip(".:;,")
+    # 'OUT_OF_RANGE: Error opening "cast" driver: Error opening "zarr"
+    # driver: Error reading "a.b/.zarray" in OCDBT database at ...: Error
+    # reading Byte range [0, 47029) of ...: Requested byte range [0, 47029)
+    # is not valid for value of size 100': what was read, and why it failed.
+    text = re.sub(r'^[A-Z_]+: ', "", text)
+    text = re.sub(r'Error opening "[^"]*" driver: ', "", text)
+    what = re.match(r'Error reading "[^"]*"', text)
+    if what and ": " in text[what.end():]:
+      text = f"{what.group(0)}: {text.rsplit(': ', 1)[-1]}"
     if text:
       return text[:240]
   return type(chain[0]).__name__
