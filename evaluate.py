@@ -35,6 +35,7 @@ from absl import flags
 from ddpm_jax import cli
 from ddpm_jax.run import evaluate
 from ddpm_jax.run import flags as run_flags
+from ddpm_jax.run import sampling
 
 FLAGS = flags.FLAGS
 run_flags.define_source_flags()
@@ -89,6 +90,8 @@ def main(argv):
                                          FLAGS.image_size, FLAGS.ema,
                                          FLAGS.dtype)
     evaluate.set_dataset(config, FLAGS.dataset, FLAGS.data_dir)
+    sampling.check_batch_memory(config, evaluate.largest_batch(
+        FLAGS.metric, FLAGS.num, FLAGS.batch_size), FLAGS.memory_check)
     if FLAGS.metric == "bpd":
       result = evaluate.bits_per_dim(config, params, step, FLAGS.split,
                                      FLAGS.num, FLAGS.batch_size)

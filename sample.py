@@ -23,10 +23,6 @@ run_flags.define_sampler_flags()
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch_size", 64, "Samples drawn per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_bool("memory_check", True, "Refuse a --batch_size whose "
-                  "activations need more than a device's memory (a lower "
-                  "bound, checked before any array is made); "
-                  "--nomemory_check tries anyway.")
 flags.DEFINE_string("out", None, "Output prefix; an existing one is an "
                     "error (outputs are never overwritten). Default: "
                     "WORKDIR/samples/sample_seed<SEED>_step<STEP><SETTINGS>, "

@@ -135,12 +135,15 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
   # A trained workdir, then a workdir or an --out whose parent is a file,
   # and a batch whose activations no memory holds (refused before any
   # array): in one process (tests/processes.py).
-  [[p, file_workdir], [file_out, too_big]] = run_entries_in_one_process([
+  [[p, file_workdir], [file_out, too_big],
+   [too_big_to_evaluate]] = run_entries_in_one_process([
       ("train.py", [[*TINY, "--workdir", wd, "--config.training.num_steps=2"],
                     [*TINY, "--workdir", a_file]]),
       ("sample.py", [["--workdir", wd, "--out", os.path.join(a_file, "x")],
                      ["--workdir", wd, "--num", "100000000", "--batch_size",
-                      "100000000"]])])
+                      "100000000"]]),
+      ("evaluate.py", [["--workdir", wd, "--metric", "digits", "--num",
+                        "100000000", "--batch_size", "100000000"]])])
   assert p.returncode == 0, p.stderr[-3000:]
   assert refusal(file_workdir) == (
       f"error: {a_file} is a file, not a folder: give --workdir a path "
@@ -148,11 +151,12 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
   assert refusal(file_out) == (
       f"error: {a_file} is a file, not a folder: give --out a "
       f"path under a folder")
-  line = refusal(too_big)
-  assert line.startswith("error: a sample batch of 100000000 at 8x8 needs "
-                         "at least "), line
-  assert line.endswith("lower --batch_size, or pass --nomemory_check to "
-                       "try anyway"), line
+  for p in (too_big, too_big_to_evaluate):
+    line = refusal(p)
+    assert line.startswith("error: a batch of 100000000 at 8x8 needs at "
+                           "least "), line
+    assert line.endswith("lower --batch_size, or pass --nomemory_check to "
+                         "try anyway"), line
   # A full disk: refused before the model is loaded or a sample drawn.
   samples = os.path.join(wd, "samples")
   before = sorted(os.listdir(samples))
@@ -175,6 +179,15 @@ def test_the_memory_check_can_be_skipped():
     sampling.check_batch_memory(tiny_config(), 10**9, memory_check=True)
   sampling.check_batch_memory(tiny_config(), 10**9, memory_check=False)
   sampling.check_batch_memory(tiny_config(), 64, memory_check=True)
+
+
+def test_evaluate_checks_the_largest_batch_it_runs():
+  from ddpm_jax.run import evaluate
+  assert evaluate.largest_batch("digits", 0, 10**6) == 297
+  assert evaluate.largest_batch("fid", 0, 10**6) == 50000
+  assert evaluate.largest_batch("fid", 100, 64) == 64
+  assert evaluate.largest_batch("bpd", 10, 64) == 10
+  assert evaluate.largest_batch("bpd", 0, 10**6) == 10**6
 
 
 def test_a_write_past_its_deadline_ends_with_its_line():

@@ -39,6 +39,16 @@ def set_dataset(config, dataset: Optional[str],
     config.data.data_dir = data_dir
 
 
+def largest_batch(metric: str, num: int, batch_size: int) -> int:
+  """The largest batch ``metric`` ('bpd', 'digits' or 'fid') runs the
+  model on for ``num`` images (0: the metric's default) in batches of
+  ``batch_size``. (Bits/dim of a whole split, whose size is not known
+  before its data is read, counts the full ``batch_size``.)"""
+  if metric != "bpd":
+    num = num or sample_quality.DEFAULT_NUM[metric]
+  return min(batch_size, num) if num else batch_size
+
+
 def bits_per_dim(config, params, step, split: Optional[str], num: int,
                  batch_size: int) -> Dict[str, Any]:
   """Held-out bits/dim (eq. 5) and its parts on ``split`` (default the

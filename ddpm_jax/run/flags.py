@@ -22,7 +22,8 @@ _SAMPLING_FIELDS = {"sampler": "sampler", "steps": "steps", "eta": "eta",
 
 
 def define_source_flags() -> None:
-  """--workdir, --model, --image_size, --ema and --dtype."""
+  """--workdir, --model, --image_size, --ema, --dtype and
+  --memory_check."""
   flags.DEFINE_string("workdir", None, "A train.py workdir.")
   flags.DEFINE_string("model", None, "A diffusers model directory or an "
                       "original TF checkpoint prefix (model.ckpt-NNNN), "
@@ -36,6 +37,10 @@ def define_source_flags() -> None:
                     "compute dtype (default: the model's: a workdir's "
                     "model.dtype, float32 for --model). Parameters and the "
                     "sampler's chain stay float32.")
+  flags.DEFINE_bool("memory_check", True, "Refuse a --batch_size whose "
+                    "activations need more than a device's memory (a lower "
+                    "bound, checked before any batch is made); "
+                    "--nomemory_check tries anyway.")
 
 
 def define_sampler_flags() -> None:

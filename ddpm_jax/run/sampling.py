@@ -37,8 +37,9 @@ def memory_bytes() -> int:
 
 
 def check_batch_memory(config, batch_size: int, memory_check: bool) -> None:
-  """Refuses, in one line and before any array is made, a sample batch
-  whose activations need more than a device holds, by a lower bound
+  """Refuses, in one line and before any array is made, a batch (of
+  samples, or of images evaluated) whose activations need more than a
+  device holds, by a lower bound
   (:func:`ddpm_jax.interop.diffusers_config.activation_bytes`: the first
   level's feature maps) for the batch's share of a device (of all the
   host's devices on the CPU, which share its RAM). ``memory_check``
@@ -55,7 +56,7 @@ def check_batch_memory(config, batch_size: int, memory_check: bool) -> None:
   if need > have:
     where = "the host's RAM" if on_cpu else "one device's memory"
     raise ValueError(
-        f"a sample batch of {batch_size} at {size}x{size} needs at least "
+        f"a batch of {batch_size} at {size}x{size} needs at least "
         f"{need / 2**30:.3g} GiB of activations, more than {where} "
         f"({have / 2**30:.3g} GiB): lower --batch_size, or pass "
         f"--nomemory_check to try anyway")
