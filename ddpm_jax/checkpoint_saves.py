@@ -117,12 +117,8 @@ class Saves:
     limit = self._deadlines.timeout_s
 
     def late():
-      return (f"checkpoint {step} could not be written to {where} within "
-              f"{limit:.0f} s (the storage did not answer; "
-              f"--config.training.storage_timeout_s); training stopped, the "
-              f"last checkpoint is "
-              f"{'step ' + str(last) if last is not None else 'none'}: fix "
-              f"the storage, then run the same command to continue")
+      return write_deadlines.unanswered(
+          f"checkpoint {step} could not be written to {where}", limit, last)
 
     self._deadlines.arm(("checkpoint", step), late)
     try:
@@ -242,11 +238,9 @@ class Saves:
     directory = str(self._manager.directory)
     limit = self._deadlines.timeout_s
     if self._failed is None:
-      self._deadlines.arm("close", lambda: (
-          f"the checkpoints in {directory} could not be closed within "
-          f"{limit:.0f} s (the storage did not answer; "
-          f"--config.training.storage_timeout_s): fix the storage, then run "
-          f"the same command to continue"))
+      self._deadlines.arm("close", lambda: write_deadlines.unanswered(
+          f"the checkpoints in {directory} could not be closed", limit,
+          stopped=False))
     else:  # the failed save's other writes (or processes) may never end
       self._deadlines.arm("close", lambda: (
           f"{self._failure}; training stopped: fix the storage, then run "

@@ -14,6 +14,7 @@ nothing more can be written while it is unreachable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -33,6 +34,22 @@ def _exit_with(line: str) -> None:
   # On a line of its own: a progress bar may have left its line open.
   os.write(2, f"\nerror: {line}\n".encode())
   os._exit(1)  # pylint: disable=protected-access
+
+
+def unanswered(what: str, timeout_s: float, last: Optional[int] = None,
+               step: Optional[int] = None, stopped: bool = True) -> str:
+  """The line for a write ``what`` ('checkpoint 6 could not be written to
+  ...') still unfinished after ``timeout_s``: with ``stopped``, that
+  training stopped (at ``step`` if given) and the last checkpoint
+  (``last``, None: none); then the fix."""
+  where = ""
+  if stopped:
+    at = f" at step {step}" if step is not None else ""
+    where = (f"; training stopped{at}, the last checkpoint is "
+             f"{'none' if last is None else f'step {last}'}")
+  return (f"{what} within {timeout_s:.0f} s (the storage did not answer; "
+          f"--config.training.storage_timeout_s){where}: fix the storage, "
+          f"then run the same command to continue")
 
 
 class Deadlines:
@@ -69,9 +86,14 @@ class Deadlines:
     with self._lock:
       self._due.pop(key, None)
 
+  @contextlib.contextmanager
   def guard(self, key: Hashable, message: Callable[[], str]):
     """A context manager: ``key`` armed inside it."""
-    return _Guard(self, key, message)
+    self.arm(key, message)
+    try:
+      yield self
+    finally:
+      self.disarm(key)
 
   def close(self) -> None:
     """Stops the watching thread; no deadline fires after this."""
@@ -93,17 +115,3 @@ class Deadlines:
         return
     self._expire(late[0]())
 
-
-class _Guard:
-
-  def __init__(self, deadlines: Deadlines, key: Hashable,
-               message: Callable[[], str]):
-    self._deadlines, self._key, self._message = deadlines, key, message
-
-  def __enter__(self):
-    self._deadlines.arm(self._key, self._message)
-    return self
-
-  def __exit__(self, *exc):
-    self._deadlines.disarm(self._key)
-    return False

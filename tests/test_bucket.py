@@ -497,6 +497,26 @@ def _train_until_committed(url, timeout_s):
     raise
 
 
+def _ended_after(fault, proc, output, timeout_s, then=None):
+  """Runs ``fault()`` (the storage's), waits for ``proc`` to end (within
+  ``timeout_s`` and 2 minutes), runs ``then()``: (its CompletedProcess,
+  the seconds from the fault to its end)."""
+  import subprocess
+  try:
+    fault()
+    start = time.time()
+    proc.wait(timeout=timeout_s + 120)
+    took = time.time() - start
+    if then is not None:
+      then()
+    out, err = output.finish()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out,
+                                     err), took
+
+
 @pytest.mark.slow
 def test_a_bucket_that_stops_answering_ends_the_run_in_one_line():
   """An outage that fails no request: the server hangs (SIGSTOP) after a
@@ -505,25 +525,15 @@ def test_a_bucket_that_stops_answering_ends_the_run_in_one_line():
   outlives training.storage_timeout_s, with one line, and the checkpoints
   written before the outage are left as they were. Its own server, so
   that the module's stays up."""
-  import subprocess
   url = gcs_emulator.reserve_url()
   timeout_s = 10
   prefix = _OUT
   with gcs_emulator.emulator(url, BUCKET):
     proc, output, before = _train_until_committed(url, timeout_s)
-    try:
-      gcs_emulator.freeze(url)
-      frozen = time.time()
-      proc.wait(timeout=timeout_s + 120)
-      took = time.time() - frozen
-      gcs_emulator.thaw(url)
-      out, err = output.finish()
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-    p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    p, took = _ended_after(lambda: gcs_emulator.freeze(url), proc, output,
+                           timeout_s, then=lambda: gcs_emulator.thaw(url))
     line = error_line(p)
-    assert p.returncode == 1, err[-2000:]
+    assert p.returncode == 1, p.stderr[-2000:]
     assert f"within {timeout_s} s (the storage did not answer" in line, line
     assert "run the same command to continue" in line, line
     assert took < timeout_s + 60, took  # not the clients' minutes of retries
@@ -550,23 +560,15 @@ def test_a_bucket_server_that_goes_away_ends_the_run_in_one_line():
   clients' retries and their failures are not printed; the run ends with
   one line (the failed save's, or its deadline's) within the deadline and
   a minute."""
-  import subprocess
   url = gcs_emulator.reserve_url()
   timeout_s = 10
   with gcs_emulator.emulator(url, BUCKET):
     proc, output, _ = _train_until_committed(url, timeout_s)
-    try:
-      gcs_emulator.stop(url)
-      gone = time.time()
-      proc.wait(timeout=timeout_s + 120)
-      took = time.time() - gone
-      out, err = output.finish()
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-  line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode,
-                                                out, err))
-  assert proc.returncode == 1, err[-2000:]
+    p, took = _ended_after(lambda: gcs_emulator.stop(url), proc, output,
+                           timeout_s)
+  line = error_line(p)
+  err = p.stderr
+  assert p.returncode == 1, err[-2000:]
   assert "could not be written" in line and "gs://" in line, line
   assert took < timeout_s + 60, took
   # No flood: besides the progress bar's redraws, a few lines at most.

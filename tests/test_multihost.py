@@ -54,17 +54,20 @@ def env(devices):
       XLA_FLAGS=processes.xla_flags(devices)))
 
 
-def start_job(workdir, *args):
-  """Two train.py processes of one job (2 devices each); Popen objects."""
+def start_job(workdir, *args, host_options=None):
+  """Two train.py processes of one job (2 devices each); Popen objects.
+  ``host_options``: {process id: (extra environment, preexec_fn)}."""
   port = free_port()
-  return [
-      subprocess.Popen(
-          [sys.executable, "train.py", *TINY, *args, "--workdir", workdir,
-           "--multihost", f"--coordinator_address=localhost:{port}",
-           "--num_processes=2", f"--process_id={i}"],
-          cwd=ROOT, env=env(2), stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE, text=True) for i in range(2)
-  ]
+  procs = []
+  for i in range(2):
+    extra_env, preexec = (host_options or {}).get(i, ({}, None))
+    procs.append(subprocess.Popen(
+        [sys.executable, "train.py", *TINY, *args, "--workdir", workdir,
+         "--multihost", f"--coordinator_address=localhost:{port}",
+         "--num_processes=2", f"--process_id={i}"],
+        cwd=ROOT, env=dict(env(2), **extra_env), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=preexec))
+  return procs
 
 
 def finish(procs, timeout=600, outputs=None):
@@ -226,22 +229,16 @@ def test_a_save_failing_on_one_host_stops_every_host_in_one_line(tmp_path):
   # naming checkpoint 4, once the failure is seen or at the latest when
   # training.storage_timeout_s runs out.
   wd = str(tmp_path / "run")
-  port, timeout_s = free_port(), 20
-  procs = []
-  for i in range(2):
-    job_env = env(2)
-    if i == 1:  # an entry cut at the limit would stay in the cache
-      job_env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1e9"
-    procs.append(subprocess.Popen(
-        [sys.executable, "train.py", *TINY, "--workdir", wd,
-         "--config.training.num_steps=40",
-         "--config.training.checkpoint_every=4",
-         "--config.training.sample_every=0",
-         f"--config.training.storage_timeout_s={timeout_s}", "--multihost",
-         f"--coordinator_address=localhost:{port}", "--num_processes=2",
-         f"--process_id={i}"], cwd=ROOT, env=job_env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_limit_file_size(100_000) if i == 1 else None))
+  timeout_s = 20
+  # Host 1 writes no compile-cache entry: one cut at the limit would stay
+  # in the cache.
+  procs = start_job(
+      wd, "--config.training.num_steps=40",
+      "--config.training.checkpoint_every=4",
+      "--config.training.sample_every=0",
+      f"--config.training.storage_timeout_s={timeout_s}",
+      host_options={1: ({"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"},
+                        _limit_file_size(100_000))})
   try:
     errs = [p.communicate(timeout=600)[1] for p in procs]
   finally:

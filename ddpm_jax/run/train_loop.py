@@ -143,13 +143,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     # Bounds a write of `what` (the last checkpoint and the step read when
     # it fires; reading them touches no storage).
     def late():
-      last = manager.latest_step()
-      return (f"{what} could not be written within "
-              f"{deadlines.timeout_s:.0f} s (the storage did not answer; "
-              f"--config.training.storage_timeout_s); training stopped at "
-              f"step {step}, the last checkpoint is "
-              f"{'step ' + str(last) if last is not None else 'none'}: fix "
-              f"the storage, then run the same command to continue")
+      return write_deadlines.unanswered(
+          f"{what} could not be written", deadlines.timeout_s,
+          manager.latest_step(), step)
     return deadlines.guard(("write", what), late)
 
   if lead:
