@@ -232,3 +232,39 @@ def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path, capsys):
   ok = str(tmp_path / "cache" / "stats.npz")
   assert paths.save_cache_npz(ok, "the statistics", mu=np.ones(3))
   np.testing.assert_array_equal(paths.load_npz(ok)["mu"], np.ones(3))
+
+
+def test_a_write_failing_in_a_save_thread_stops_at_the_next_step(
+    tmp_path, capsys):
+  # Orbax reports a write that failed in its save thread by logging it
+  # (with its traceback); the save may still be in progress. The next step
+  # boundary (Saves.check, without waiting) stops the run in one line, and
+  # the logged traceback never reaches the console.
+  import logging
+  import jax.numpy as jnp
+  from ddpm_jax import checkpoint_saves, checkpoints
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "run"))
+  saves = checkpoint_saves.Saves(manager)
+  saves.save(1, {"w": jnp.ones(3)}, {"epoch": 0, "offset": 1})
+  manager.wait_until_finished()
+  saves.check()  # confirmed: nothing failed
+  saves.save(2, {"w": jnp.ones(3)}, {"epoch": 0, "offset": 2})
+  manager.wait_until_finished()
+  manager.is_saving_in_progress = lambda: True  # as if still writing
+  saves.check()  # unconfirmed, nothing failed: training goes on
+  try:
+    raise OSError(28, "No space left on device")
+  except OSError:
+    record = logging.LogRecord(
+        "absl", logging.ERROR,
+        "/x/orbax/checkpoint/_src/serialization/tensorstore_utils.py", 1,
+        "write failed", None, sys.exc_info())
+  logging.getLogger("absl").handle(record)
+  with pytest.raises(checkpoint_saves.SaveError) as e:
+    saves.check()
+  assert str(e.value).startswith(
+      f"checkpoint 2 could not be written to {tmp_path}/run/checkpoints/2 "
+      f"(No space left on device"), str(e.value)
+  assert "write failed" not in capsys.readouterr().err
+  del manager.is_saving_in_progress
+  manager.close()
