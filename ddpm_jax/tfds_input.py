@@ -14,10 +14,12 @@ example i of the epoch from (seed, e, p, i).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import importlib.util
 import io
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -34,6 +36,26 @@ from ddpm_jax.streams import Batches, DataError, Position
 TF_EXTRA = "pip install 'ddpm-jax[tf]'"
 
 
+class _VariantFolderWarnings(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Variant folder ")
+
+
+@contextlib.contextmanager
+def _no_variant_folder_warnings():
+  """Without tfds' 'Variant folder ... has no dataset_info.json' warnings
+  (logged for a dataset that is not prepared, or a folder of an earlier
+  download that failed): whether the dataset is prepared is said in this
+  module's own one line."""
+  logger, quiet = logging.getLogger("absl"), _VariantFolderWarnings()
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
+
+
 def prepared_builder(name: str, data_dir: Optional[str],
                      download: bool = True):
   """The tfds builder of ``name`` in ``data_dir``, prepared there first
@@ -42,15 +64,17 @@ def prepared_builder(name: str, data_dir: Optional[str],
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   paths.check_reachable(data_dir)
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    with _no_variant_folder_warnings():
+      builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"unknown tfds dataset {name!r} (data.name): "
                     f"{str(e).splitlines()[0]}") from None
   build = (f"prepare it on a machine with internet (`tfds build {name} "
            f"--data_dir DIR`) and set data.data_dir=DIR, or use "
            f"data.name='digits'")
-  if builder.is_prepared():
-    return builder
+  with _no_variant_folder_warnings():
+    if builder.is_prepared():
+      return builder
   if not download:
     raise DataError(f"tfds dataset {name!r} is not in "
                     f"{builder.data_dir!r} and data.download is False: "

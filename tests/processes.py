@@ -156,3 +156,18 @@ def run_until_signalled(args, ready, signum, env=None, timeout=300):
     if proc.poll() is None:
       proc.kill()
   return proc.returncode, out, err
+
+
+def error_line(proc):
+  """The refusal of a finished process: it failed, and the only line of
+  its stderr besides progress bars and 'warning: ' lines is the last,
+  'error: ...'."""
+  assert proc.returncode != 0
+  lines = proc.stderr.strip().splitlines()
+  assert lines and lines[-1].startswith("error: "), proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  said = [line for line in lines[:-1] if line.strip() and not (
+      line.startswith("warning: ") or "\r" in line or "it/s]" in line or
+      "batch/s]" in line or "%|" in line)]
+  assert not said, proc.stderr[-2000:]
+  return lines[-1]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests import test_docs_commands as docs
-from tests.processes import run_entries_in_one_process
+from tests.processes import error_line, run_entries_in_one_process
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Added after each documented command: the smallest settings that still run
@@ -120,9 +120,9 @@ def test_documented_commands_run_as_written(tmp_path):
   failed = []
   for (entry, line), r in results.items():
     if (entry, line) in NEEDS_DOWNLOAD:
-      last = r.stderr.strip().splitlines()[-1]
-      assert r.returncode == 1 and last.startswith("error: ") and (
-          "download https://" in last), (line, r.stderr[-2000:])
+      last = error_line(r)
+      assert r.returncode == 1 and "download https://" in last, (
+          line, r.stderr[-2000:])
       continue
     if r.returncode != 0:
       failed.append(f"python {entry} {line}: rc {r.returncode}: "

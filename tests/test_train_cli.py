@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.processes import run_entries_in_one_process, run_until_signalled
+from tests.processes import (error_line, run_entries_in_one_process,
+                             run_until_signalled)
 from tests.tiny_configs import TINY_ARGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,14 +24,6 @@ def run(script, *args, env=None):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
   return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
-
-
-def error_line(proc):
-  assert proc.returncode != 0
-  lines = proc.stderr.strip().splitlines()
-  assert lines and lines[-1].startswith("error: "), proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  return lines[-1]
 
 
 def read_scalars(logdir):
