@@ -203,8 +203,8 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
 
 # Where a storage library's message turns to its internals (TensorStore
 # appends a spec, a bound method's repr or source locations).
-_INTERNALS = (" See full TensorStore details", " [source locations=",
-              " [tensorstore_spec=", "<bound method")
+_INTERNALS = (" See full TensorStore details", " [source locations",
+              " [tensorstore_spec", "<bound method")
 
 
 class _ReportedElsewhere(logging.Filter):

@@ -281,3 +281,26 @@ def test_a_failed_restore_prints_nothing_but_its_line(tmp_path, template):
   lines = p.stderr.strip().splitlines()
   assert p.returncode == 1 and len(lines) == 1, p.stderr[-3000:]
   assert lines[0].startswith("error: checkpoint 2 in "), lines[0]
+
+
+@pytest.mark.parametrize("tail", [
+    " [tensorstore_spec='{\"driver\":\"zarr\"}']",
+    " [tensorstore_spec[1]='{\"base\":{\"driver\":\"zarr\"}}']",
+    " [source locations='tensorstore/kvstore/ocdbt/io.cc:12']"])
+def test_a_read_error_is_cut_where_the_library_internals_begin(tail):
+  # TensorStore's messages, as a failed restore raises them; which form
+  # of the spec it appends depends on the read that failed first.
+  e = ValueError('OUT_OF_RANGE: Error opening "cast" driver: Error opening '
+                 '"zarr" driver: Error reading "a.b/.zarray" in OCDBT '
+                 'database at local file "/w/4/state/": Error reading Byte '
+                 'range [0, 2608) of local file "/w/4/state/d/x": Requested '
+                 'byte range [0, 2608) is not valid for value of size 100'
+                 + tail)
+  assert checkpoints._read_error(e) == (
+      'Error reading "a.b/.zarray": Requested byte range [0, 2608) is not '
+      'valid for value of size 100')
+  zstd = ValueError('DATA_LOSS: Error reading "params.x/0.0" in OCDBT '
+                    'database at local file "/w/": ZSTD_decompressStream() '
+                    'failed: Data corruption detected' + tail)
+  assert checkpoints._read_error(zstd) == (
+      'Error reading "params.x/0.0": Data corruption detected')
