@@ -14,7 +14,7 @@ kind, opcode or library call), how often it ran, its total and per-call
 time (summed over the devices), its share of all traced op time (loops
 and calls are left out: their ops are counted), and its achieved GFLOP/s
 and GB/s (FLOPs of its convolutions and dots, and bytes of its operands
-and result, from the compiled program: benchmarks/hlo_costs.py). One JSON
+and result, from the compiled program: ddpm_jax/hlo_costs.py). One JSON
 line per op, then one with the totals; the table last, for reading.
 
 (Named op_profile.py, not profile.py: run as a script, this folder comes
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import flags
 
 import common
-import hlo_costs
+from ddpm_jax import hlo_costs
 
 FLAGS = flags.FLAGS
 common.define_config_flags()

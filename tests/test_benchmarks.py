@@ -110,12 +110,10 @@ def test_without_the_test_extra(tmp_path):
 
 
 def test_hlo_costs_count_convolutions_and_dots():
-  # benchmarks/hlo_costs.py on a compiled program of known work: a 3x3
+  # ddpm_jax/hlo_costs.py on a compiled program of known work: a 3x3
   # convolution (2 * 4*6*6*8 outputs * 3*3*5 inputs each) and a dot
   # (2 * 7*9 outputs * 11 each), each in its own call.
-  import sys
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  import hlo_costs
+  from ddpm_jax import hlo_costs
   import jax
   import jax.numpy as jnp
   x = jnp.ones((4, 6, 6, 5))
@@ -130,6 +128,38 @@ def test_hlo_costs_count_convolutions_and_dots():
   top = max(costs.values(), key=lambda c: c.flops)
   assert top.flops == 2 * 7 * 9 * 11
   assert top.bytes == 4 * (7 * 11 + 11 * 9 + 7 * 9)
+
+
+def test_program_flops_count_loops_by_their_trips():
+  # A convolution and a dot in one program; a scan of 5 dots (a known trip
+  # count); a fori_loop over a traced count (its body once: one step of
+  # training.steps_per_call's loop); a cond (its costliest branch).
+  from ddpm_jax import hlo_costs
+  import jax
+  import jax.numpy as jnp
+  x, w = jnp.ones((4, 6, 6, 5)), jnp.ones((3, 3, 5, 8))
+  a, b = jnp.ones((7, 11)), jnp.ones((11, 11))
+  conv_flops, dot_flops = 2 * 4 * 6 * 6 * 8 * 45, 2 * 7 * 11 * 11
+
+  def flops(fn, *args):
+    return hlo_costs.program_flops(
+        jax.jit(fn).lower(*args).compile().as_text())
+
+  def both(x, w, a, b):
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC")).sum() + (a @ b).sum()
+
+  assert flops(both, x, w, a, b) == conv_flops + dot_flops
+  scan = lambda a, b: jax.lax.scan(lambda c, _: (jnp.tanh(c @ b), None), a,
+                                   None, length=5)[0]
+  assert flops(scan, a, b) == 5 * dot_flops
+  loop = lambda a, b, n: jax.lax.fori_loop(0, n, lambda i, c: jnp.tanh(
+      c @ b), a)
+  assert flops(loop, a, b, jnp.int32(3)) == dot_flops
+  cond = lambda a, b, p: jax.lax.cond(p, lambda: (a @ b @ b).sum(),
+                                      lambda: (a @ b).sum())
+  assert flops(cond, a, b, True) == 2 * dot_flops
 
 
 @pytest.mark.slow

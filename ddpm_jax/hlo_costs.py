@@ -1,6 +1,7 @@
 """FLOPs and bytes of each instruction of a compiled XLA program, read from
-its optimized HLO text (``jax.stages.Compiled.as_text()``), for
-benchmarks/op_op_profile.py's table.
+its optimized HLO text (``jax.stages.Compiled.as_text()``): for
+benchmarks/op_profile.py's table, and :func:`program_flops`, the model
+FLOPs of one call that the training log's TFLOP/s and MFU are made of.
 
 FLOPs count the multiply-adds of convolutions and dots (2 per
 multiply-add), also inside fusions and as library calls (cuDNN
@@ -126,18 +127,20 @@ def _own_flops(opcode: str, result: str, ins: List, attrs: str) -> float:
   return 0.0
 
 
-def instruction_costs(hlo_text: str) -> Dict[str, Cost]:
-  """{instruction name: :class:`Cost`} for every instruction of every
-  computation; a fusion's FLOPs are those of the instructions it calls."""
+def _parse(hlo_text: str):
+  """({instruction: (computation, opcode, result, rest)}, {computation:
+  [instruction, ...]}, the entry computation's name)."""
   parsed = {}  # name -> (computation, opcode, result, rest)
   comp_of = {}
-  computation = ""
+  computation, entry = "", ""
   for line in hlo_text.splitlines():
     if not line.startswith(" ") and "{" in line and "=" not in line.split(
         "{")[0].split("(")[0]:
       m = _COMP.match(line)
       if m:
         computation = m.group(1)
+        if line.startswith("ENTRY"):
+          entry = computation
       continue
     m = _INSTR.match(line)
     if not m:
@@ -148,6 +151,73 @@ def instruction_costs(hlo_text: str) -> Dict[str, Cost]:
       continue
     parsed[name] = (computation, opcode, result, rest)
     comp_of.setdefault(computation, []).append(name)
+  return parsed, comp_of, entry
+
+
+def _own_flops_of(parsed) -> Dict[str, float]:
+  """{instruction: its own FLOPs} (a convolution's or a dot's)."""
+  def operand_shapes(rest):
+    operands = _operands(rest)
+    inline = _shapes(operands)
+    if inline:
+      return inline
+    return [_shapes(parsed[n][2])[0] for n in _operand_names(operands)
+            if n in parsed and _shapes(parsed[n][2])]
+
+  return {n: _own_flops(op, res, operand_shapes(rest),
+                        rest[len(_operands(rest)):])
+          for n, (_, op, res, rest) in parsed.items()}
+
+
+def program_flops(hlo_text: str) -> float:
+  """The FLOPs of one call of a compiled program: its convolutions' and
+  dots' (2 per multiply-add, as :func:`instruction_costs` counts them),
+  wherever they sit: in fusions and calls, in a loop's body times its
+  trip count where XLA knows it (a ``lax.scan``), once where it does not
+  (a ``fori_loop`` over a traced count), in the costliest branch of a
+  conditional. Elementwise work is not counted: these are the model FLOPs
+  that MFU is defined over. For a program partitioned over devices, the
+  FLOPs of one device's part."""
+  parsed, comp_of, entry = _parse(hlo_text)
+  own = _own_flops_of(parsed)
+  memo: Dict[str, float] = {}
+
+  def flops(comp: str, seen: Tuple[str, ...] = ()) -> float:
+    if comp in memo:
+      return memo[comp]
+    if comp in seen:
+      return 0.0
+    total = 0.0
+    for n in comp_of.get(comp, []):
+      _, op, _, rest = parsed[n]
+      total += own[n]
+      inner = seen + (comp,)
+      if op == "while":
+        body = re.search(r"body=%?([\w.\-]+)", rest)
+        trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
+        if body:
+          total += flops(body.group(1), inner) * (
+              int(trips.group(1)) if trips else 1)
+      elif op == "conditional":
+        branches = re.search(r"branch_computations=\{([^}]*)\}", rest)
+        names = re.findall(r"%?([\w.\-]+)", branches.group(1)) if (
+            branches) else re.findall(
+                r"(?:true|false)_computation=%?([\w.\-]+)", rest)
+        total += max((flops(b, inner) for b in names), default=0.0)
+      else:
+        for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", rest):
+          total += flops(callee, inner)
+    memo[comp] = total
+    return total
+
+  return flops(entry)
+
+
+def instruction_costs(hlo_text: str) -> Dict[str, Cost]:
+  """{instruction name: :class:`Cost`} for every instruction of every
+  computation; a fusion's FLOPs are those of the instructions it calls."""
+  parsed, comp_of, _ = _parse(hlo_text)
+
   def operand_shapes(rest):
     operands = _operands(rest)
     inline = _shapes(operands)
