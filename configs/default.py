@@ -165,6 +165,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # launching it. Logs, checkpoints, evaluations and SIGTERM still happen
   # at their own steps (a call stops short of them).
   config.training.steps_per_call = 1
+  # The peak TFLOP/s of one device that the log's MFU is measured against;
+  # 0: the table of TPU and GPU kinds in ddpm_jax/run/hardware_use.py (no
+  # MFU where the kind is not listed, e.g. on the CPU).
+  config.training.peak_tflops = 0.0
   # The objective: 'mse' (L_simple for eps), 'kl' (the bound's terms, in
   # bits) or 'hybrid' (mse + hybrid_lambda * the bound, the mean's gradient
   # stopped in it; improved DDPM). loss_weighting of the mse: 'none',

@@ -15,12 +15,12 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from ddpm_jax import (checkpoint_saves, checkpoints, data, images, parallel,
-                      paths, progress, write_deadlines)
+from ddpm_jax import (checkpoint_saves, checkpoints, data, hlo_costs, images,
+                      parallel, paths, progress, write_deadlines)
 from ddpm_jax.evaluators import common as evaluators_common
 from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
                                   make_optimizer, make_schedule)
-from ddpm_jax.run import summary, workdir_lock
+from ddpm_jax.run import hardware_use, summary, workdir_lock
 from ddpm_jax.samplers import generate as generate_lib
 from ddpm_jax.train.state import TrainState, create_train_state
 from ddpm_jax.train.step import make_multi_step, make_train_step
@@ -170,6 +170,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
              dynamic_ncols=True, mininterval=2.0, disable=not lead)
   skip = bool(config.training.skip_nonfinite)
   skipped = 0
+  waited, flops = 0.0, 0.0  # seconds waiting for input; FLOPs per step
+  peak = hardware_use.peak_tflops(jax.devices()[0].device_kind,
+                                  float(config.training.peak_tflops))
   # The grid is also drawn at the end when sample_every is 0.
   evaluators = evaluators_common.from_config(config, model, schedule) + [
       (int(config.training.sample_every) or total,
@@ -239,18 +242,28 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                 f"{step} and stopped; run the same command to continue")
           break
         n = chunk(step)
+        began = time.time()
         taken = [next(batches) for _ in range(n)]
+        waited += time.time() - began
         position = taken[-1][1]
         if k == 1:
           args = (state, taken[0][0], schedule)
         else:  # the call's unused slots repeat the last batch
           args = (state, tuple(b for b, _ in taken) +
                   (taken[-1][0],) * (k - n), jnp.int32(n), schedule)
-        if multihost and step == start:
-          # Compile first, then line the processes up: one still compiling
-          # when another runs the step would time out gloo's context set-up.
+        if step == start:
+          # Compiled here, for its time and FLOPs; with several processes,
+          # compile first, then line them up: one still compiling when
+          # another runs the step would time out gloo's context set-up.
+          began = time.time()
           step_fn = step_fn.lower(*args).compile()
-          parallel.host_barrier(f"train_step_compiled_{start}")
+          compile_s = time.time() - began
+          if lead:
+            flops = hlo_costs.program_flops(step_fn.as_text())
+            _log_compiled(bar, writer, start, compile_s, flops, peak)
+          if multihost:
+            parallel.host_barrier(f"train_step_compiled_{start}")
+          t0, waited = time.time(), 0.0
         state, metrics = step_fn(*args)
         done = step + n
         if pending is not None:
@@ -266,8 +279,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           # The rate the update of step `done` used (optax counts from 0).
           m["learning_rate"] = float(lr_fn(done - 1))
           m["skipped_steps"] = float(skipped)
+          if lead:
+            m.update(hardware_use.rates(flops, done - last, dt, waited, peak))
           del m["finite"]
-          t0, last = time.time(), done
+          t0, last, waited = time.time(), done, 0.0
           bar.set_postfix(loss=f"{m['loss']:.4f}",
                           img_s=f"{m['img_per_s']:.0f}")
           if writer is not None:
@@ -282,7 +297,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                 bar, f"step {done}: loss {m['loss']:.5f} grad_norm "
                 f"{m['grad_norm']:.4f} lr {m['learning_rate']:.3g} "
                 f"steps/s {m['steps_per_s']:.2f} img/s "
-                f"{m['img_per_s']:.1f}")
+                f"{m['img_per_s']:.1f} TFLOP/s {m['tflops_per_device']:.3g}"
+                + (f" MFU {m['mfu']:.1%}" if "mfu" in m else "") +
+                f" input {m['input_wait']:.0%}")
         bar.update(n)
         step = done
         if done % config.training.checkpoint_every == 0 or done == total:
@@ -316,6 +333,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         f"space or fix the storage, then run the same command to continue"
     ) from e
   return state
+
+
+def _log_compiled(bar, writer, step: int, seconds: float, flops: float,
+                  peak) -> None:
+  """The train step's compile time and FLOPs, once, on the console and
+  (``train/compile_s``) in TensorBoard."""
+  on_peak = f", peak {peak:g} TFLOP/s" if peak else ""
+  progress.log_line(bar, f"train step compiled in {seconds:.1f} s: "
+                    f"{flops / 1e9:.4g} GFLOP per step and device{on_peak}")
+  if writer is not None:
+    writer.add_scalar("train/compile_s", seconds, step)
 
 
 def _within(bound, fn):
