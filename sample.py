@@ -31,6 +31,9 @@ flags.DEFINE_string("out", None, "Output prefix; an existing one is an "
                     "that differs from configs/default.py (e.g. _ddim50_"
                     "trailing_eta0.5); a default name already taken gets "
                     "_2, _3 ... OUT.json records every setting.")
+flags.DEFINE_bool("profile", False, "Also write a jax.profiler trace of "
+                  "the sampling (its compile included) into OUT_profile/, "
+                  "for TensorBoard's profile plugin.")
 flags.DEFINE_integer("progressive", None, "Instead of the sample grid, "
                      "record x_t and the predicted x_0 every K steps (paper "
                      "Fig. 6): OUT_x0.png, OUT_xt.png, OUT.gif and "
@@ -81,6 +84,8 @@ def main(argv):
     cli.fail(f"give at most one of --{', --'.join(modes)}")
   if modes and FLAGS.workdir is None:
     cli.fail(f"--{modes[0]} needs --workdir (a train.py run)")
+  if modes and FLAGS.profile:
+    cli.fail(f"--profile goes with the sample grid, not --{modes[0]}")
   with cli.errors_as_one_line():
     if modes:
       print(f"wrote {_figure(modes[0])}.*")
@@ -90,15 +95,17 @@ def main(argv):
           FLAGS.workdir, num=FLAGS.num, batch_size=FLAGS.batch_size,
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
           variance=FLAGS.variance, sampler=run_flags.sampler_overrides(),
-          dtype=FLAGS.dtype, memory_check=FLAGS.memory_check)
+          dtype=FLAGS.dtype, memory_check=FLAGS.memory_check,
+          profile=FLAGS.profile)
     else:
       path = sampling.sample_from_model(
           FLAGS.model, num=FLAGS.num, batch_size=FLAGS.batch_size,
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
           image_size=FLAGS.image_size, variance=FLAGS.variance,
           sampler=run_flags.sampler_overrides(), dtype=FLAGS.dtype,
-          memory_check=FLAGS.memory_check)
-  print(f"wrote {path}.png, {path}.npz and {path}.json")
+          memory_check=FLAGS.memory_check, profile=FLAGS.profile)
+  print(f"wrote {path}.png, {path}.npz and {path}.json" +
+        (f", and the profile in {path}_profile/" if FLAGS.profile else ""))
 
 
 if __name__ == "__main__":

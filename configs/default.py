@@ -169,6 +169,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # 0: the table of TPU and GPU kinds in ddpm_jax/run/hardware_use.py (no
   # MFU where the kind is not listed, e.g. on the CPU).
   config.training.peak_tflops = 0.0
+  # 'START:END': a jax.profiler trace of steps START to END (as the log
+  # numbers them) on process 0, in WORKDIR/profile/ (TensorBoard's profile
+  # plugin reads it); '': none.
+  config.training.profile_steps = ""
   # The objective: 'mse' (L_simple for eps), 'kl' (the bound's terms, in
   # bits) or 'hybrid' (mse + hybrid_lambda * the bound, the mean's gradient
   # stopped in it; improved DDPM). loss_weighting of the mse: 'none',

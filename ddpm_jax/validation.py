@@ -5,7 +5,8 @@ and the fix."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+import re
+from typing import Any, Mapping, Optional, Tuple
 
 import ml_collections
 
@@ -161,6 +162,14 @@ def validate_config(config: ml_collections.ConfigDict,
         f"--config.model.attn_head_dim to a divisor of every block width "
         f"{widths}, or leave it unset for one head")
   _validate_objective(config)
+  try:
+    profile_steps(config.training.profile_steps)
+  except ValueError:
+    raise ConfigError(
+        f"config field training.profile_steps="
+        f"{config.training.profile_steps!r} is invalid: set "
+        f"--config.training.profile_steps to 'START:END' (steps, 1 <= START "
+        f"<= END), or '' for no profile") from None
   levels = len(config.model.ch_mult)
   if config.data.image_size % (2**(levels - 1)):
     raise ConfigError(
@@ -207,3 +216,15 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
     if bad:
       raise ConfigError(f"config field {field}={_field(config, field)!r} "
                         f"{why}")
+
+
+def profile_steps(spec: str) -> Optional[Tuple[int, int]]:
+  """(START, END) of a ``training.profile_steps`` value 'START:END' (1 <=
+  START <= END, the steps as the log numbers them); None for ''. Raises
+  ValueError for anything else."""
+  if not spec:
+    return None
+  m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(spec))
+  if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+    raise ValueError(spec)
+  return int(m.group(1)), int(m.group(2))

@@ -63,10 +63,12 @@ def _upload(folder, url):
 
 @pytest.fixture(scope="module")
 def trained(gcs):
-  """A tiny run trained for 3 steps in the bucket: its workdir URL."""
+  """A tiny run trained for 3 steps in the bucket, with a profile of steps
+  2 to 3: its workdir URL."""
   wd = f"gs://{BUCKET}/run"
   p = run("train.py", *TINY, "--workdir", wd,
-          "--config.training.num_steps=3", env=gcs)
+          "--config.training.num_steps=3",
+          "--config.training.profile_steps=2:3", env=gcs)
   assert p.returncode == 0, p.stderr[-3000:]
   return wd
 
@@ -75,8 +77,12 @@ def trained(gcs):
 def test_train_writes_only_to_the_bucket_and_resumes_from_it(gcs, trained):
   from ddpm_jax import paths
   names = paths.listdir(trained)
-  assert {"config.json", "checkpoints", "samples", "tensorboard"} <= set(
-      names), names
+  assert {"config.json", "checkpoints", "samples", "tensorboard",
+          "profile"} <= set(names), names
+  [run_dir] = paths.listdir(f"{trained}/profile/plugins/profile")
+  assert [n for n in paths.listdir(
+      f"{trained}/profile/plugins/profile/{run_dir}")
+          if n.endswith(".xplane.pb")], run_dir
   assert json.loads(paths.read_text(f"{trained}/config.json"))[
       "training"]["num_steps"] == 3
   assert "3" in paths.listdir(f"{trained}/checkpoints")

@@ -2,6 +2,8 @@
 model TFLOP/s per device from the compiled step, MFU against a peak, the
 time spent waiting for input, the step's compile time."""
 
+import glob
+
 import jax
 import pytest
 
@@ -34,37 +36,60 @@ def test_rates():
   assert r["mfu"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("peak", [0.0, 4.0])
-def test_the_logged_tflops_are_the_compiled_steps(tmp_path, peak):
-  # The FLOPs behind the logged TFLOP/s (TFLOP/s over steps/s) are those
+def test_the_logged_tflops_are_the_compiled_steps_and_a_profile_changes_nothing(
+    tmp_path):
+  # Two runs: without a peak (none is known for the CPU: no MFU) and
+  # without a profile; with a peak and a profile of steps 2 to 3. The FLOPs
+  # behind the logged TFLOP/s (TFLOP/s over steps/s) are those
   # ddpm_jax/hlo_costs.py counts in the same step, compiled as training
-  # compiles it; MFU only with a peak (none is known for the CPU).
-  config = tiny_config(num_steps=3, checkpoint_every=3, sample_every=0,
-                       log_every=1, peak_tflops=peak)
-  wd = str(tmp_path / "run")
-  train_loop.train_and_evaluate(config, wd)
-  scalars = read_scalars(f"{wd}/tensorboard")
-  assert set(scalars["train/compile_s"]) == {0}
-  assert scalars["train/compile_s"][0] > 0
-  assert set(scalars["train/input_wait"]) == {1, 2, 3}
-  assert all(0 <= v <= 1 for v in scalars["train/input_wait"].values())
+  # compiles it; the profile is written and the results are the same bits.
+  model = mesh = flops = None
+  states = {}
+  for peak, profile in ((0.0, ""), (4.0, "2:3")):
+    config = tiny_config(num_steps=3, checkpoint_every=3, sample_every=0,
+                         log_every=1, peak_tflops=peak,
+                         profile_steps=profile)
+    wd = str(tmp_path / f"run{peak}")
+    states[peak] = train_loop.train_and_evaluate(config, wd)
+    scalars = read_scalars(f"{wd}/tensorboard")
+    assert set(scalars["train/compile_s"]) == {0}
+    assert scalars["train/compile_s"][0] > 0
+    assert set(scalars["train/input_wait"]) == {1, 2, 3}
+    assert all(0 <= v <= 1 for v in scalars["train/input_wait"].values())
+    if flops is None:
+      model, tx = from_config.make_model(config), (
+          from_config.make_optimizer(config))
+      mesh = parallel.make_mesh()
+      state = create_train_state(config, model, tx, mesh)
+      step = make_train_step(config, model, tx, mesh, jax.tree_util.tree_map(
+          lambda x: x.sharding, state))
+      batch = jax.numpy.zeros((8, 8, 8, 1))
+      flops = hlo_costs.program_flops(step.lower(
+          state, batch, from_config.make_schedule(config)).compile().as_text())
+      assert flops > 1e8
+    for s in (1, 2, 3):
+      tflops = scalars["train/tflops_per_device"][s]
+      logged = tflops * 1e12 / scalars["train/steps_per_s"][s]
+      assert logged == pytest.approx(flops, rel=0.01), (s, logged, flops)
+      if peak:
+        assert scalars["train/mfu"][s] == pytest.approx(tflops / peak,
+                                                        rel=1e-5)
+    if not peak:
+      assert "train/mfu" not in scalars
+    traces = glob.glob(f"{wd}/profile/plugins/profile/*/*.xplane.pb")
+    assert len(traces) == (1 if profile else 0), traces
+  same = jax.tree_util.tree_map(lambda a, b: bool((a == b).all()),
+                                states[0.0], states[4.0])
+  assert all(jax.tree_util.tree_leaves(same))
 
-  model, tx = from_config.make_model(config), from_config.make_optimizer(
-      config)
-  mesh = parallel.make_mesh()
-  state = create_train_state(config, model, tx, mesh)
-  step = make_train_step(config, model, tx, mesh, jax.tree_util.tree_map(
-      lambda x: x.sharding, state))
-  batch = jax.numpy.zeros((8, 8, 8, 1))
-  flops = hlo_costs.program_flops(step.lower(
-      state, batch, from_config.make_schedule(config)).compile().as_text())
-  assert flops > 1e8
-  for s in (1, 2, 3):
-    tflops = scalars["train/tflops_per_device"][s]
-    logged = tflops * 1e12 / scalars["train/steps_per_s"][s]
-    assert logged == pytest.approx(flops, rel=0.01), (s, logged, flops)
-    if peak:
-      assert scalars["train/mfu"][s] == pytest.approx(tflops / peak,
-                                                      rel=1e-5)
-  if not peak:
-    assert "train/mfu" not in scalars
+
+def test_a_profile_window_is_start_colon_end():
+  from ddpm_jax.from_config import ConfigError
+  from ddpm_jax.validation import profile_steps, validate_config
+  assert profile_steps("") is None
+  assert profile_steps("5:5") == (5, 5)
+  assert profile_steps(" 2 : 9 ") == (2, 9)
+  for bad in ("3:2", "0:4", "5", "a:b", "1:2:3"):
+    config = tiny_config(profile_steps=bad)
+    with pytest.raises(ConfigError, match="training.profile_steps"):
+      validate_config(config)

@@ -1,6 +1,7 @@
 """train.py and sample.py end to end on a tiny digits config: checkpoints,
 resume, sample grids, and one-line errors for bad arguments."""
 
+import glob
 import json
 import os
 import shutil
@@ -71,8 +72,11 @@ def test_train_resume_and_sample(tmp_path):
 
   out = str(tmp_path / "s")
   p = run("sample.py", "--workdir", wd, "--num", "6", "--batch_size", "4",
-          "--seed", "1", "--out", out)
+          "--seed", "1", "--out", out, "--profile")
   assert p.returncode == 0, p.stderr[-3000:]
+  # --profile: a trace of the sampling beside the outputs.
+  assert glob.glob(f"{out}_profile/plugins/profile/*/*.xplane.pb")
+  assert f"and the profile in {out}_profile/" in p.stdout, p.stdout
   imgs = np.load(out + ".npz")["images"]
   assert imgs.shape == (6, 8, 8, 1) and imgs.dtype == np.uint8
   assert os.path.getsize(out + ".png") > 100

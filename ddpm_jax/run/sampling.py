@@ -13,7 +13,7 @@ from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import diffusers_config, sources
 from ddpm_jax.interop import tf_checkpoint
 from ddpm_jax.models.unet import eps_fn
-from ddpm_jax.run import outputs
+from ddpm_jax.run import outputs, profile_window
 from ddpm_jax.run.flags import FLAG_NAMES
 from ddpm_jax.samplers import figures, generate
 from ddpm_jax.samplers.registry import get_sampler
@@ -100,11 +100,12 @@ def _load_workdir(workdir: str, use_ema: bool, dtype: Optional[str]):
 
 def _draw_and_write(config, params, num: int, batch_size: int, seed: int,
                     prefix: str, explicit: bool, memory_check: bool,
-                    **settings) -> str:
+                    profile: bool = False, **settings) -> str:
   check_batch_memory(config, min(batch_size, num), memory_check)
   prefix = outputs.claim(prefix, outputs.SAMPLES, explicit)
-  x = generate.generate(config, from_config.make_model(config), params, num,
-                        min(batch_size, num), seed)
+  with profile_window.traced(f"{prefix}_profile" if profile else None):
+    x = generate.generate(config, from_config.make_model(config), params,
+                          num, min(batch_size, num), seed)
   images.write_samples(prefix, x, images.display_scale(config.data.image_size))
   outputs.write_settings(prefix, config, seed=seed, num=num, **settings)
   return prefix
@@ -116,13 +117,16 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
                         variance: Optional[str] = None,
                         sampler: Optional[Dict[str, Any]] = None,
                         dtype: Optional[str] = None,
-                        memory_check: bool = True) -> str:
+                        memory_check: bool = True,
+                        profile: bool = False) -> str:
   """Writes ``num`` samples of ``workdir``'s latest checkpoint; returns the
   output prefix (``.png``, ``.npz`` and the settings' ``.json`` are
   appended; :mod:`ddpm_jax.run.outputs` names it and never overwrites).
   ``sampler`` overrides ``config.sampling`` fields (sampler, steps, eta,
   spacing ...); ``dtype`` the compute dtype (:func:`set_compute_dtype`);
-  ``memory_check`` refuses a batch too large (:func:`check_batch_memory`).
+  ``memory_check`` refuses a batch too large (:func:`check_batch_memory`);
+  ``profile`` writes a ``jax.profiler`` trace of the sampling (its
+  compile included) into ``<prefix>_profile/``.
   """
   _check_counts(num, batch_size)
   outputs.check_writable(out, paths.join(workdir, "samples"))
@@ -132,8 +136,8 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
       workdir, "samples",
       f"sample_seed{seed}_step{step}{outputs.sampling_tag(config, use_ema)}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix,
-                         out is not None, memory_check, source=workdir,
-                         step=step, use_ema=use_ema)
+                         out is not None, memory_check, profile,
+                         source=workdir, step=step, use_ema=use_ema)
 
 
 def model_dir(path: str) -> str:
@@ -148,10 +152,11 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
                       variance: Optional[str] = None,
                       sampler: Optional[Dict[str, Any]] = None,
                       dtype: Optional[str] = None,
-                      memory_check: bool = True) -> str:
+                      memory_check: bool = True,
+                      profile: bool = False) -> str:
   """Writes ``num`` samples of a diffusers model directory or an original
   TF checkpoint (by default in the model's folder, under samples/);
-  returns the output prefix."""
+  returns the output prefix. ``profile``: as :func:`sample_from_workdir`."""
   _check_counts(num, batch_size)
   outputs.check_writable(out, paths.join(model_dir(path), "samples"))
   config, params, _ = sources.load_model(path, image_size, use_ema)
@@ -163,7 +168,7 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
   prefix = out or paths.join(model_dir(path), "samples",
                              f"sample_seed{seed}{tag}")
   return _draw_and_write(config, params, num, batch_size, seed, prefix,
-                         out is not None, memory_check, source=path,
+                         out is not None, memory_check, profile, source=path,
                          use_ema=use_ema)
 
 

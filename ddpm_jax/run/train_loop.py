@@ -20,7 +20,7 @@ from ddpm_jax import (checkpoint_saves, checkpoints, data, hlo_costs, images,
 from ddpm_jax.evaluators import common as evaluators_common
 from ddpm_jax.from_config import (ConfigError, learning_rate_fn, make_model,
                                   make_optimizer, make_schedule)
-from ddpm_jax.run import hardware_use, summary, workdir_lock
+from ddpm_jax.run import hardware_use, profile_window, summary, workdir_lock
 from ddpm_jax.samplers import generate as generate_lib
 from ddpm_jax.train.state import TrainState, create_train_state
 from ddpm_jax.train.step import make_multi_step, make_train_step
@@ -170,6 +170,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
              dynamic_ncols=True, mininterval=2.0, disable=not lead)
   skip = bool(config.training.skip_nonfinite)
   skipped = 0
+  window = profile_window.ProfileWindow(config.training.profile_steps,
+                                        workdir, lead)
   waited, flops = 0.0, 0.0  # seconds waiting for input; FLOPs per step
   peak = hardware_use.peak_tflops(jax.devices()[0].device_kind,
                                   float(config.training.peak_tflops))
@@ -264,8 +266,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           if multihost:
             parallel.host_barrier(f"train_step_compiled_{start}")
           t0, waited = time.time(), 0.0
+        window.before(step, n)
         state, metrics = step_fn(*args)
         done = step + n
+        began = time.time()
+        with deadline(paths.join(workdir, profile_window.PROFILE_DIR)):
+          traced = window.after(done, state)
+        if traced:  # (its writing is not counted in the rates)
+          t0 += time.time() - began
+          progress.log_line(bar, f"step {done}: wrote the profile of steps "
+                            f"{config.training.profile_steps} to {traced}")
         if pending is not None:
           check_finite(*pending)
         pending = (done, metrics, n)
@@ -320,6 +330,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       bar.close()
       failing = sys.exc_info()[1]
       closing = [saves.close]
+      if not isinstance(failing, paths.StorageError):
+        closing.insert(0, lambda: _within(deadline(paths.join(
+            workdir, profile_window.PROFILE_DIR)), window.close))
       if writer is not None and not isinstance(failing, paths.StorageError):
         # (no writes once storage failed)
         closing.append(lambda: _within(deadline(events), writer.close))
