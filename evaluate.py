@@ -88,7 +88,7 @@ def main(argv):
   with cli.errors_as_one_line():
     config, params, step = evaluate.load(FLAGS.workdir, FLAGS.model,
                                          FLAGS.image_size, FLAGS.ema,
-                                         FLAGS.dtype)
+                                         FLAGS.dtype, FLAGS.revision)
     evaluate.set_dataset(config, FLAGS.dataset, FLAGS.data_dir)
     sampling.check_batch_memory(config, evaluate.largest_batch(
         FLAGS.metric, FLAGS.num, FLAGS.batch_size), FLAGS.memory_check)

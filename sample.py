@@ -103,7 +103,8 @@ def main(argv):
           seed=FLAGS.seed, out=FLAGS.out, use_ema=FLAGS.ema,
           image_size=FLAGS.image_size, variance=FLAGS.variance,
           sampler=run_flags.sampler_overrides(), dtype=FLAGS.dtype,
-          memory_check=FLAGS.memory_check, profile=FLAGS.profile)
+          memory_check=FLAGS.memory_check, profile=FLAGS.profile,
+          revision=FLAGS.revision)
   print(f"wrote {path}.png, {path}.npz and {path}.json" +
         (f", and the profile in {path}_profile/" if FLAGS.profile else ""))
 

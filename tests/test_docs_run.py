@@ -41,9 +41,11 @@ TINY = {"train.py": TINY_TRAINING, "train_classifier.py": TINY_CLASSIFIER,
 # the export whose folder stands in for the downloaded diffusers model.
 ORDER = ("train.py", "train_classifier.py", "ddpm_jax.interop.export",
          "sample.py", "evaluate.py")
-# The documented diffusers model (google/ddpm-cifar10-32, downloaded once)
-# is not available offline: the digits workdir's export stands in for it.
-DOWNLOADED_MODEL = "models/ddpm-cifar10-32"
+# The documented diffusers model (google/ddpm-cifar10-32, a Hub repo id)
+# is not available offline: the digits workdir's export stands in for it,
+# as a local folder of that name (which wins over the repo id; the Hub
+# path itself is tested in tests/test_hub.py).
+DOWNLOADED_MODEL = "google/ddpm-cifar10-32"
 
 # Documented commands of these entry points that this test does not run:
 # (start of the command line, why, and where it is tested instead).
@@ -105,7 +107,7 @@ def test_documented_commands_run_as_written(tmp_path):
     if "sample.py" in entries:
       # The exporter's documented default output is the stand-in for the
       # downloaded diffusers model.
-      (tmp_path / "models").mkdir()
+      (tmp_path / DOWNLOADED_MODEL).parent.mkdir()
       shutil.copytree(tmp_path / "workdir" / "digits" / "diffusers_step2",
                       tmp_path / DOWNLOADED_MODEL)
     groups = [(entry, [argv + TINY[entry] for argv in documented[entry]])
@@ -162,7 +164,7 @@ def test_documented_commands_run_as_written(tmp_path):
       (ROOT / "docs" / "sampling.md").read_text().split())
   # Nothing was written beside the workdirs (docs/configs.md's is "w") and
   # the stand-in model.
-  assert sorted(os.listdir(tmp_path)) == ["configs", "models", "w",
+  assert sorted(os.listdir(tmp_path)) == ["configs", "google", "w",
                                           "workdir"]
   for (entry, line), r in results.items():
     if entry == "evaluate.py" and (entry, line) not in NEEDS_DOWNLOAD:

@@ -15,6 +15,7 @@ from ddpm_jax import checkpoint_digests, checkpoints, from_config, paths
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop import diffusers_scheduler
 from ddpm_jax.interop import diffusers_unet
+from ddpm_jax.interop import hub
 from ddpm_jax.interop import tf_checkpoint
 from ddpm_jax.train.state import train_state_shapes
 
@@ -117,11 +118,14 @@ def load_tf(path: str, image_size: Optional[int], use_ema: bool = True
 
 
 def load_model(path: str, image_size: Optional[int] = None,
-               use_ema: bool = True
+               use_ema: bool = True, revision: Optional[str] = None
                ) -> Tuple[ml_collections.ConfigDict, Any, str]:
-  """A diffusers model directory or an original TF checkpoint ->
-  (config with model, data, diffusion and sampling set; params; a
-  description for messages)."""
+  """A diffusers model directory, a Hub repo id (fetched at ``revision``,
+  :mod:`ddpm_jax.interop.hub`) or an original TF checkpoint -> (config
+  with model, data, diffusion and sampling set; params; a description for
+  messages)."""
+  if hub.is_repo_id(path):
+    return load_diffusers(hub.fetch(path, revision))
   paths.check_reachable(path)
   if diffusers_unet.find_model_dir(path) is not None:
     return load_diffusers(path)

@@ -13,14 +13,15 @@ from ddpm_jax.run import sampling
 
 def load(workdir: Optional[str], model: Optional[str],
          image_size: Optional[int], use_ema: bool,
-         dtype: Optional[str] = None):
+         dtype: Optional[str] = None, revision: Optional[str] = None):
   """(config, params, step) of a train.py workdir or of an imported
-  ``model`` (step None: no training step recorded), run in compute
-  ``dtype`` (default: the config's)."""
+  ``model`` (a Hub repo id at ``revision``; step None: no training step
+  recorded), run in compute ``dtype`` (default: the config's)."""
   if workdir is not None:
     config, params, step = sources.load_workdir(workdir, use_ema)
   else:
-    config, params, _ = sources.load_model(model, image_size, use_ema)
+    config, params, _ = sources.load_model(model, image_size, use_ema,
+                                           revision)
     step = None
   sampling.set_compute_dtype(config, dtype)
   return config, params, step

@@ -9,6 +9,7 @@ from absl import flags
 
 from ddpm_jax import cli
 from ddpm_jax.diffusion import FIXED_VARIANCES
+from ddpm_jax.interop import hub
 from ddpm_jax.samplers.spacing import SPACINGS
 
 FLAGS = flags.FLAGS
@@ -22,12 +23,16 @@ _SAMPLING_FIELDS = {"sampler": "sampler", "steps": "steps", "eta": "eta",
 
 
 def define_source_flags() -> None:
-  """--workdir, --model, --image_size, --ema, --dtype and
+  """--workdir, --model, --revision, --image_size, --ema, --dtype and
   --memory_check."""
   flags.DEFINE_string("workdir", None, "A train.py workdir.")
-  flags.DEFINE_string("model", None, "A diffusers model directory or an "
-                      "original TF checkpoint prefix (model.ckpt-NNNN), "
-                      "instead of --workdir.")
+  flags.DEFINE_string("model", None, "A diffusers model directory, a "
+                      "Hugging Face Hub repo id (google/ddpm-cifar10-32; a "
+                      "local path of that name wins) or an original TF "
+                      "checkpoint prefix (model.ckpt-NNNN), instead of "
+                      "--workdir.")
+  flags.DEFINE_string("revision", None, "--model as a Hub repo id: the "
+                      "branch, tag or commit (default: main).")
   flags.DEFINE_integer("image_size", None, "--model TF checkpoints: the "
                        "image size (32 for CIFAR-10, 256 for CelebA-HQ / "
                        "LSUN).")
@@ -77,7 +82,11 @@ def check_one_source() -> None:
   --model is given."""
   if (FLAGS.workdir is None) == (FLAGS.model is None):
     cli.fail("give exactly one of --workdir (a train.py run) and --model (a "
-             "diffusers model directory or TF checkpoint)")
+             "diffusers model directory, Hub repo id or TF checkpoint)")
+  if FLAGS.revision is not None and (FLAGS.model is None or
+                                     not hub.is_repo_id(FLAGS.model)):
+    cli.fail("--revision goes with --model given as a Hub repo id "
+             "(org/name)")
 
 
 def sampler_overrides() -> Dict[str, Any]:

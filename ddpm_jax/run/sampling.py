@@ -11,7 +11,7 @@ import numpy as np
 from ddpm_jax import data, from_config, images, paths, validation
 from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import diffusers_config, sources
-from ddpm_jax.interop import tf_checkpoint
+from ddpm_jax.interop import hub, tf_checkpoint
 from ddpm_jax.models.unet import eps_fn
 from ddpm_jax.run import outputs, profile_window
 from ddpm_jax.run.flags import FLAG_NAMES
@@ -142,7 +142,10 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
 
 def model_dir(path: str) -> str:
   """The folder of a --model (a diffusers directory, or the folder of a TF
-  checkpoint prefix)."""
+  checkpoint prefix; for a Hub repo id, a local folder named after it,
+  :func:`ddpm_jax.interop.hub.output_folder`)."""
+  if hub.is_repo_id(path):
+    return hub.output_folder(path)
   return path.rstrip("/") if paths.isdir(path) else paths.dirname(path)
 
 
@@ -153,13 +156,15 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
                       sampler: Optional[Dict[str, Any]] = None,
                       dtype: Optional[str] = None,
                       memory_check: bool = True,
-                      profile: bool = False) -> str:
-  """Writes ``num`` samples of a diffusers model directory or an original
-  TF checkpoint (by default in the model's folder, under samples/);
-  returns the output prefix. ``profile``: as :func:`sample_from_workdir`."""
+                      profile: bool = False,
+                      revision: Optional[str] = None) -> str:
+  """Writes ``num`` samples of a diffusers model directory, a Hub repo id
+  (at ``revision``) or an original TF checkpoint (by default under
+  samples/ in the model's folder, :func:`model_dir`); returns the output
+  prefix. ``profile``: as :func:`sample_from_workdir`."""
   _check_counts(num, batch_size)
   outputs.check_writable(out, paths.join(model_dir(path), "samples"))
-  config, params, _ = sources.load_model(path, image_size, use_ema)
+  config, params, _ = sources.load_model(path, image_size, use_ema, revision)
   set_compute_dtype(config, dtype)
   apply_overrides(config, variance, sampler)
   tag = outputs.sampling_tag(config, use_ema)
