@@ -3,10 +3,13 @@
 --workdir: a train.py run; its config and latest checkpoint (EMA parameters
 unless --noema). --model: a diffusers UNet2DModel directory (config.json +
 diffusion_pytorch_model.safetensors, with scheduler_config.json if present),
-such as google/ddpm-cifar10-32 downloaded once, or an original TF checkpoint
-(model.ckpt-NNNN, with --image_size). Runs the lax.scan sampler and writes
-OUT.png (a grid), OUT.npz (uint8 images, key 'images') and OUT.json (the
-settings), never over an existing output (see --out).
+a Hugging Face Hub repo id such as google/ddpm-cifar10-32 (fetched into
+the Hub cache; --revision), or an original TF checkpoint (model.ckpt-NNNN,
+with --image_size). Runs the lax.scan sampler and writes OUT.png (a grid),
+OUT.npz (uint8 images, key 'images') and OUT.json (the settings), never
+over an existing output (see --out). With --multihost (as train.py) every
+process of a multi-host job runs the same command: each batch is split
+over every device of every host, and process 0 writes the outputs.
 """
 
 import sys
@@ -15,11 +18,13 @@ from absl import flags
 
 from ddpm_jax import cli
 from ddpm_jax.run import flags as run_flags
+from ddpm_jax.run import multihost_flags
 from ddpm_jax.run import sampling
 
 FLAGS = flags.FLAGS
 run_flags.define_source_flags()
 run_flags.define_sampler_flags()
+multihost_flags.define_multihost_flags()
 flags.DEFINE_integer("num", 64, "Number of samples.")
 flags.DEFINE_integer("batch_size", 64, "Samples drawn per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -86,6 +91,9 @@ def main(argv):
     cli.fail(f"--{modes[0]} needs --workdir (a train.py run)")
   if modes and FLAGS.profile:
     cli.fail(f"--profile goes with the sample grid, not --{modes[0]}")
+  if modes and FLAGS.multihost:
+    cli.fail(f"--multihost goes with the sample grid, not --{modes[0]}")
+  multihost_flags.start_multihost()
   with cli.errors_as_one_line():
     if modes:
       print(f"wrote {_figure(modes[0])}.*")
@@ -105,6 +113,8 @@ def main(argv):
           sampler=run_flags.sampler_overrides(), dtype=FLAGS.dtype,
           memory_check=FLAGS.memory_check, profile=FLAGS.profile,
           revision=FLAGS.revision)
+  if path is None:  # another process of the job wrote them
+    return
   print(f"wrote {path}.png, {path}.npz and {path}.json" +
         (f", and the profile in {path}_profile/" if FLAGS.profile else ""))
 

@@ -17,20 +17,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from ddpm_jax import cli
+from ddpm_jax.run import multihost_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and "
                     "TensorBoard logs.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file "
                                 "(configs/*.py).", lock_config=True)
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() "
-                  "first: one process per host of a multi-host job.")
-flags.DEFINE_string("coordinator_address", None, "With --multihost: host:port "
-                    "of process 0, where the cluster is not auto-detected.")
-flags.DEFINE_integer("num_processes", None, "With --multihost: the number of "
-                     "processes, where not auto-detected.")
-flags.DEFINE_integer("process_id", None, "With --multihost: this process's "
-                     "index, where not auto-detected.")
+multihost_flags.define_multihost_flags()
 flags.DEFINE_bool("force_unlock", False, "Take over the workdir's lock "
                   "(train.lock) that another run left, e.g. one on another "
                   "host that is known to be gone. A lock of a process on "
@@ -41,17 +35,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}: use --config and --workdir")
-  manual = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
-  if any(v is not None for v in manual) and not FLAGS.multihost:
-    cli.fail("--coordinator_address, --num_processes and --process_id need "
-             "--multihost")
-  if FLAGS.multihost:
-    import jax  # pylint: disable=g-import-not-at-top
-    # CPU processes (tests, CPU clusters) exchange data through gloo; GPU
-    # and TPU backends use their own collectives and ignore this.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
+  multihost_flags.start_multihost()
   # After jax.distributed.initialize: the library touches the devices.
   from ddpm_jax.run import train_loop  # pylint: disable=g-import-not-at-top
   with cli.errors_as_one_line():

@@ -84,12 +84,18 @@ def on_mesh(tree: Any, mesh: Mesh) -> Any:
   """``tree``'s arrays placed on every device of ``mesh``: arrays already
   spread over exactly those devices stay as they are (replicated or
   sharded); host arrays and arrays on other devices (a checkpoint restored
-  onto one device, say) are replicated."""
+  onto one device, say) are replicated. With several processes (each
+  holding the same values) every process places its own devices' copies:
+  an array on one process's device cannot be sent to another's."""
   rep, devices = replicated(mesh), set(mesh.devices.flat)
 
   def put(x):
     if isinstance(x, jax.Array) and set(x.sharding.device_set) == devices:
       return x
+    if jax.process_count() > 1:
+      host = np.asarray(x)
+      return jax.make_array_from_callback(host.shape, rep,
+                                          lambda index: host[index])
     return jax.device_put(x, rep)
 
   return jax.tree_util.tree_map(put, tree)

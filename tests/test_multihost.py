@@ -54,15 +54,16 @@ def env(devices):
       XLA_FLAGS=processes.xla_flags(devices)))
 
 
-def start_job(workdir, *args, host_options=None):
-  """Two train.py processes of one job (2 devices each); Popen objects.
-  ``host_options``: {process id: (extra environment, preexec_fn)}."""
+def start_job(workdir, *args, host_options=None, entry=("train.py", *TINY)):
+  """Two processes of one job (2 devices each) of ``entry`` (train.py on
+  the tiny config); Popen objects. ``host_options``: {process id: (extra
+  environment, preexec_fn)}."""
   port = free_port()
   procs = []
   for i in range(2):
     extra_env, preexec = (host_options or {}).get(i, ({}, None))
     procs.append(subprocess.Popen(
-        [sys.executable, "train.py", *TINY, *args, "--workdir", workdir,
+        [sys.executable, *entry, *args, "--workdir", workdir,
          "--multihost", f"--coordinator_address=localhost:{port}",
          "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=dict(env(2), **extra_env), stdout=subprocess.PIPE,
@@ -178,14 +179,28 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
                    f"--config.training.eval_every={total}",
                    "--config.training.eval_examples=10",
                    "--config.training.eval_batch_size=6"))
-  # The 1-host run and the evaluation below: one 4-device process.
-  [[trained], [evaluated]] = processes.run_entries_in_one_process([
+  # The 1-host run, and the evaluation and sampling below: one 4-device
+  # process.
+  sample = ["--workdir", job, "--num=10", "--batch_size=6", "--seed=3"]
+  [[trained], [evaluated], [sampled]] = processes.run_entries_in_one_process([
       ("train.py", [[*TINY, f"--config.training.num_steps={total}",
                      "--config.training.checkpoint_every=2", "--workdir",
                      ref]]),
-      ("evaluate.py", [["--workdir", job, "--num=10", "--batch_size=6"]])],
+      ("evaluate.py", [["--workdir", job, "--num=10", "--batch_size=6"]]),
+      ("sample.py", [[*sample, "--out", str(tmp_path / "alone")]])],
       env=env(4))
   assert trained.returncode == 0, trained.stderr[-3000:]
+  # sample.py over both hosts: the images one process draws with the same
+  # mesh shape, bit for bit; process 0 alone writes (and says so).
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  both = str(tmp_path / "both")
+  outs = finish(start_job(job, *sample[2:], "--out", both,
+                          entry=("sample.py",)))
+  assert f"wrote {both}.png" in outs[0] and "wrote" not in outs[1], outs
+  np.testing.assert_array_equal(np.load(both + ".npz")["images"],
+                                np.load(tmp_path / "alone.npz")["images"])
+  assert sorted(n for n in os.listdir(tmp_path) if n.startswith("both")) == [
+      "both.json", "both.npz", "both.png"]
   assert_same_state(saved_state(ref, total), saved_state(job, total),
                     rel=2e-4)
   assert_same_losses(ref, job)

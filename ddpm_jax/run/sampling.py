@@ -100,12 +100,21 @@ def _load_workdir(workdir: str, use_ema: bool, dtype: Optional[str]):
 
 def _draw_and_write(config, params, num: int, batch_size: int, seed: int,
                     prefix: str, explicit: bool, memory_check: bool,
-                    profile: bool = False, **settings) -> str:
+                    profile: bool = False, **settings) -> Optional[str]:
+  """Draws ``num`` samples (each batch split over every device of every
+  process) and, on process 0 alone, writes them at ``prefix`` (claimed,
+  :func:`ddpm_jax.run.outputs.claim`); returns it there, None on the other
+  processes."""
   check_batch_memory(config, min(batch_size, num), memory_check)
-  prefix = outputs.claim(prefix, outputs.SAMPLES, explicit)
-  with profile_window.traced(f"{prefix}_profile" if profile else None):
+  lead = jax.process_index() == 0
+  if lead:
+    prefix = outputs.claim(prefix, outputs.SAMPLES, explicit)
+  with profile_window.traced(f"{prefix}_profile" if profile and lead
+                             else None):
     x = generate.generate(config, from_config.make_model(config), params,
                           num, min(batch_size, num), seed)
+  if not lead:
+    return None
   images.write_samples(prefix, x, images.display_scale(config.data.image_size))
   outputs.write_settings(prefix, config, seed=seed, num=num, **settings)
   return prefix
@@ -118,10 +127,12 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
                         sampler: Optional[Dict[str, Any]] = None,
                         dtype: Optional[str] = None,
                         memory_check: bool = True,
-                        profile: bool = False) -> str:
+                        profile: bool = False) -> Optional[str]:
   """Writes ``num`` samples of ``workdir``'s latest checkpoint; returns the
   output prefix (``.png``, ``.npz`` and the settings' ``.json`` are
-  appended; :mod:`ddpm_jax.run.outputs` names it and never overwrites).
+  appended; :mod:`ddpm_jax.run.outputs` names it and never overwrites),
+  or None on the processes of a multi-host job but the first, which draw
+  their share of the samples and write nothing.
   ``sampler`` overrides ``config.sampling`` fields (sampler, steps, eta,
   spacing ...); ``dtype`` the compute dtype (:func:`set_compute_dtype`);
   ``memory_check`` refuses a batch too large (:func:`check_batch_memory`);
@@ -129,7 +140,8 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
   compile included) into ``<prefix>_profile/``.
   """
   _check_counts(num, batch_size)
-  outputs.check_writable(out, paths.join(workdir, "samples"))
+  if jax.process_index() == 0:  # (the process that writes)
+    outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   apply_overrides(config, variance, sampler)
   prefix = out or paths.join(
@@ -157,13 +169,14 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
                       dtype: Optional[str] = None,
                       memory_check: bool = True,
                       profile: bool = False,
-                      revision: Optional[str] = None) -> str:
+                      revision: Optional[str] = None) -> Optional[str]:
   """Writes ``num`` samples of a diffusers model directory, a Hub repo id
   (at ``revision``) or an original TF checkpoint (by default under
   samples/ in the model's folder, :func:`model_dir`); returns the output
   prefix. ``profile``: as :func:`sample_from_workdir`."""
   _check_counts(num, batch_size)
-  outputs.check_writable(out, paths.join(model_dir(path), "samples"))
+  if jax.process_index() == 0:  # (the process that writes)
+    outputs.check_writable(out, paths.join(model_dir(path), "samples"))
   config, params, _ = sources.load_model(path, image_size, use_ema, revision)
   set_compute_dtype(config, dtype)
   apply_overrides(config, variance, sampler)
