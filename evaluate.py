@@ -24,7 +24,9 @@ against precomputed statistics (--reference_stats, an .npz with mu and
 sigma: ours, pytorch-fid's or TTUR's). --precision_recall adds improved
 precision and recall (k=3) against as many reference images as samples.
 
-Prints one JSON line.
+Prints one JSON line. With --multihost (as train.py) every process of a
+multi-host job runs the same command and computes its share; process 0
+prints the result.
 """
 
 import json
@@ -35,11 +37,13 @@ from absl import flags
 from ddpm_jax import cli
 from ddpm_jax.run import evaluate
 from ddpm_jax.run import flags as run_flags
+from ddpm_jax.run import multihost_flags
 from ddpm_jax.run import sampling
 
 FLAGS = flags.FLAGS
 run_flags.define_source_flags()
 run_flags.define_sampler_flags()
+multihost_flags.define_multihost_flags()
 flags.DEFINE_string("dataset", None, "The model's data: 'digits', a tfds "
                     "name (cifar10, celeb_a_hq/256, lsun/church_outdoor) or a "
                     "directory of images (default: the workdir's config; "
@@ -85,6 +89,7 @@ def main(argv):
       not FLAGS.precision_recall):
     cli.fail("--model does not record its data: pass --dataset (digits, a "
              "tfds name such as cifar10, or a directory of images)")
+  multihost_flags.start_multihost()
   with cli.errors_as_one_line():
     config, params, step = evaluate.load(FLAGS.workdir, FLAGS.model,
                                          FLAGS.image_size, FLAGS.ema,
@@ -103,7 +108,9 @@ def main(argv):
           reference_num=FLAGS.reference_num,
           reference_stats=FLAGS.reference_stats,
           precision_recall=FLAGS.precision_recall)
-  print(json.dumps(result))
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:  # (every process of a job has it)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -182,11 +182,15 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
   # The 1-host run, and the evaluation and sampling below: one 4-device
   # process.
   sample = ["--workdir", job, "--num=10", "--batch_size=6", "--seed=3"]
-  [[trained], [evaluated], [sampled]] = processes.run_entries_in_one_process([
+  score = ["--workdir", job, "--metric=digits", "--num=10",
+           "--batch_size=6", "--seed=3"]
+  [[trained], [evaluated, scored],
+   [sampled]] = processes.run_entries_in_one_process([
       ("train.py", [[*TINY, f"--config.training.num_steps={total}",
                      "--config.training.checkpoint_every=2", "--workdir",
                      ref]]),
-      ("evaluate.py", [["--workdir", job, "--num=10", "--batch_size=6"]]),
+      ("evaluate.py", [["--workdir", job, "--num=10", "--batch_size=6"],
+                       [*score]]),
       ("sample.py", [[*sample, "--out", str(tmp_path / "alone")]])],
       env=env(4))
   assert trained.returncode == 0, trained.stderr[-3000:]
@@ -201,6 +205,27 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
                                 np.load(tmp_path / "alone.npz")["images"])
   assert sorted(n for n in os.listdir(tmp_path) if n.startswith("both")) == [
       "both.json", "both.npz", "both.png"]
+  # evaluate.py --metric digits over both hosts: each process computes the
+  # judge's features of its half of the samples; the score is the one
+  # process's. (The same features, up to the rounding of the judge's
+  # batch of 5 rows against one of 10.)
+  assert scored.returncode == 0, scored.stderr[-3000:]
+  outs = finish(start_job(job, *score[2:], entry=("evaluate.py",)))
+  for i, rows in ((0, "1-5"), (1, "6-10")):
+    assert f"process {i}: digits-judge features of rows {rows} of 10" in (
+        outs[i]), outs[i][-2000:]
+  alone = json.loads(scored.stdout.strip().splitlines()[-1])
+  said = [[line for line in out.splitlines() if line.startswith("{")]
+          for out in outs]
+  assert len(said[0]) == 1 and not said[1], said  # process 0 alone
+  over_both = json.loads(said[0][0])
+  assert over_both.keys() == alone.keys()
+  for key, value in alone.items():
+    if isinstance(value, str):
+      assert over_both[key] == value, key
+    else:
+      np.testing.assert_allclose(over_both[key], value, rtol=1e-6,
+                                 err_msg=key)
   assert_same_state(saved_state(ref, total), saved_state(job, total),
                     rel=2e-4)
   assert_same_losses(ref, job)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddpm_jax import data
-from ddpm_jax.evaluators import digits_judge, metrics
+from ddpm_jax.evaluators import digits_judge, metrics, shares
 
 
 @jax.jit
@@ -70,11 +70,13 @@ def reference_statistics(split: str = "test") -> Tuple[np.ndarray,
 
 def digits_score(images: Any, reference: str = "test") -> Dict[str, float]:
   """``digits_fid`` (against the ``reference`` split), ``confidence`` and
-  ``digits_is`` (one split) of samples in [-1, 1], by the cached judge."""
+  ``digits_is`` (one split) of samples in [-1, 1], by the cached judge;
+  in a multi-host job each process computes the features of its share of
+  the samples (:func:`ddpm_jax.evaluators.shares.of_rows`)."""
   # Checked before the judge is loaded (or trained, on a first run).
   x = check_digits(images)
   metrics.check_sample_count(len(x), "the samples")
-  feats, probs = features(x)
+  feats, probs = shares.of_rows(features, x, "digits-judge features")
   mu, sigma = metrics.feature_statistics(feats, "the samples")
   mu_ref, sigma_ref = reference_statistics(reference)
   return {"digits_fid": metrics.frechet_distance(mu, sigma, mu_ref,

@@ -9,7 +9,7 @@ from typing import Any, Dict
 
 import ml_collections
 
-from ddpm_jax.evaluators import digits_score, fid, metrics
+from ddpm_jax.evaluators import digits_score, fid, metrics, shares
 from ddpm_jax.interop import inception_weights
 from ddpm_jax.samplers import generate
 
@@ -54,7 +54,9 @@ def score(config: ml_collections.ConfigDict, model: Any, params: Any,
                         seed)
   if metric == "digits":
     return digits_score.digits_score(x)
-  feats, logits = fid.inception_outputs(weights, x)
+  # Each process of a multi-host job: the features of its share.
+  feats, logits = shares.of_rows(lambda s: fid.inception_outputs(weights, s),
+                                 x, "Inception features")
   is_mean, is_std = fid.inception_score_of_logits(logits)
   result = {"fid": fid.fid_of_features(feats, reference),
             "inception_score": is_mean, "inception_score_std": is_std,
