@@ -232,6 +232,10 @@ def quiet_storage_noise() -> None:
   checkpoint was truncated printed 7,000 lines of them), and the storage
   libraries log what this module reports (:class:`_ReportedElsewhere`).
   Drops those, and only those, for the rest of the process."""
+  for name in ("absl", "asyncio"):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _ReportedElsewhere) for f in logger.filters):
+      logger.addFilter(_ReportedElsewhere())
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_callbacks", False):
     return
@@ -244,8 +248,6 @@ def quiet_storage_noise() -> None:
 
   hook.drops_closed_loop_callbacks = True
   sys.unraisablehook = hook
-  for name in ("absl", "asyncio"):
-    logging.getLogger(name).addFilter(_ReportedElsewhere())
 
 
 def _read_error(e: BaseException) -> str:

@@ -154,18 +154,21 @@ def _parse(hlo_text: str):
   return parsed, comp_of, entry
 
 
-def _own_flops_of(parsed) -> Dict[str, float]:
-  """{instruction: its own FLOPs} (a convolution's or a dot's)."""
-  def operand_shapes(rest):
-    operands = _operands(rest)
-    inline = _shapes(operands)
-    if inline:
-      return inline
-    return [_shapes(parsed[n][2])[0] for n in _operand_names(operands)
-            if n in parsed and _shapes(parsed[n][2])]
+def _operand_shapes(parsed, rest: str) -> List:
+  """The shapes of an instruction's operands: written inline, or those of
+  the instructions it names."""
+  operands = _operands(rest)
+  inline = _shapes(operands)
+  if inline:
+    return inline
+  return [_shapes(parsed[n][2])[0] for n in _operand_names(operands)
+          if n in parsed and _shapes(parsed[n][2])]
 
-  return {n: _own_flops(op, res, operand_shapes(rest),
-                        rest[len(_operands(rest)):])
+
+def _own_flops_of(parsed, ins_of: Dict[str, List]) -> Dict[str, float]:
+  """{instruction: its own FLOPs} (a convolution's or a dot's), from its
+  operands' shapes ``ins_of``."""
+  return {n: _own_flops(op, res, ins_of[n], rest[len(_operands(rest)):])
           for n, (_, op, res, rest) in parsed.items()}
 
 
@@ -179,7 +182,8 @@ def program_flops(hlo_text: str) -> float:
   that MFU is defined over. For a program partitioned over devices, the
   FLOPs of one device's part."""
   parsed, comp_of, entry = _parse(hlo_text)
-  own = _own_flops_of(parsed)
+  own = _own_flops_of(parsed, {n: _operand_shapes(parsed, rest)
+                               for n, (_, _, _, rest) in parsed.items()})
   memo: Dict[str, float] = {}
 
   def flops(comp: str, seen: Tuple[str, ...] = ()) -> float:
@@ -217,18 +221,9 @@ def instruction_costs(hlo_text: str) -> Dict[str, Cost]:
   """{instruction name: :class:`Cost`} for every instruction of every
   computation; a fusion's FLOPs are those of the instructions it calls."""
   parsed, comp_of, _ = _parse(hlo_text)
-
-  def operand_shapes(rest):
-    operands = _operands(rest)
-    inline = _shapes(operands)
-    if inline:
-      return inline
-    return [_shapes(parsed[n][2])[0] for n in _operand_names(operands)
-            if n in parsed and _shapes(parsed[n][2])]
-
-  ins_of = {n: operand_shapes(rest) for n, (_, _, _, rest) in parsed.items()}
-  own = {n: _own_flops(op, res, ins_of[n], rest[len(_operands(rest)):])
-         for n, (_, op, res, rest) in parsed.items()}
+  ins_of = {n: _operand_shapes(parsed, rest)
+            for n, (_, _, _, rest) in parsed.items()}
+  own = _own_flops_of(parsed, ins_of)
 
   def called_flops(comp, seen=()):
     total = 0.0

@@ -68,6 +68,11 @@ class ProfileWindow:
     self._workdir = workdir
     self._local: Optional[str] = None
 
+  @property
+  def tracing(self) -> bool:
+    """Whether a trace is running."""
+    return self._local is not None
+
   def before(self, step: int, n: int) -> None:
     """Before the call that runs steps ``step + 1`` to ``step + n``."""
     if self._steps is None or self._local is not None:

@@ -269,13 +269,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         window.before(step, n)
         state, metrics = step_fn(*args)
         done = step + n
-        began = time.time()
-        with deadline(paths.join(workdir, profile_window.PROFILE_DIR)):
-          traced = window.after(done, state)
-        if traced:  # (its writing is not counted in the rates)
-          t0 += time.time() - began
-          progress.log_line(bar, f"step {done}: wrote the profile of steps "
-                            f"{config.training.profile_steps} to {traced}")
+        if window.tracing:
+          began = time.time()
+          with deadline(paths.join(workdir, profile_window.PROFILE_DIR)):
+            traced = window.after(done, state)
+          if traced:  # (its writing is not counted in the rates)
+            t0 += time.time() - began
+            progress.log_line(bar, f"step {done}: wrote the profile of "
+                              f"steps {config.training.profile_steps} to "
+                              f"{traced}")
         if pending is not None:
           check_finite(*pending)
         pending = (done, metrics, n)
