@@ -82,7 +82,8 @@ def _root_cause(errors: List[BaseException]) -> str:
       e = e.__cause__ or e.__context__
   if not errors:
     return "its folder was not committed"
-  text = (str(errors[0]).strip().splitlines() or [""])[0]
+  text = checkpoints.without_internals(
+      (str(errors[0]).strip().splitlines() or [""])[0])
   if "os_error_code" in text or ": " in text:
     return text.rsplit(": ", 1)[-1][:200]
   return paths.cause(errors[0])

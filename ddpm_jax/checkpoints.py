@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import sys
+import warnings
 from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
@@ -224,6 +225,14 @@ class _ReportedElsewhere(logging.Filter):
     return True
 
 
+def without_internals(text: str) -> str:
+  """``text`` (a storage library's message) cut where its internals begin
+  (TensorStore's spec, source locations, bound methods)."""
+  for marker in _INTERNALS:
+    text = text.split(marker, 1)[0]
+  return text.strip().rstrip(".:;,")
+
+
 def quiet_storage_noise() -> None:
   """Keeps the console to the one line that matters when a save or a
   restore fails. TensorStore completes the other reads or writes with
@@ -232,6 +241,9 @@ def quiet_storage_noise() -> None:
   checkpoint was truncated printed 7,000 lines of them), and the storage
   libraries log what this module reports (:class:`_ReportedElsewhere`).
   Drops those, and only those, for the rest of the process."""
+  # The writes a failed save abandons, reported at the interpreter's exit.
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                          category=RuntimeWarning)
   for name in ("absl", "asyncio"):
     logger = logging.getLogger(name)
     if not any(isinstance(f, _ReportedElsewhere) for f in logger.filters):
@@ -263,9 +275,7 @@ def _read_error(e: BaseException) -> str:
     e = e.__cause__ or e.__context__
   for error in reversed(chain):
     text = (str(error).strip().splitlines() or [""])[0]
-    for marker in _INTERNALS:
-      text = text.split(marker, 1)[0]
-    text = text.strip().rstrip(".:;,")
+    text = without_internals(text)
     # 'OUT_OF_RANGE: Error opening "cast" driver: Error opening "zarr"
     # driver: Error reading "a.b/.zarray" in OCDBT database at ...: Error
     # reading Byte range [0, 47029) of ...: Requested byte range [0, 47029)
