@@ -54,6 +54,14 @@ NOT_RUN = [
      "a 2-host pod job on a bucket: test_bucket.py runs this line as written "
      "(test_the_documented_pod_command_preempted_and_resumed_in_the_"
      "bucket)"),
+    ("python evaluate.py --workdir gs://bucket/cifar10 --metric fid "
+     "--multihost",
+     "FID-50k on a pod: needs the Inception weights and a pod; "
+     "test_multihost.py runs evaluate.py --multihost (digits, bits/dim) and "
+     "the FID statistics over 2 processes, test_inception.py FID itself"),
+    ("python evaluate.py --model google/ddpm-cifar10-32 --dataset cifar10 "
+     "--metric fid --multihost",
+     "as the line above; test_hub.py fetches a model by its Hub name"),
 ]
 # --metric fid needs the FID Inception's weights, a one-time download: run
 # offline, the documented command gives the one-line error saying where to

@@ -56,14 +56,15 @@ def env(devices):
 
 def start_job(workdir, *args, host_options=None, entry=("train.py", *TINY)):
   """Two processes of one job (2 devices each) of ``entry`` (train.py on
-  the tiny config); Popen objects. ``host_options``: {process id: (extra
+  the tiny config) on ``workdir`` (None: no --workdir); Popen objects. ``host_options``: {process id: (extra
   environment, preexec_fn)}."""
   port = free_port()
   procs = []
   for i in range(2):
     extra_env, preexec = (host_options or {}).get(i, ({}, None))
     procs.append(subprocess.Popen(
-        [sys.executable, *entry, *args, "--workdir", workdir,
+        [sys.executable, *entry, *args,
+         *(["--workdir", workdir] if workdir else []),
          "--multihost", f"--coordinator_address=localhost:{port}",
          "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=dict(env(2), **extra_env), stdout=subprocess.PIPE,
@@ -170,27 +171,31 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
   # chance (test_parallel.py explains it), so the config raises eps to
   # 1e-3; test_parallel.py holds the sharded step itself to 1e-5
   # elementwise under SGD.
-  # The job also evaluates bits/dim at its last step over both hosts'
-  # devices: 10 images in batches of 6 and 4 (the 6 padded to 8 over 4
-  # devices).
+  # The job also evaluates at its last step over both hosts' devices
+  # bits/dim (10 images in batches of 6 and 4, the 6 padded to 8 over 4
+  # devices) and the digits score of 10 samples (the config's seed and
+  # sampling batch, as `score` below draws them).
   job, ref = str(tmp_path / "job"), str(tmp_path / "ref")
-  finish(start_job(job, f"--config.training.num_steps={total}",
-                   "--config.training.checkpoint_every=2",
-                   f"--config.training.eval_every={total}",
-                   "--config.training.eval_examples=10",
-                   "--config.training.eval_batch_size=6"))
+  bpd_options = ["--num=10", "--batch_size=6"]
+  trained_outs = finish(start_job(
+      job, f"--config.training.num_steps={total}",
+      "--config.training.checkpoint_every=2",
+      f"--config.training.eval_every={total}",
+      "--config.training.eval_examples=10",
+      "--config.training.eval_batch_size=6",
+      f"--config.training.quality_every={total}",
+      "--config.training.quality_samples=10"))
   # The 1-host run, and the evaluation and sampling below: one 4-device
   # process.
   sample = ["--workdir", job, "--num=10", "--batch_size=6", "--seed=3"]
   score = ["--workdir", job, "--metric=digits", "--num=10",
-           "--batch_size=6", "--seed=3"]
+           "--batch_size=2", "--seed=0"]
   [[trained], [evaluated, scored],
    [sampled]] = processes.run_entries_in_one_process([
       ("train.py", [[*TINY, f"--config.training.num_steps={total}",
                      "--config.training.checkpoint_every=2", "--workdir",
                      ref]]),
-      ("evaluate.py", [["--workdir", job, "--num=10", "--batch_size=6"],
-                       [*score]]),
+      ("evaluate.py", [["--workdir", job, *bpd_options], [*score]]),
       ("sample.py", [[*sample, "--out", str(tmp_path / "alone")]])],
       env=env(4))
   assert trained.returncode == 0, trained.stderr[-3000:]
@@ -205,40 +210,63 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
                                 np.load(tmp_path / "alone.npz")["images"])
   assert sorted(n for n in os.listdir(tmp_path) if n.startswith("both")) == [
       "both.json", "both.npz", "both.png"]
-  # evaluate.py --metric digits over both hosts: each process computes the
-  # judge's features of its half of the samples; the score is the one
-  # process's. (The same features, up to the rounding of the judge's
-  # batch of 5 rows against one of 10.)
+  # evaluate.py over both hosts, the digits score and bits/dim: each
+  # process computes the judge's features of its half of the samples, and
+  # the bound of the rows of each batch its devices hold (batch 1: rows
+  # 1-4 of 8 on process 0, 5-6 and the padding on process 1; batch 2: 2
+  # and 2); the results are the one process's. (The same features, up to
+  # the rounding of the judge's batch of 5 rows against one of 10; the
+  # bound's batch sums add the devices' parts through gloo in another
+  # order.)
   assert scored.returncode == 0, scored.stderr[-3000:]
-  outs = finish(start_job(job, *score[2:], entry=("evaluate.py",)))
-  for i, rows in ((0, "1-5"), (1, "6-10")):
-    assert f"process {i}: digits-judge features of rows {rows} of 10" in (
-        outs[i]), outs[i][-2000:]
-  alone = json.loads(scored.stdout.strip().splitlines()[-1])
-  said = [[line for line in out.splitlines() if line.startswith("{")]
-          for out in outs]
-  assert len(said[0]) == 1 and not said[1], said  # process 0 alone
-  over_both = json.loads(said[0][0])
-  assert over_both.keys() == alone.keys()
-  for key, value in alone.items():
-    if isinstance(value, str):
-      assert over_both[key] == value, key
-    else:
-      np.testing.assert_allclose(over_both[key], value, rtol=1e-6,
-                                 err_msg=key)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  scored_alone = json.loads(scored.stdout.strip().splitlines()[-1])
+  evaluated_alone = json.loads(evaluated.stdout.strip().splitlines()[-1])
+  assert evaluated_alone["num_examples"] == 10
+  for args, alone, shares, rtol in (
+      (score[2:], scored_alone, ("digits-judge features of rows 1-5 of 10",
+                                 "digits-judge features of rows 6-10 of 10"),
+       1e-6),
+      (bpd_options, evaluated_alone, ("bits/dim of 6 of 10 examples",
+                                      "bits/dim of 4 of 10 examples"),
+       1e-5)):
+    outs = finish(start_job(job, *args, entry=("evaluate.py",)))
+    for i, share in enumerate(shares):
+      assert f"process {i}: {share}" in outs[i], outs[i][-2000:]
+    said = [[line for line in out.splitlines() if line.startswith("{")]
+            for out in outs]
+    assert len(said[0]) == 1 and not said[1], said  # process 0 alone
+    over_both = json.loads(said[0][0])
+    assert over_both.keys() == alone.keys()
+    for key, value in alone.items():
+      if isinstance(value, (str, type(None))):
+        assert over_both[key] == value, key
+      else:
+        np.testing.assert_allclose(over_both[key], value, rtol=rtol,
+                                   err_msg=key)
   assert_same_state(saved_state(ref, total), saved_state(job, total),
                     rel=2e-4)
   assert_same_losses(ref, job)
-  # The same EMA params evaluated by one process: the bound agrees.
+  # The evaluations in training, over both hosts, each process its share:
+  # the bound and the digits score of the same EMA params evaluated by one
+  # process.
+  for i, shares in enumerate((("bits/dim of 6 of 10 examples",
+                               "digits-judge features of rows 1-5 of 10"),
+                              ("bits/dim of 4 of 10 examples",
+                               "digits-judge features of rows 6-10 of 10"))):
+    for share in shares:
+      assert f"process {i}: {share}" in trained_outs[i], (
+          trained_outs[i][-2000:])
   from tests.test_train_cli import read_scalars
   logged = read_scalars(os.path.join(job, "tensorboard"))
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  alone = json.loads(evaluated.stdout.strip().splitlines()[-1])
-  assert alone["num_examples"] == 10
   assert logged["eval/num_examples"][total] == 10
   for part in ("total", "prior", "decoder", "kl"):
     np.testing.assert_allclose(logged[f"eval/bpd_{part}"][total],
-                               alone[part], rtol=1e-5, err_msg=part)
+                               evaluated_alone[part], rtol=1e-5,
+                               err_msg=part)
+  for key in ("digits_fid", "confidence", "digits_is"):
+    np.testing.assert_allclose(logged[f"eval/{key}"][total],
+                               scored_alone[key], rtol=1e-6, err_msg=key)
   # Process 0 alone wrote the sample grid.
   assert sorted(os.listdir(os.path.join(job, "samples"))) == [
       f"step_{total:08d}.npz", f"step_{total:08d}.png"]
@@ -252,6 +280,36 @@ def test_two_hosts_train_like_one_and_stop_together_on_sigterm(tmp_path):
                    "--config.training.sample_every=0"))
   assert_same_state(saved_state(job, total), saved_state(pre, total),
                     rel=1e-6)
+
+
+@pytest.mark.slow
+def test_fid_reference_statistics_are_shared_over_hosts(tmp_path):
+  # The statistics of the digits test split (297 images in batches of 100;
+  # the Inception replaced by the pixels, see the script): alone, then over
+  # 2 processes where host 1 already has them cached and host 0 does not.
+  # Both must then compute them, each its block of each batch (50+50+49
+  # rows and 50+50+48), or host 0 would wait for host 1 at the gather.
+  script = ("-m", "tests.scripts.shared_statistics")
+  alone, both = tmp_path / "alone", tmp_path / "both"
+  subprocess.run([sys.executable, *script, f"--out_dir={alone}"], cwd=ROOT,
+                 env=env(2), check=True, timeout=300)
+  expected = np.load(alone / "process_0.npz")
+  (both / "cache_1").mkdir(parents=True)
+  for name in os.listdir(alone / "cache_0"):
+    os.link(alone / "cache_0" / name, both / "cache_1" / name)
+  outs = finish(start_job(None, f"--out_dir={both}", entry=script),
+                timeout=300)
+  for i, share in enumerate(("149", "148")):
+    said = re.findall(r"process \d: Inception features of .*", outs[i])
+    assert said == [f"process {i}: Inception features of {share} of 297 "
+                    f"images of test"], outs[i][-2000:]
+    # Bit for bit the one process's; the second call reads the caches.
+    got = np.load(both / f"process_{i}.npz")
+    for key in ("mu", "sigma"):
+      np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+      np.testing.assert_array_equal(got[key + "_again"], expected[key],
+                                    err_msg=key)
+  assert os.listdir(both / "cache_0") == os.listdir(alone / "cache_0")
 
 
 def _limit_file_size(limit_bytes):

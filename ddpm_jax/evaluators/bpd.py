@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from ddpm_jax import data, losses, parallel, progress, self_conditioning
+from ddpm_jax.evaluators import shares
 from ddpm_jax.diffusion import ApplyFn, q_sample
 from ddpm_jax.from_config import model_variance, self_conditioned
 from ddpm_jax.models.unet import UNet, eps_fn
@@ -109,13 +110,15 @@ def evaluate_bpd(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   every process; every process passes the same batches): the bound
   (``total``) and its parts. A batch that the device count does not
   divide is padded with copies of its last image, which are not counted.
+  In a multi-host job each process's devices compute the rows of each
+  batch that they hold (the count is said on stderr).
   ``params`` not yet on the mesh's devices are replicated onto them.
   ``self_condition``: see :func:`bpd_terms`."""
   mesh = mesh or parallel.make_mesh()
   sharding = parallel.batch_sharding(mesh)
   params = parallel.on_mesh(params, mesh)
   sums = dict.fromkeys(PARTS, 0.0)
-  count = 0
+  count = mine = 0
   for i, batch in enumerate(progress.bar(batches, desc="bits/dim",
                                          unit="batch")):
     batch = quantize(np.asarray(batch, np.float32))
@@ -132,8 +135,10 @@ def evaluate_bpd(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
     for k in PARTS:
       sums[k] += float(out[k])
     count += n
+    mine += shares.local_rows(x0, n)
   if not count:
     raise ValueError("no examples to evaluate")
+  shares.say(f"bits/dim of {mine} of {count} examples")
   result = {k: v / count for k, v in sums.items()}
   result["num_examples"] = count
   return result

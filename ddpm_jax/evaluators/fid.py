@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from ddpm_jax import data, parallel, paths, progress
-from ddpm_jax.evaluators import metrics
+from ddpm_jax.evaluators import metrics, shares
 from ddpm_jax.models.inception import FIDInception
 
 _MODEL = FIDInception()
@@ -109,9 +109,20 @@ def _cache_path(config: Any, kind: str, split: str, limit: Optional[int],
 
 def _split_features(config: Any, split: str, params: Any,
                     limit: Optional[int], batch_size: int) -> np.ndarray:
-  return np.concatenate([
-      inception_outputs(params, batch, batch_size)[0]
-      for batch in data.eval_batches(config, split, batch_size, limit)])
+  """The pool3 features of ``split``; in a multi-host job each process
+  computes those of its block of each batch (:mod:`.shares`)."""
+  feats, count, mine = [], 0, 0
+
+  def features(images):
+    nonlocal mine
+    mine += len(images)
+    return inception_outputs(params, images, batch_size)[:1]
+
+  for batch in data.eval_batches(config, split, batch_size, limit):
+    feats.append(shares.of_rows(features, batch, None)[0])
+    count += len(batch)
+  shares.say(f"Inception features of {mine} of {count} images of {split}")
+  return np.concatenate(feats)
 
 
 def dataset_statistics(config: Any, split: str, params: Any,
@@ -120,9 +131,11 @@ def dataset_statistics(config: Any, split: str, params: Any,
   """(mu, sigma) of the pool3 features of ``split`` of ``config.data`` (at
   its image size; at most ``limit`` images), computed once and cached as
   ``fid_stats_<dataset>_<split>_<size>px_<limit or all>.npz`` in
-  ``cache_dir`` (default ``$DDPM_JAX_CACHE`` or ``~/.cache/ddpm_jax``)."""
+  ``cache_dir`` (default ``$DDPM_JAX_CACHE`` or ``~/.cache/ddpm_jax``).
+  In a multi-host job the processes share the feature work unless every
+  one of them finds the cache."""
   path = _cache_path(config, "stats", split, limit, cache_dir)
-  if paths.exists(path):
+  if shares.everywhere(paths.exists(path)):  # else all share the work
     return metrics.load_statistics(path)
   feats = _split_features(config, split, params, limit, batch_size)
   mu, sigma = metrics.feature_statistics(feats, f"the {split} split")
@@ -140,7 +153,7 @@ def dataset_features(config: Any, split: str, params: Any,
   ``split`` of ``config.data``, for precision and recall; computed once
   and cached as float32 ``fid_feats_<...>.npz`` beside the statistics."""
   path = _cache_path(config, "feats", split, limit, cache_dir)
-  if paths.exists(path):
+  if shares.everywhere(paths.exists(path)):  # else all share the work
     try:
       return np.asarray(paths.load_npz(path)["features"], np.float64)
     except (KeyError, ValueError, OSError) as e:
