@@ -22,6 +22,13 @@ def test_the_peak_comes_from_the_config_or_the_device_kind():
   assert hardware_use.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
   assert hardware_use.peak_tflops("NVIDIA H100 PCIe") == 756.0
   assert hardware_use.peak_tflops("NVIDIA L40S") == 362.0
+  assert hardware_use.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+  # A longer name is not its prefix's chip: a name the table lacks gets no
+  # peak (MFU omitted) rather than another chip's.
+  assert hardware_use.peak_tflops("NVIDIA L40") == 181.0
+  assert hardware_use.peak_tflops("NVIDIA L4") == 121.0
+  assert hardware_use.peak_tflops("TPU v5e") is None
+  assert hardware_use.peak_tflops("TPU v7x") is None
   assert hardware_use.peak_tflops("cpu") is None
   assert hardware_use.peak_tflops("cpu", given=2.5) == 2.5
   assert hardware_use.peak_tflops("TPU v4", given=100.0) == 100.0

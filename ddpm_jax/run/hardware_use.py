@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 # Dense bf16 peak TFLOP/s of one JAX device (vendor datasheets, without
-# sparsity), by the start of ``jax.Device.device_kind``; the first match
+# sparsity), by the name ``jax.Device.device_kind`` starts with, followed
+# by its end or by a word of its own ("NVIDIA H100 80GB HBM3" is an H100,
+# "NVIDIA L40" is not an L4, "TPU v5e" is not a v5p); the first match
 # counts, so longer names come before their prefixes. TPU v2 and v3 show
 # each core as a device (half a chip); v4 and later one device per chip.
 PEAK_TFLOPS = (
@@ -18,7 +20,7 @@ PEAK_TFLOPS = (
     ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
     ("NVIDIA H100", 989.0), ("NVIDIA H200", 989.0), ("NVIDIA GH200", 989.0),
     ("NVIDIA B200", 2250.0), ("NVIDIA A100", 312.0), ("NVIDIA A10G", 70.0),
-    ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0),
+    ("NVIDIA L40S", 362.0), ("NVIDIA L40", 181.0), ("NVIDIA L4", 121.0),
 )
 
 
@@ -28,8 +30,9 @@ def peak_tflops(device_kind: str, given: float = 0.0) -> Optional[float]:
   ``device_kind``; None where neither knows (the CPU, an unlisted chip)."""
   if given > 0:
     return float(given)
-  for prefix, peak in PEAK_TFLOPS:
-    if device_kind.startswith(prefix):
+  for name, peak in PEAK_TFLOPS:
+    rest = device_kind[len(name):]
+    if device_kind.startswith(name) and not rest[:1].isalnum():
       return peak
   return None
 
