@@ -7,6 +7,8 @@ architecture, image count and number of steps.
     python benchmarks/sampling.py --config cifar10 --num 256 --timesteps 1000  # GPU
     python benchmarks/sampling.py --config cifar10 --num 256 --timesteps 1000 \
         --bf16 --jax_only   # the GPU goal's absolute time, JAX alone
+    python benchmarks/sampling.py --config tiny8 --timesteps 1000 --ticks
+        # the cost of the in-scan progress ticks (sample.py on a terminal)
 
 Both sides run the full chain of --timesteps steps (the schedule is the
 config's linear one over that many steps; the weights are the fresh
@@ -33,10 +35,14 @@ FLAGS = flags.FLAGS
 common.define_shared_flags()
 flags.DEFINE_integer("num", 64, "Images per run (one batch).")
 flags.DEFINE_integer("timesteps", 100, "Steps of the chain (T).")
+flags.DEFINE_bool("ticks", False, "Instead of PyTorch: the JAX chain with "
+                  "its in-scan progress ticks (every ceil(T/100) steps, as "
+                  "sample.py on a terminal) against the plain chain.")
 
 
-def jax_side(config, num):
-  """(first-call seconds, run()) for the JAX sampler."""
+def jax_side(config, num, progress_every=0):
+  """(first-call seconds, run()) for the JAX sampler (ticking the host
+  every ``progress_every`` steps from inside the scan)."""
   import jax
   from ddpm_jax import from_config, parallel, train
   from ddpm_jax.models.unet import eps_fn
@@ -54,7 +60,8 @@ def jax_side(config, num):
 
   def run():
     x, _ = draw(params, apply_fn, betas, jax.random.PRNGKey(0), shape,
-                variance="fixedsmall", clip_denoised=True, mesh=mesh)
+                variance="fixedsmall", clip_denoised=True, mesh=mesh,
+                progress_every=progress_every)
     jax.block_until_ready(x)
 
   return common.timed(run), lambda: common.timed(run)
@@ -91,7 +98,13 @@ def main(argv):
   runs, firsts = {}, {}
   common.say("jax: first call (compiles, then samples) ...")
   firsts["jax"], runs["jax"] = jax_side(config, FLAGS.num)
-  if not FLAGS.jax_only:
+  every = -(-FLAGS.timesteps // 100)
+  if FLAGS.ticks:
+    common.say(f"jax with a progress tick every {every} steps: first call "
+               f"...")
+    firsts["jax_ticks"], runs["jax_ticks"] = jax_side(config, FLAGS.num,
+                                                      every)
+  elif not FLAGS.jax_only:
     common.say("torch: first call ...")
     firsts["torch"], runs["torch"] = torch_side(config, FLAGS.num, device)
   times = common.alternate(runs, FLAGS.repeats)
@@ -106,14 +119,22 @@ def main(argv):
                  "runs_s": [round(t, 4) for t in times[name]],
                  "first_call_s": round(first, 3)}
   # The first JAX call compiles, then samples: compilation is the excess.
-  out["jax"]["compile_s"] = round(firsts["jax"] - out["jax"]["median_s"],
-                                  3)
+  for name in ("jax", "jax_ticks"):
+    if name in out:
+      out[name]["compile_s"] = round(firsts[name] - out[name]["median_s"], 3)
   if "torch" in out:
     out["torch"]["mode"] = FLAGS.torch_mode
   for name in out:
     print(json.dumps(out[name]))
-  env = common.environment(not FLAGS.jax_only)
+  env = common.environment(not (FLAGS.jax_only or FLAGS.ticks))
   print(json.dumps(env))
+  if FLAGS.ticks:
+    cost = out["jax_ticks"]["median_s"] / out["jax"]["median_s"] - 1
+    print(f"sample {FLAGS.config} {FLAGS.num} images x {FLAGS.timesteps} "
+          f"steps on {env['jax_devices']}: plain {out['jax']['median_s']:.3f}"
+          f" s, ticking every {every} steps "
+          f"{out['jax_ticks']['median_s']:.3f} s: {100 * cost:+.2f}%")
+    return
   if FLAGS.jax_only:
     print(f"sample {FLAGS.config} {FLAGS.num} images x {FLAGS.timesteps} "
           f"steps: jax {out['jax']['median_s']:.2f} s on "

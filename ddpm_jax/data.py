@@ -256,7 +256,8 @@ def eval_batches(config, split: str, batch_size: int,
                  limit: Optional[int] = None) -> Iterator[np.ndarray]:
   """The images of ``split`` of ``config.data`` in a fixed order, without
   flips, in batches of ``batch_size`` (the last may be smaller); at most
-  ``limit`` images. For evaluation."""
+  ``limit`` images. For evaluation; its ``len`` is the number of batches
+  where the split's size is known."""
   d = config.data
   if d.name in ("digits", "folder"):
     if d.name == "digits":
@@ -264,9 +265,9 @@ def eval_batches(config, split: str, batch_size: int,
     else:
       images = folder_images(d.folder, d.image_size, d.channels)
     images = images[:limit] if limit else images
-    for i in range(0, len(images), batch_size):
-      yield images[i:i + batch_size]
-    return
-  yield from tfds_input.eval_images(d.name, split, batch_size, d.image_size,
-                                    d.channels, d.data_dir or None,
-                                    d.download, limit)
+    return streams.Sized(
+        (images[i:i + batch_size] for i in range(0, len(images), batch_size)),
+        -(-len(images) // batch_size))
+  return tfds_input.eval_images(d.name, split, batch_size, d.image_size,
+                                d.channels, d.data_dir or None, d.download,
+                                limit)

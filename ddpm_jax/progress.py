@@ -19,12 +19,17 @@ def enable(on: bool = True) -> None:
   _ENABLED[0] = on
 
 
+def shown() -> bool:
+  """Whether bars are shown here: enabled, and this is process 0."""
+  return _ENABLED[0] and jax.process_index() == 0
+
+
 def bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None,
         desc: str, unit: str) -> tqdm:
   """A tqdm bar over ``iterable`` (or updated by hand), on stderr; a no-op
   unless enabled, and on processes other than 0."""
   return tqdm(iterable, total=total, desc=desc, unit=unit,
-              disable=not _ENABLED[0] or jax.process_index() != 0,
+              disable=not shown(),
               dynamic_ncols=True)
 
 

@@ -4,7 +4,7 @@ dataset raises, and each process's share of a global batch."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple, TypeVar
 
 import jax
 import numpy as np
@@ -67,3 +67,23 @@ def local_batch_size(batch_size: int, process_count: int) -> int:
     raise DataError(f"training.batch_size {batch_size} is not divisible by "
                     f"the {process_count} processes: set a multiple")
   return batch_size // process_count
+
+
+T = TypeVar("T")
+
+
+class Sized(Iterator[T]):
+  """An iterator with a known length (a progress bar over it has a
+  total)."""
+
+  def __init__(self, items: Iterator[T], length: int):
+    self._items, self._length = items, int(length)
+
+  def __iter__(self) -> Iterator[T]:
+    return self
+
+  def __next__(self) -> T:
+    return next(self._items)
+
+  def __len__(self) -> int:
+    return self._length

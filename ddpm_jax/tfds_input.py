@@ -295,16 +295,28 @@ def eval_images(name: str, split: str, batch_size: int, image_size: int,
                 download: bool = True, limit: Optional[int] = None
                 ) -> Iterator[np.ndarray]:
   """The images of ``split`` in stored order, without flips, in batches of
-  ``batch_size`` (the last may be smaller); at most ``limit`` of them."""
+  ``batch_size`` (the last may be smaller); at most ``limit`` of them.
+  The dataset is checked at once; the batches are read as they are taken,
+  and counted (``len``) where the split's size is recorded."""
   builder = prepared_builder(name, data_dir, download)
   _check_images(builder, name, channels)
-  records = record_files.split_records(builder, split)
-  if limit:
-    records = itertools.islice(records, limit)
-  with concurrent.futures.ThreadPoolExecutor(_workers()) as pool:
-    while True:
-      chunk = list(itertools.islice(records, batch_size))
-      if not chunk:
-        return
-      yield np.stack(list(pool.map(
-          lambda r: _image(builder, r, image_size, channels, False), chunk)))
+
+  def batches():
+    records = record_files.split_records(builder, split)
+    if limit:
+      records = itertools.islice(records, limit)
+    with concurrent.futures.ThreadPoolExecutor(_workers()) as pool:
+      while True:
+        chunk = list(itertools.islice(records, batch_size))
+        if not chunk:
+          return
+        yield np.stack(list(pool.map(
+            lambda r: _image(builder, r, image_size, channels, False),
+            chunk)))
+
+  try:
+    size = int(builder.info.splits[split].num_examples)
+  except Exception:  # pylint: disable=broad-except
+    return batches()  # (a split tfds cannot size: no total)
+  size = min(size, limit) if limit else size
+  return streams.Sized(batches(), -(-size // batch_size))

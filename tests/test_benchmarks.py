@@ -57,6 +57,12 @@ def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
   assert jax_side["side"] == "jax"
   assert jax_side["set"] == ["model.attention_impl=xla", "model.num_groups=8"]
   assert "torch" not in lines[-1] and lines[-1].endswith("cpu")
+  # --ticks: the chain with its in-scan progress ticks against the plain.
+  lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
+              "--timesteps", "2", "--repeats", "1", "--ticks")
+  assert [json.loads(l)["side"] for l in lines[-4:-2]] == ["jax",
+                                                          "jax_ticks"]
+  assert "ticking every 1 steps" in lines[-1], lines[-1]
 
 
 def test_set_refuses_an_unknown_field_in_one_line():

@@ -26,6 +26,17 @@ def test_digits_real_data_scaled_and_split():
     data.digits_images("validation")
 
 
+def test_eval_batches_are_counted_before_they_are_read():
+  # (bits/dim's bar has a total)
+  from tests.tiny_configs import tiny_config
+  config = tiny_config()
+  batches = data.eval_batches(config, "test", 100)
+  assert len(batches) == 3
+  assert [len(b) for b in batches] == [100, 100, 97]
+  batches = data.eval_batches(config, "test", 6, limit=10)
+  assert len(batches) == 2 and [len(b) for b in batches] == [6, 4]
+
+
 def take(it, n):
   """n (batch, position) pairs -> (batches, positions)."""
   pairs = [next(it) for _ in range(n)]

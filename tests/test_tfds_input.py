@@ -155,8 +155,10 @@ def test_square_resize_matches_tensorflows_area_resize():
 
 def test_eval_images_in_stored_order(tmp_path):
   prepare_cifar10_stand_in(tmp_path, n=10)
-  got = list(tfds_input.eval_images("cifar10", "train", 4, 16, 3,
-                                    str(tmp_path)))
+  batches = tfds_input.eval_images("cifar10", "train", 4, 16, 3,
+                                   str(tmp_path))
+  assert len(batches) == 3  # counted before reading (a bar's total)
+  got = list(batches)
   assert [len(b) for b in got] == [4, 4, 2]
   # The order of the files (tfds shuffles examples as it prepares them),
   # as TensorFlow's reader sees it.
@@ -165,9 +167,10 @@ def test_eval_images_in_stored_order(tmp_path):
   ref = np.stack([tfds_input.square_resize(ex["image"], 16)
                   for ex in tfds.as_numpy(stored)])
   np.testing.assert_array_equal(np.concatenate(got), ref)
-  got = list(tfds_input.eval_images("cifar10", "train", 4, 16, 3,
-                                    str(tmp_path), limit=5))
-  assert [len(b) for b in got] == [4, 1]
+  batches = tfds_input.eval_images("cifar10", "train", 4, 16, 3,
+                                   str(tmp_path), limit=5)
+  assert len(batches) == 2
+  assert [len(b) for b in batches] == [4, 1]
 
 
 def test_reading_needs_no_tensorflow(prepared_tfds):

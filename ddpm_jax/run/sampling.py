@@ -15,7 +15,7 @@ from ddpm_jax.interop import hub, tf_checkpoint
 from ddpm_jax.models.unet import eps_fn
 from ddpm_jax.run import outputs, profile_window
 from ddpm_jax.run.flags import FLAG_NAMES
-from ddpm_jax.samplers import figures, generate
+from ddpm_jax.samplers import figures, generate, scan_progress
 from ddpm_jax.samplers.registry import get_sampler
 
 
@@ -224,15 +224,20 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
   apply_overrides(config, None, sampler)
   size, ch = config.data.image_size, config.data.channels
   options = from_config.sampler_options(config)
-  _, traj = get_sampler(config.sampling.sampler)(
-      params, eps_fn(from_config.make_model(config)),
-      from_config.make_betas(config), jax.random.PRNGKey(seed),
-      (num, size, size, ch), return_every=every, **options)
+  steps = int(config.sampling.steps) or config.diffusion.num_timesteps
+  with scan_progress.chain_bar(f"progression of {num} ({steps} steps)",
+                               steps) as ticks:
+    _, traj = get_sampler(config.sampling.sampler)(
+        params, eps_fn(from_config.make_model(config)),
+        from_config.make_betas(config), jax.random.PRNGKey(seed),
+        (num, size, size, ch), return_every=every, progress_every=ticks,
+        **options)
+    traj = jax.device_get(traj)
   prefix = outputs.claim(out or paths.join(
       workdir, "samples", f"progressive{every}_seed{seed}_step{step}"
       f"{outputs.sampling_tag(config, use_ema)}"), outputs.PROGRESSION,
                          out is not None)
-  images.write_progression(prefix, jax.device_get(traj),
+  images.write_progression(prefix, traj,
                            images.display_scale(size))
   outputs.write_settings(prefix, config, source=workdir, step=step,
                          seed=seed, use_ema=use_ema, num=num, every=every)
@@ -252,10 +257,12 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   t = _forward_steps(config, t)
   x0 = _held_out(config, indices)
-  x_t, samples = figures.partial_chain(
-      params, eps_fn(from_config.make_model(config)),
-      from_config.make_schedule(config), x0, t, jax.random.PRNGKey(seed), num,
-      **figures.chain_options(config))
+  with scan_progress.chain_bar(
+      f"{num} chains from x_t of {len(x0)} images ({t} steps)", t) as ticks:
+    x_t, samples = jax.device_get(figures.partial_chain(
+        params, eps_fn(from_config.make_model(config)),
+        from_config.make_schedule(config), x0, t, jax.random.PRNGKey(seed),
+        num, progress_every=ticks, **figures.chain_options(config)))
   rows = np.concatenate([x0[:, None], np.asarray(x_t)[:, None],
                          np.asarray(samples)], axis=1)
   prefix = outputs.claim(out or paths.join(
@@ -289,10 +296,13 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
   t = _forward_steps(config, t)
   a, b = _held_out(config, pair)
   lambdas = np.linspace(0.0, 1.0, num_lambdas)
-  mixed = figures.interpolate(
-      params, eps_fn(from_config.make_model(config)),
-      from_config.make_schedule(config), a, b, lambdas, t,
-      jax.random.PRNGKey(seed), **figures.chain_options(config))
+  with scan_progress.chain_bar(
+      f"decoding {num_lambdas} interpolations ({t} steps)", t) as ticks:
+    mixed = jax.device_get(figures.interpolate(
+        params, eps_fn(from_config.make_model(config)),
+        from_config.make_schedule(config), a, b, lambdas, t,
+        jax.random.PRNGKey(seed), progress_every=ticks,
+        **figures.chain_options(config)))
   strip = np.concatenate([a[None], np.asarray(mixed), b[None]])[None]
   prefix = outputs.claim(out or paths.join(
       workdir, "samples",

@@ -19,14 +19,15 @@ from ddpm_jax.samplers.chain import ExampleNoise, run_chain
 
 @functools.partial(jax.jit, static_argnames=(
     "apply_fn", "shape", "clip_denoised", "variance", "mean_from",
-    "return_every", "prediction", "self_condition", "sharding"))
+    "return_every", "prediction", "self_condition", "sharding",
+    "progress_every"))
 def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
            key: jax.Array, shape: Tuple[int, ...], *,
            clip_denoised: bool = True, variance: str = "fixedsmall",
            mean_from: str = "x0", return_every: int = 0,
            prediction: str = "eps", self_condition: bool = False,
            timestep_map: Optional[jnp.ndarray] = None, offset: Any = 0,
-           sharding: Optional[NamedSharding] = None
+           sharding: Optional[NamedSharding] = None, progress_every: int = 0
            ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Draws ``shape`` (B, H, W, C) samples: x_T ~ N(0, I), then T steps.
 
@@ -43,13 +44,14 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   timestep the network sees at each index of ``schedule``. Row b's
   randomness comes from ``fold_in(key, offset + b)``
   (:class:`.chain.ExampleNoise`); ``sharding`` splits the batch over
-  devices.
+  devices; ``progress_every``: see :func:`.chain.run_chain`.
   Returns (x_0 in float32, trajectory dict, empty without ``return_every``).
   """
   noise = ExampleNoise(key, shape, offset, sharding)
   return reverse_chain(params, apply_fn, schedule, noise.initial(), noise.at,
                        clip_denoised, variance, mean_from, return_every,
-                       prediction, self_condition, timestep_map)
+                       prediction, self_condition, timestep_map,
+                       progress_every=progress_every)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -78,7 +80,7 @@ def sample_with_noise(params: Any, apply_fn: ApplyFn,
 def reverse_chain(params, apply_fn, schedule, x_init, noise_at,
                   clip_denoised, variance, mean_from, return_every,
                   prediction="eps", self_condition=False, timestep_map=None,
-                  num_steps=None):
+                  num_steps=None, progress_every=0):
   """Algorithm 2 from ``x_init`` over t = num_steps-1 .. 0 (default: all T);
   ``noise_at(t)`` is the z of step t."""
   num_t = schedule.num_timesteps if num_steps is None else int(num_steps)
@@ -94,4 +96,5 @@ def reverse_chain(params, apply_fn, schedule, x_init, noise_at,
   return run_chain(params, apply_fn, x_init,
                    jnp.arange(num_t - 1, -1, -1, dtype=jnp.int32), model_t,
                    update, return_every=return_every,
-                   self_condition=self_condition)
+                   self_condition=self_condition,
+                   progress_every=progress_every)

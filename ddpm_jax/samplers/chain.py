@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
 from ddpm_jax.diffusion import ApplyFn
+from ddpm_jax.samplers import scan_progress
 from ddpm_jax.self_conditioning import conditioned_input
 
 Array = jnp.ndarray
@@ -61,8 +62,8 @@ class ExampleNoise:
 
 def run_chain(params: Any, apply_fn: ApplyFn, x_init: Array, index: Array,
               timestep: Callable[[Array], Array], update: UpdateFn, *,
-              return_every: int = 0, self_condition: bool = False
-              ) -> Tuple[Array, Dict[str, Array]]:
+              return_every: int = 0, self_condition: bool = False,
+              progress_every: int = 0) -> Tuple[Array, Dict[str, Array]]:
   """Runs ``update`` at each step index of ``index`` (int32 [S], in scan
   order) from ``x_init`` in one ``lax.scan``.
 
@@ -71,13 +72,15 @@ def run_chain(params: Any, apply_fn: ApplyFn, x_init: Array, index: Array,
   step (zeros at the first). With ``return_every=k`` (k must divide S) the
   trajectory is returned too: ``{'x_t': [S/k, ...], 'x0': [S/k, ...],
   't': [S/k]}``, the state after every k-th step, the x0_hat of that step
-  and its training timestep. Returns (x_0, trajectory; empty without
-  ``return_every``).
+  and its training timestep. With ``progress_every=K`` the host hears of
+  every K-th step done (:mod:`.scan_progress`). Returns (x_0, trajectory;
+  empty without ``return_every``).
   """
   batch = x_init.shape[0]
   steps = index.shape[0]
 
-  def step(carry, i):
+  def step(carry, xs):
+    i = scan_progress.unpack(xs, steps, progress_every)
     x, x0_prev = carry
     t_vec = jnp.full((batch,), timestep(i), jnp.int32)
     x_in = conditioned_input(x, x0_prev) if self_condition else x
@@ -86,8 +89,9 @@ def run_chain(params: Any, apply_fn: ApplyFn, x_init: Array, index: Array,
     return (x_prev, x0), x0
 
   init = (x_init, jnp.zeros_like(x_init))
+  xs = scan_progress.with_positions(index, progress_every)
   if not return_every:
-    (x, _), _ = jax.lax.scan(lambda c, i: (step(c, i)[0], None), init, index)
+    (x, _), _ = jax.lax.scan(lambda c, i: (step(c, i)[0], None), init, xs)
     return x, {}
   if steps % return_every:
     raise ValueError(f"return_every={return_every} must divide the "
@@ -95,8 +99,10 @@ def run_chain(params: Any, apply_fn: ApplyFn, x_init: Array, index: Array,
 
   def chunk(carry, idx):
     carry, x0s = jax.lax.scan(step, carry, idx)
-    return carry, (carry[0], x0s[-1], timestep(idx[-1]))
+    last = jax.tree_util.tree_leaves(idx)[0][-1]
+    return carry, (carry[0], x0s[-1], timestep(last))
 
   (x, _), (xs, x0s, ts) = jax.lax.scan(
-      chunk, init, index.reshape(steps // return_every, return_every))
+      chunk, init, jax.tree_util.tree_map(
+          lambda a: a.reshape(steps // return_every, return_every), xs))
   return x, {"x_t": xs, "x0": x0s, "t": ts}

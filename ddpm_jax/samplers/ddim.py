@@ -125,14 +125,15 @@ def ddim_step(schedule: DiffusionSchedule, x_t: Array, t: Array,
 
 @functools.partial(jax.jit, static_argnames=(
     "apply_fn", "shape", "prediction", "variance", "clip_denoised",
-    "rederive_eps", "return_every", "self_condition", "sharding"))
+    "rederive_eps", "return_every", "self_condition", "sharding",
+    "progress_every"))
 def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
            plan: DDIMPlan, key: jax.Array, shape: Tuple[int, ...], *,
            prediction: str = "eps", variance: str = "fixedsmall",
            clip_denoised: bool = True, rederive_eps: bool = False,
            return_every: int = 0, self_condition: bool = False,
            x_init: Optional[Array] = None, offset: Any = 0,
-           sharding: Optional[NamedSharding] = None
+           sharding: Optional[NamedSharding] = None, progress_every: int = 0
            ) -> Tuple[Array, Dict[str, Array]]:
   """DDIM sampling along ``plan`` in one ``lax.scan``: x_T ~ N(0, I) (or
   ``x_init``) and step i's noise from row b's key ``fold_in(key, offset +
@@ -140,19 +141,21 @@ def sample(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   batch over devices.
   A learned-variance network's variance channels are ignored (DDIM sets
   its own). Returns (x_0, trajectory) as :func:`.ancestral.sample` does,
-  the trajectory every ``return_every`` steps."""
+  the trajectory every ``return_every`` steps; ``progress_every``: see
+  :func:`.chain.run_chain`."""
   noise = ExampleNoise(key, shape, offset, sharding)
   x = noise.initial() if x_init is None else jnp.asarray(x_init, jnp.float32)
   return run_plan(params, apply_fn, schedule, plan, x, noise.at,
                   prediction=prediction, variance=variance,
                   clip_denoised=clip_denoised,
                   rederive_eps=rederive_eps, return_every=return_every,
-                  self_condition=self_condition)
+                  self_condition=self_condition,
+                  progress_every=progress_every)
 
 
 def run_plan(params, apply_fn, schedule, plan, x_init, noise_at, *,
              prediction, clip_denoised, rederive_eps, variance="fixedsmall",
-             return_every=0, self_condition=False):
+             return_every=0, self_condition=False, progress_every=0):
   """The chain over ``plan`` from ``x_init``; ``noise_at(i)`` is step i's
   z."""
 
@@ -166,4 +169,5 @@ def run_plan(params, apply_fn, schedule, plan, x_init, noise_at, *,
   return run_chain(params, apply_fn, x_init,
                    jnp.arange(plan.num_steps, dtype=jnp.int32),
                    lambda i: plan.t[i], update, return_every=return_every,
-                   self_condition=self_condition)
+                   self_condition=self_condition,
+                   progress_every=progress_every)

@@ -24,7 +24,7 @@ from ddpm_jax.schedules import DiffusionSchedule
 
 Array = jnp.ndarray
 _STATIC = ("apply_fn", "t", "clip_denoised", "variance", "mean_from",
-           "prediction", "self_condition")
+           "prediction", "self_condition", "progress_every")
 
 
 def _check_t(t: int, schedule: DiffusionSchedule) -> None:
@@ -48,7 +48,8 @@ def _decode(params, apply_fn, schedule, x_t, t, noise_at, options):
   x, _ = reverse_chain(params, apply_fn, schedule, x_t, noise_at,
                        options["clip_denoised"], options["variance"],
                        options["mean_from"], 0, options["prediction"],
-                       options["self_condition"], None, num_steps=t)
+                       options["self_condition"], None, num_steps=t,
+                       progress_every=options["progress_every"])
   return x
 
 
@@ -57,11 +58,12 @@ def partial_chain(params: Any, apply_fn: ApplyFn,
                   schedule: DiffusionSchedule, x0: Array, t: int,
                   key: jax.Array, num: int = 8, *, clip_denoised: bool = True,
                   variance: str = "fixedlarge", mean_from: str = "x0",
-                  prediction: str = "eps", self_condition: bool = False
-                  ) -> Tuple[Array, Array]:
+                  prediction: str = "eps", self_condition: bool = False,
+                  progress_every: int = 0) -> Tuple[Array, Array]:
   """Fig. 7: one x_t ~ q(x_t | x0) for each image of ``x0`` [B, H, W, C],
   then ``num`` reverse chains from that same x_t. Returns (x_t [B, ...],
-  samples [B, num, ...]); with t = 0 every sample is x0."""
+  samples [B, num, ...]); with t = 0 every sample is x0.
+  ``progress_every``: see :func:`.chain.run_chain`."""
   _check_t(t, schedule)
   batch = x0.shape[0]
   key_q, key_p = jax.random.split(key)
@@ -71,7 +73,8 @@ def partial_chain(params: Any, apply_fn: ApplyFn,
   out = _decode(params, apply_fn, schedule, start, t, noise.at,
                 dict(clip_denoised=clip_denoised, variance=variance,
                      mean_from=mean_from, prediction=prediction,
-                     self_condition=self_condition))
+                     self_condition=self_condition,
+                     progress_every=progress_every))
   return x_t, out.reshape((batch, num) + x0.shape[1:])
 
 
@@ -80,12 +83,13 @@ def interpolate(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
                 x0_a: Array, x0_b: Array, lambdas: Array, t: int,
                 key: jax.Array, *, clip_denoised: bool = True,
                 variance: str = "fixedlarge", mean_from: str = "x0",
-                prediction: str = "eps", self_condition: bool = False
-                ) -> Array:
+                prediction: str = "eps", self_condition: bool = False,
+                progress_every: int = 0) -> Array:
   """Fig. 8: x_t and x'_t ~ q(. | x0_a), q(. | x0_b) (images [H, W, C]),
   the latents (1 - lambda) x_t + lambda x'_t decoded by the reverse process
   with the same noise for every lambda. Returns [len(lambdas), H, W, C];
-  with t = 0 it is the pixel-space blend (lambda 0 and 1: the endpoints)."""
+  with t = 0 it is the pixel-space blend (lambda 0 and 1: the endpoints).
+  ``progress_every``: see :func:`.chain.run_chain`."""
   _check_t(t, schedule)
   key_a, key_b, key_p = jax.random.split(key, 3)
   x_a = diffuse(schedule, x0_a[None], t, jax.random.normal(key_a,
@@ -99,7 +103,8 @@ def interpolate(params: Any, apply_fn: ApplyFn, schedule: DiffusionSchedule,
   return _decode(params, apply_fn, schedule, latents, t, noise_at,
                  dict(clip_denoised=clip_denoised, variance=variance,
                       mean_from=mean_from, prediction=prediction,
-                      self_condition=self_condition))
+                      self_condition=self_condition,
+                      progress_every=progress_every))
 
 
 def chain_options(config) -> Dict[str, Any]:

@@ -18,6 +18,7 @@ from ddpm_jax.from_config import (ConfigError, make_betas, make_schedule,
                                   num_classes, sample_labels,
                                   sampler_options)
 from ddpm_jax.models.unet import UNet, eps_fn
+from ddpm_jax.samplers import scan_progress
 from ddpm_jax.samplers.registry import get_sampler
 
 
@@ -90,13 +91,22 @@ def generate(config: ml_collections.ConfigDict, model: UNet, params: Any,
     options["clip_denoised"] = False  # the guided apply_fn clips first
   out = []
   steps = int(config.sampling.steps) or config.diffusion.num_timesteps
-  for i in progress.bar(range(int(math.ceil(num / batch))),
-                        desc=f"sampling {num} ({steps} steps)",
-                        unit="batch"):
-    x, _ = draw(inputs_for(i * batch, batch), apply_fn, betas, key,
-                (batch, size, size, ch),
-                offset=i * batch, mesh=mesh, **options)
-    if jax.process_count() > 1:
-      x = multihost_utils.process_allgather(x, tiled=True)
-    out.append(np.asarray(x))
+  batches = int(math.ceil(num / batch))
+  # Watched on a terminal: a bar over every step of every batch, moved
+  # from inside each batch's chain; else one over batches.
+  every = scan_progress.every(steps)
+  bar = progress.bar(total=batches * steps if every else batches,
+                     desc=f"sampling {num} ({steps} steps)",
+                     unit="step" if every else "batch")
+  with bar:
+    for i in range(batches):
+      with scan_progress.reporting(bar, i * steps):
+        x, _ = draw(inputs_for(i * batch, batch), apply_fn, betas, key,
+                    (batch, size, size, ch), offset=i * batch, mesh=mesh,
+                    progress_every=every, **options)
+        if jax.process_count() > 1:
+          x = multihost_utils.process_allgather(x, tiled=True)
+        out.append(np.asarray(x))
+      if not every:
+        bar.update(1)
   return np.concatenate(out)[:num]

@@ -15,6 +15,8 @@ its randomness from ``fold_in(key, offset + b)``; with ``mesh`` the batch
 is split over the mesh's devices (the result is a global array). Each
 sampler takes only its own options: ``mean_from`` is the ancestral
 sampler's, ``eta``, ``set_alpha_to_one`` and ``rederive_eps`` DDIM's.
+``progress_every=K`` reports every K-th step done to the host from inside
+the scan (:mod:`.scan_progress`).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
          variance: str = "fixedlarge", prediction: str = "eps",
          clip_denoised: bool = True, mean_from: str = "x0",
          return_every: int = 0, self_condition: bool = False,
-         offset: int = 0, mesh=None):
+         offset: int = 0, mesh=None, progress_every: int = 0):
   """Ancestral sampling over all T steps, or over ``steps`` of them chosen
   by ``spacing_name`` with the betas respaced (improved DDPM)."""
   num_t = len(betas)
@@ -92,7 +94,8 @@ def ddpm(params: Any, apply_fn: ApplyFn, betas: np.ndarray, key: jax.Array,
                           self_condition=self_condition,
                           timestep_map=None if kept is None else
                           jax.numpy.asarray(kept, jax.numpy.int32),
-                          offset=offset, sharding=sharding)
+                          offset=offset, sharding=sharding,
+                          progress_every=progress_every)
 
 
 @register_sampler("ddim")
@@ -103,7 +106,8 @@ def ddim_sampler(params: Any, apply_fn: ApplyFn, betas: np.ndarray,
                  set_alpha_to_one: bool = True, rederive_eps: bool = False,
                  variance: str = "fixedlarge", prediction: str = "eps",
                  clip_denoised: bool = True, return_every: int = 0,
-                 self_condition: bool = False, offset: int = 0, mesh=None):
+                 self_condition: bool = False, offset: int = 0, mesh=None,
+                 progress_every: int = 0):
   """DDIM over ``steps`` timesteps (default all T) chosen by
   ``spacing_name``. ``variance`` only says whether the network has
   variance channels to drop."""
@@ -117,4 +121,4 @@ def ddim_sampler(params: Any, apply_fn: ApplyFn, betas: np.ndarray,
                      variance=variance, clip_denoised=clip_denoised,
                      rederive_eps=rederive_eps, return_every=return_every,
                      self_condition=self_condition, offset=offset,
-                     sharding=sharding)
+                     sharding=sharding, progress_every=progress_every)
