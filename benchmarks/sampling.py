@@ -36,8 +36,10 @@ common.define_shared_flags()
 flags.DEFINE_integer("num", 64, "Images per run (one batch).")
 flags.DEFINE_integer("timesteps", 100, "Steps of the chain (T).")
 flags.DEFINE_bool("ticks", False, "Instead of PyTorch: the JAX chain with "
-                  "its in-scan progress ticks (every ceil(T/100) steps, as "
+                  "its in-scan progress ticks (every ceil(T/TICKS) steps, as "
                   "sample.py on a terminal) against the plain chain.")
+flags.DEFINE_integer("ticks_every", 0, "--ticks every this many steps "
+                     "(0: as sample.py).")
 
 
 def jax_side(config, num, progress_every=0):
@@ -98,7 +100,9 @@ def main(argv):
   runs, firsts = {}, {}
   common.say("jax: first call (compiles, then samples) ...")
   firsts["jax"], runs["jax"] = jax_side(config, FLAGS.num)
-  every = -(-FLAGS.timesteps // 100)
+  from ddpm_jax.samplers import scan_progress
+  every = (FLAGS.ticks_every or
+           -(-FLAGS.timesteps // scan_progress.TICKS))
   if FLAGS.ticks:
     common.say(f"jax with a progress tick every {every} steps: first call "
                f"...")

@@ -72,14 +72,14 @@ class _Stderr(io.StringIO):
 
 
 @pytest.mark.parametrize("shown,tty,want", [
-    (True, True, 10), (True, False, 0), (False, True, 0)])
+    (True, True, 40), (True, False, 0), (False, True, 0)])
 def test_ticks_only_where_a_person_watches(monkeypatch, shown, tty, want):
   monkeypatch.setattr(progress, "_ENABLED", [shown])
   monkeypatch.setattr(sys, "stderr", _Stderr(tty))
   assert scan_progress.every(1000) == want
   if want:
     assert scan_progress.every(20) == 1  # at most one tick per step
-    assert scan_progress.every(250) == 3  # at most TICKS per chain
+    assert scan_progress.every(260) == 11  # at most TICKS per chain
 
 
 def _read_all(fd):
