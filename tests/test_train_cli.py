@@ -39,6 +39,19 @@ def read_scalars(logdir):
   return out
 
 
+def _files(root):
+  """{relative path: (size, mtime, bytes)} of every file under ``root``."""
+  out = {}
+  for d, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(d, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = (os.path.getsize(path),
+                                            os.stat(path).st_mtime_ns,
+                                            f.read())
+  return out
+
+
 @pytest.mark.slow
 def test_train_resume_and_sample(tmp_path):
   wd = str(tmp_path / "run")
@@ -63,8 +76,19 @@ def test_train_resume_and_sample(tmp_path):
   assert [l.split(":")[0] for l in lines] == ["step 1", "step 2", "step 3"]
   assert f"loss {scalars['train/loss'][3]:.5f}" in lines[-1], lines[-1]
 
-  # Started again with more steps: continues from step 3, not from 0.
-  p = run("train.py", *TINY, "--workdir", wd, "--config.training.num_steps=5")
+  # The same command again (on a copy): a finished run, nothing to do and
+  # nothing written (no config rewritten, no new event file), file by
+  # file. Then with more steps: continues from step 3, not from 0.
+  finished = str(tmp_path / "finished")
+  shutil.copytree(wd, finished)  # (times kept)
+  before = _files(finished)
+  [[again, p]] = run_entries_in_one_process([("train.py", [
+      [*TINY, "--workdir", finished, "--config.training.num_steps=3"],
+      [*TINY, "--workdir", wd, "--config.training.num_steps=5"]])])
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.strip() == (f"{finished} is already at step 3 of 3 "
+                                  f"(training.num_steps): nothing to do")
+  assert _files(finished) == before
   assert p.returncode == 0, p.stderr[-3000:]
   assert "Resuming from" in p.stdout and "at step 3" in p.stdout, p.stdout
   assert "4" in os.listdir(os.path.join(wd, "checkpoints"))

@@ -127,6 +127,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
   position = data.Position()
   restored = checkpoints.restore_latest(manager, state, set_aside=lead)
+  total = int(config.training.num_steps)
+  if restored is not None and int(restored.state.step) >= total:
+    # A finished run, run again: nothing is written (config, events).
+    if lead:
+      print(f"{workdir} is already at step {int(restored.state.step)} of "
+            f"{total} (training.num_steps): nothing to do")
+    return restored.state
   if restored is not None:
     state = restored.state
     if restored.data_position is not None:
@@ -152,7 +159,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     with deadline(paths.join(workdir, checkpoints.CONFIG_FILE)):
       checkpoints.write_config(workdir, config)
 
-  start, total = int(state.step), int(config.training.num_steps)
+  start = int(state.step)
   k = int(config.training.steps_per_call)
   step_fn = (make_train_step(config, model, tx, mesh, state_shardings)
              if k == 1 else
