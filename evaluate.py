@@ -35,10 +35,9 @@ import sys
 from absl import flags
 
 from ddpm_jax import cli
-from ddpm_jax.run import evaluate
+from ddpm_jax.run import flag_checks
 from ddpm_jax.run import flags as run_flags
 from ddpm_jax.run import multihost_flags
-from ddpm_jax.run import sampling
 
 FLAGS = flags.FLAGS
 run_flags.define_source_flags()
@@ -75,8 +74,10 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
   run_flags.check_one_source()
-  if FLAGS.num < 0 or FLAGS.batch_size <= 0:
-    cli.fail("--num must be >= 0 and --batch_size positive")
+  if FLAGS.num < 0:
+    cli.fail(f"--num must be >= 0 (0: the metric's default), got "
+             f"{FLAGS.num}")
+  flag_checks.counts(1, FLAGS.batch_size)
   if FLAGS.metric != "fid" and (FLAGS.reference_stats or
                                 FLAGS.precision_recall):
     cli.fail("--reference_stats and --precision_recall go with --metric fid")
@@ -89,7 +90,13 @@ def main(argv):
       not FLAGS.precision_recall):
     cli.fail("--model does not record its data: pass --dataset (digits, a "
              "tfds name such as cifar10, or a directory of images)")
+  flag_checks.trained_workdir(FLAGS.workdir)
+  cli.prepare_jax()
   multihost_flags.start_multihost()
+  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.run import evaluate
+  from ddpm_jax.run import sampling
+  # pylint: enable=g-import-not-at-top
   with cli.errors_as_one_line():
     config, params, step = evaluate.load(FLAGS.workdir, FLAGS.model,
                                          FLAGS.image_size, FLAGS.ema,

@@ -17,9 +17,10 @@ import sys
 from absl import flags
 
 from ddpm_jax import cli
+from ddpm_jax import paths
+from ddpm_jax.run import flag_checks
 from ddpm_jax.run import flags as run_flags
 from ddpm_jax.run import multihost_flags
-from ddpm_jax.run import sampling
 
 FLAGS = flags.FLAGS
 run_flags.define_source_flags()
@@ -65,6 +66,7 @@ def _indices(values):
 
 
 def _figure(mode):
+  from ddpm_jax.run import sampling  # pylint: disable=g-import-not-at-top
   if mode == "progressive":
     return sampling.progressive_from_workdir(
         FLAGS.workdir, FLAGS.progressive, FLAGS.num, FLAGS.seed, FLAGS.out,
@@ -93,7 +95,21 @@ def main(argv):
     cli.fail(f"--profile goes with the sample grid, not --{modes[0]}")
   if modes and FLAGS.multihost:
     cli.fail(f"--multihost goes with the sample grid, not --{modes[0]}")
+  # Before JAX and the model: the counts and the paths.
+  flag_checks.counts(FLAGS.num, FLAGS.batch_size)
+  if FLAGS.interpolate is not None:
+    _indices(FLAGS.interpolate)
+    if len(FLAGS.interpolate) != 2 or FLAGS.lambdas < 2:
+      cli.fail("--interpolate takes two image indices I,J and --lambdas "
+               ">= 2")
+  if FLAGS.partial is not None:
+    _indices(FLAGS.partial)
+  flag_checks.trained_workdir(FLAGS.workdir)
+  flag_checks.out_folder(FLAGS.out, paths.join(FLAGS.workdir, "samples")
+                         if FLAGS.workdir is not None else None)
+  cli.prepare_jax()
   multihost_flags.start_multihost()
+  from ddpm_jax.run import sampling  # pylint: disable=g-import-not-at-top
   with cli.errors_as_one_line():
     if modes:
       print(f"wrote {_figure(modes[0])}.*")

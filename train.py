@@ -17,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ddpm_jax import cli
+from ddpm_jax.run import flag_checks
 from ddpm_jax.run import multihost_flags
 
 FLAGS = flags.FLAGS
@@ -35,6 +36,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}: use --config and --workdir")
+  flag_checks.new_workdir(FLAGS.workdir)
+  cli.prepare_jax()
   multihost_flags.start_multihost()
   # After jax.distributed.initialize: the library touches the devices.
   from ddpm_jax.run import train_loop  # pylint: disable=g-import-not-at-top

@@ -25,6 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
+  cli.prepare_jax()
   with cli.errors_as_one_line():
     # The library loads once the flags have parsed: --help answers at once.
     from ddpm_jax.run import classifier_training  # pylint: disable=g-import-not-at-top

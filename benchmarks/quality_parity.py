@@ -151,6 +151,7 @@ def main(argv):
   if "torch" in FLAGS.sides or "torch" in (FLAGS.jax_init,
                                            FLAGS.torch_init):
     common.require_reference()
+  cli.prepare_jax()
   os.makedirs(FLAGS.workdir, exist_ok=True)
   settings = {"config": json.loads(FLAGS.config.to_json()),
               "jax_init": FLAGS.jax_init, "torch_init": FLAGS.torch_init}

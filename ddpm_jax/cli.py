@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from typing import NoReturn
 
@@ -58,20 +59,55 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_compilation_cache_dir", os.path.join(base, "jax"))
 
 
-def run(main) -> int:
-  """``absl.app.run(main)`` with flag errors reduced to one line, the
-  persistent compilation cache on (:func:`enable_compilation_cache`) and
-  the CPU backend split into one device per core
+def prepare_jax() -> None:
+  """What an entry point does once its own flags are checked and before it
+  uses JAX (which this imports): the persistent compilation cache on
+  (:func:`enable_compilation_cache`), progress bars shown, and the CPU
+  backend split into one device per core
   (:func:`ddpm_jax.parallel.use_cpu_cores`)."""
+  enable_compilation_cache()
+  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import parallel
+  from ddpm_jax import progress
+  progress.enable()
+  parallel.use_cpu_cores()
+
+
+def _unknown_field(e: BaseException, argv) -> str:
+  """One line for a ``--config.a.b=v`` override that names no field (from
+  ml_collections' KeyError / AttributeError): the field as written, and
+  ml_collections' suggestion where it has one."""
+  text = str(e.args[0]) if e.args else str(e)
+  overrides = [a[len("--config."):].split("=")[0] for a in argv
+               if a.startswith("--config.")]
+  looked_up = re.search(r"Attempting to lookup: (\S+)", text)
+  if looked_up:  # a field below a value that has none
+    field = looked_up.group(1)
+    return (f"unknown config field {field}: {field.rsplit('.', 1)[0]} is a "
+            f"value, not a section")
+  key = re.search(r"'(\w+)\\?'", text)
+  if key:
+    for override in overrides:
+      parts = override.split(".")
+      if key.group(1) in parts:
+        field = ".".join(parts[:parts.index(key.group(1)) + 1])
+        meant = re.search(r'Did you mean "([^"]+)"', text)
+        if meant:
+          return f"unknown config field {field} (did you mean {meant.group(1)}?)"
+        return (f"unknown config field {field}: check the name against the "
+                f"config file")
+  return (f"unknown config field {_first_line(e)} in --config."
+          f"{', --config.'.join(overrides)}: check the name against the "
+          f"config file")
+
+
+def run(main) -> int:
+  """``absl.app.run(main)`` with flag errors reduced to one line. ``main``
+  checks its flags first, then calls :func:`prepare_jax`: a refusal comes
+  before JAX is imported."""
   def quiet_main(argv):
     # Orbax logs every save at INFO; keep the console to progress and errors.
     logging.set_verbosity(logging.WARNING)
-    enable_compilation_cache()
-    # pylint: disable=g-import-not-at-top
-    from ddpm_jax import parallel
-    from ddpm_jax import progress
-    progress.enable()
-    parallel.use_cpu_cores()
     return main(argv)
 
   def parse_flags(argv):
@@ -89,10 +125,8 @@ def run(main) -> int:
         reason = text.splitlines()[-1].split(": ", 1)[-1]
         fail(f"{text.split(':', 1)[0]}: {reason}")
       fail(f"{_first_line(e)} (see --helpshort)")
-    except (AttributeError, KeyError) as e:
-      overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-      fail(f"unknown config field {_first_line(e)} in {', '.join(overrides)}:"
-           f" check the name against the config file")
+    except (AttributeError, KeyError, TypeError) as e:
+      fail(_unknown_field(e, argv))
     if "config" in flags.FLAGS and flags.FLAGS["config"].present:
       try:
         flags.FLAGS.config.keys()  # a config that failed to load raises

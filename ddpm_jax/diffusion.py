@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.choices import FIXED_VARIANCES
 from ddpm_jax.schedules import DiffusionSchedule
 
 Array = jnp.ndarray
@@ -30,8 +31,7 @@ PREDICTIONS = ("eps", "x0", "xprev", "v")
 # network's log-variance ('learned', the original code) or its
 # interpolation between log beta~_t and log beta_t ('learned_range',
 # improved DDPM). Learned ones need a U-Net with 2C output channels.
-VARIANCES = ("fixedsmall", "fixedlarge", "learned", "learned_range")
-FIXED_VARIANCES = ("fixedsmall", "fixedlarge")
+VARIANCES = FIXED_VARIANCES + ("learned", "learned_range")
 MEAN_ROUTES = ("x0", "eps")
 
 

@@ -306,7 +306,8 @@ def test_bad_arguments_give_one_line_errors(tmp_path):
   assert not os.path.exists(os.path.join(wd, "checkpoints"))
   (no_config, no_checkpoint, no_section, no_source, missing,
    cannot_convert) = (error_line(r) for r in sample_runs)
-  assert "config.json" in no_config
+  assert no_config == (f"error: --workdir {wd} does not exist: give the "
+                       f"workdir of a train.py run")
   assert "no checkpoint" in no_checkpoint
   assert "config.json has no 'diffusion' section" in no_section, no_section
   assert "--workdir" in no_source and "--model" in no_source

@@ -60,6 +60,7 @@ def main(argv):
     cli.fail(f"unexpected arguments {argv[1:]}")
   if not FLAGS.workdir:
     cli.fail("give --workdir (a train.py run)")
+  cli.prepare_jax()
   with cli.errors_as_one_line():
     step, out = export_workdir(FLAGS.workdir, FLAGS.out, FLAGS.ema)
   print(f"wrote {out} (step {step}, "

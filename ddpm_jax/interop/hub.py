@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Optional
 
 from ddpm_jax import paths
@@ -19,23 +18,6 @@ from ddpm_jax.interop.diffusers_scheduler import SCHEDULER_CONFIG_NAME
 from ddpm_jax.interop.diffusers_unet import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
 
 # 'org/name', as the Hub names repositories.
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
-
-
-def is_repo_id(model: str) -> bool:
-  """Whether ``--model`` names a Hub repository: 'org/name', and no local
-  path or URL of that name exists."""
-  return (bool(_REPO_ID.fullmatch(model)) and not paths.is_url(model) and
-          not os.path.exists(model) and not model.endswith(".ckpt") and
-          ".ckpt-" not in model)
-
-
-def output_folder(repo_id: str) -> str:
-  """The local folder a Hub model's outputs go under by default (not the
-  cache): ``org--name`` in the current directory."""
-  return repo_id.replace("/", "--")
-
-
 def _by_hand(repo_id: str) -> str:
   return (f"download it on a machine that reaches the Hub (`hf download "
           f"{repo_id} --local-dir DIR`, or git clone) and pass --model DIR")

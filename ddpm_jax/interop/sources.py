@@ -15,7 +15,7 @@ from ddpm_jax import checkpoint_digests, checkpoints, from_config, paths
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop import diffusers_scheduler
 from ddpm_jax.interop import diffusers_unet
-from ddpm_jax.interop import hub
+from ddpm_jax.interop import hub, repo_ids
 from ddpm_jax.interop import tf_checkpoint
 from ddpm_jax.train.state import train_state_shapes
 
@@ -124,7 +124,7 @@ def load_model(path: str, image_size: Optional[int] = None,
   :mod:`ddpm_jax.interop.hub`) or an original TF checkpoint -> (config
   with model, data, diffusion and sampling set; params; a description for
   messages)."""
-  if hub.is_repo_id(path):
+  if repo_ids.is_repo_id(path):
     return load_diffusers(hub.fetch(path, revision))
   paths.check_reachable(path)
   if diffusers_unet.find_model_dir(path) is not None:

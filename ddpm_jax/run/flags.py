@@ -8,9 +8,8 @@ from typing import Any, Dict
 from absl import flags
 
 from ddpm_jax import cli
-from ddpm_jax.diffusion import FIXED_VARIANCES
-from ddpm_jax.interop import hub
-from ddpm_jax.samplers.spacing import SPACINGS
+from ddpm_jax.choices import FIXED_VARIANCES, SPACINGS
+from ddpm_jax.interop import repo_ids
 
 FLAGS = flags.FLAGS
 
@@ -84,7 +83,7 @@ def check_one_source() -> None:
     cli.fail("give exactly one of --workdir (a train.py run) and --model (a "
              "diffusers model directory, Hub repo id or TF checkpoint)")
   if FLAGS.revision is not None and (FLAGS.model is None or
-                                     not hub.is_repo_id(FLAGS.model)):
+                                     not repo_ids.is_repo_id(FLAGS.model)):
     cli.fail("--revision goes with --model given as a Hub repo id "
              "(org/name)")
 

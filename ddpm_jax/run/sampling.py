@@ -11,7 +11,7 @@ import numpy as np
 from ddpm_jax import data, from_config, images, paths, validation
 from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import diffusers_config, sources
-from ddpm_jax.interop import hub, tf_checkpoint
+from ddpm_jax.interop import repo_ids, tf_checkpoint
 from ddpm_jax.models.unet import eps_fn
 from ddpm_jax.run import outputs, profile_window
 from ddpm_jax.run.flags import FLAG_NAMES
@@ -155,9 +155,9 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
 def model_dir(path: str) -> str:
   """The folder of a --model (a diffusers directory, or the folder of a TF
   checkpoint prefix; for a Hub repo id, a local folder named after it,
-  :func:`ddpm_jax.interop.hub.output_folder`)."""
-  if hub.is_repo_id(path):
-    return hub.output_folder(path)
+  :func:`ddpm_jax.interop.repo_ids.output_folder`)."""
+  if repo_ids.is_repo_id(path):
+    return repo_ids.output_folder(path)
   return path.rstrip("/") if paths.isdir(path) else paths.dirname(path)
 
 

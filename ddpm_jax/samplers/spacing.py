@@ -29,8 +29,8 @@ from typing import Tuple
 import numpy as np
 
 from ddpm_jax import schedules
+from ddpm_jax.choices import SPACINGS  # pylint: disable=unused-import
 
-SPACINGS = ("leading", "trailing", "linspace", "uniform", "quadratic")
 DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")
 
 
