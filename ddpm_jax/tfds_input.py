@@ -22,7 +22,10 @@ import itertools
 import logging
 import os
 import queue
+import shutil
+import socket
 import threading
+import urllib.parse
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
@@ -84,7 +87,8 @@ def prepared_builder(name: str, data_dir: Optional[str],
                     f" and preparing it needs TensorFlow: {TF_EXTRA}, or "
                     f"{build}")
   try:
-    builder.download_and_prepare()
+    with _leaves_nothing_on_failure(builder), _reachable_downloads():
+      builder.download_and_prepare()
   except ImportError as e:
     # A package that preparing this dataset needs, not the network.
     missing = getattr(e, "name", None) or str(e)
@@ -93,12 +97,104 @@ def prepared_builder(name: str, data_dir: Optional[str],
         f"pip install {missing} (or prepare it elsewhere: {build})"
     ) from None
   except Exception as e:  # pylint: disable=broad-except
+    unreachable = _unreachable_in(e)
+    if unreachable is not None:
+      raise DataError(
+          f"tfds dataset {name!r} is not in {builder.data_dir!r} and could "
+          f"not be downloaded: {unreachable}; {build}") from None
     raise DataError(
         f"tfds dataset {name!r} is not in {builder.data_dir!r} and could not "
         f"be downloaded (it needs the network on first use, and some "
         f"datasets a manual download): {build} ({type(e).__name__}: "
         f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
   return builder
+
+
+# How long a dataset's download host has to accept a connection.
+REACH_TIMEOUT_S = 10.0
+
+
+class _Unreachable(ConnectionError):
+  """A download URL whose host did not accept a connection."""
+
+
+def _check_reachable_url(url: str) -> None:
+  """Raises :class:`_Unreachable` unless ``url``'s host accepts a TCP
+  connection within :data:`REACH_TIMEOUT_S` (one try, no retries)."""
+  parts = urllib.parse.urlsplit(url)
+  if parts.scheme not in ("http", "https") or not parts.hostname:
+    return  # (ftp, file: left to tfds)
+  port = parts.port or (443 if parts.scheme == "https" else 80)
+  try:
+    socket.create_connection((parts.hostname, port),
+                             timeout=REACH_TIMEOUT_S).close()
+  except OSError as e:
+    raise _Unreachable(f"{url} cannot be reached ({paths.cause(e)})"
+                       ) from None
+
+
+def _unreachable_in(e: BaseException) -> Optional[str]:
+  """The message of the :class:`_Unreachable` in ``e``'s chain, if any."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, _Unreachable):
+      return str(e)
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+@contextlib.contextmanager
+def _reachable_downloads():
+  """While tfds prepares a dataset, each URL it downloads is first checked
+  to be reachable (:func:`_check_reachable_url`): without the network the
+  preparation fails within seconds, instead of after minutes of retries."""
+  from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+  opened = downloader._open_url  # pylint: disable=protected-access
+
+  def checked(url, **kwargs):
+    _check_reachable_url(url)
+    return opened(url, **kwargs)
+
+  downloader._open_url = checked  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    downloader._open_url = opened  # pylint: disable=protected-access
+
+
+def _entries(root: str) -> set:
+  out = set()
+  for d, dirs, files in os.walk(root):
+    out.update(os.path.join(d, n) for n in dirs + files)
+  return out
+
+
+@contextlib.contextmanager
+def _leaves_nothing_on_failure(builder):
+  """A preparation that fails removes what it made under the local
+  data_dir (its partial downloads and dataset folders) and nothing that
+  was there before."""
+  root = str(builder.data_dir_root)
+  if paths.is_url(root):
+    yield
+    return
+  before = _entries(root) if os.path.isdir(root) else set()
+  made_root = not os.path.exists(root)
+  try:
+    yield
+  except BaseException:
+    for path in sorted(_entries(root) - before, key=len, reverse=True):
+      try:
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          os.remove(path)
+      except OSError:
+        pass
+    if made_root:
+      shutil.rmtree(root, ignore_errors=True)
+    raise
 
 
 def have_tensorflow() -> bool:

@@ -6,9 +6,12 @@ files itself, so ``tfds.testing.mock_data``, which replaces
 ``builder.as_dataset``, would leave it untested.
 """
 
+import functools
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -238,6 +241,54 @@ def test_tfds_not_prepared_says_what_to_do(tmp_path, monkeypatch):
     next(tfds_input.tfds_batches("mnist", "train", 4, 8, 1, seed=0,
                                  data_dir=str(tmp_path)))
   assert "network" not in str(e.value)
+
+
+@functools.lru_cache(maxsize=None)
+def _unreachable_builder():
+  """A registered tfds dataset, 'ddpm_jax_unreachable', whose one file is
+  downloaded from a local port where nothing listens; the URL."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/images.npz"
+
+  class DdpmJaxUnreachable(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features
+                                   .FeaturesDict({"image": tfds.features.Image(
+                                       shape=(8, 8, 3))}))
+
+    def _split_generators(self, dl_manager):
+      path = dl_manager.download(url)
+      return {"train": self._generate_examples(path)}
+
+    def _generate_examples(self, path):
+      for i, image in enumerate(np.load(path)["images"]):
+        yield i, {"image": image}
+
+  del DdpmJaxUnreachable  # (registered by name)
+  return url
+
+
+def test_an_unreachable_download_fails_at_once_and_leaves_nothing(tmp_path):
+  # Without the network: one line within 30 s naming the URL (tfds alone
+  # retries for minutes), and the partial download and dataset folders it
+  # made are removed (what was in data_dir before stays).
+  url = _unreachable_builder()
+  (tmp_path / "keep").mkdir()
+  (tmp_path / "keep" / "a.txt").write_text("x")
+  began = time.time()
+  with pytest.raises(data.DataError) as e:
+    tfds_input.prepared_builder("ddpm_jax_unreachable", str(tmp_path))
+  assert time.time() - began < 30
+  line = str(e.value)
+  assert "\n" not in line and line.startswith(
+      "tfds dataset 'ddpm_jax_unreachable' is not in "), line
+  assert f"could not be downloaded: {url} cannot be reached (" in line, line
+  assert "tfds build ddpm_jax_unreachable --data_dir DIR" in line, line
+  assert sorted(os.listdir(tmp_path)) == ["keep"]
+  assert os.listdir(tmp_path / "keep") == ["a.txt"]
 
 
 def test_a_damaged_record_file_is_named(tmp_path):
