@@ -39,6 +39,8 @@ def main(argv):
   import jax
   import orbax.checkpoint as ocp
   from ddpm_jax import checkpoint_digests, checkpoints, from_config, train
+  common.say(f"making the {FLAGS.config} train state and compiling its "
+             f"digests ...")
   model, tx = from_config.make_model(config), from_config.make_optimizer(config)
   state = train.create_train_state(config, model, tx)
   jax.block_until_ready(state)

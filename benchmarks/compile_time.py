@@ -37,9 +37,10 @@ common.define_config_flags()
 flags.DEFINE_integer("batch", None, "Batch size (default: the config's).")
 
 
-def compile_stats(jitted, *args):
+def compile_stats(name, jitted, *args):
   """{lower_s, compile_s, fusions, instructions} of the jitted function
-  ``jitted`` for ``args``."""
+  ``jitted`` for ``args`` (saying on stderr that part ``name`` compiles)."""
+  common.say(f"compiling {name} ...")
   start = time.perf_counter()
   lowered = jitted.lower(*args)
   lowered_at = time.perf_counter()
@@ -81,9 +82,12 @@ def parts(config, batch_size):
         ema_decay=float(config.training.ema_decay),
         skip_nonfinite=bool(config.training.get("skip_nonfinite", False)))
 
-  out = [("forward", compile_stats(jax.jit(forward), state.params)),
-         ("gradient", compile_stats(jax.jit(gradient), state.params)),
-         ("update", compile_stats(jax.jit(update), state, state.params))]
+  out = [("forward", compile_stats("forward", jax.jit(forward),
+                                   state.params)),
+         ("gradient", compile_stats("gradient", jax.jit(gradient),
+                                    state.params)),
+         ("update", compile_stats("update", jax.jit(update), state,
+                                  state.params))]
   placed = train.create_train_state(config, model, tx, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, placed)
   step = train.make_train_step(config, model, tx, mesh, shardings)
@@ -92,7 +96,7 @@ def parts(config, batch_size):
   batch = jax.device_put(np.zeros(shape, np.float32),
                          parallel.batch_sharding(mesh))
   out.append(("step", {
-      **compile_stats(step, placed, batch, schedule),
+      **compile_stats("the train step", step, placed, batch, schedule),
       "param_arrays": len(jax.tree_util.tree_leaves(placed.params))}))
   return out
 
