@@ -353,7 +353,8 @@ def _documented_pod_command():
   """The pod command of docs/training.md, as its words."""
   import shlex
   from tests.test_docs_commands import COMMANDS
-  (line,) = [c for _, c in COMMANDS if "--multihost" in c and "gs://" in c]
+  (line,) = [c for _, c in COMMANDS if "--multihost" in c and
+             "gs://" in c and "train.py" in c.split()]
   return shlex.split(line)
 
 
