@@ -27,8 +27,8 @@ TINY_ARGS = [
 def tiny_digits_config(*, num_timesteps: int, batch_size: int,
                        num_samples: int = 4, one_level: bool = False,
                        **training):
-  """The digits config with a one-block, 32-channel U-Net of two levels, or
-  of one with attention and 8 GroupNorm groups if ``one_level`` (half the
+  """The digits config (8 GroupNorm groups) with a one-block, 32-channel
+  U-Net of two levels, or of one with attention if ``one_level`` (half the
   compile time), ``num_timesteps`` diffusion steps and a ``batch_size``
   batch; ``training`` overrides further ``config.training`` fields."""
   config = digits.get_config()
@@ -37,9 +37,6 @@ def tiny_digits_config(*, num_timesteps: int, batch_size: int,
   if one_level:
     config.model.ch_mult = (1,)
     config.model.attn_resolutions = (8,)
-    # Groups of 4 channels: with 32 groups of one channel each, GroupNorm
-    # would erase the time and label embeddings added to the first level.
-    config.model.num_groups = 8
   config.diffusion.num_timesteps = num_timesteps
   config.training.batch_size = batch_size
   config.sampling.num_samples = num_samples
