@@ -23,15 +23,14 @@ import logging
 import os
 import queue
 import shutil
-import socket
 import threading
-import urllib.parse
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ddpm_jax import paths
+from ddpm_jax import reachability
 from ddpm_jax import record_files
 from ddpm_jax import streams
 from ddpm_jax.streams import Batches, DataError, Position
@@ -110,27 +109,17 @@ def prepared_builder(name: str, data_dir: Optional[str],
   return builder
 
 
-# How long a dataset's download host has to accept a connection.
-REACH_TIMEOUT_S = 10.0
-
-
 class _Unreachable(ConnectionError):
   """A download URL whose host did not accept a connection."""
 
 
 def _check_reachable_url(url: str) -> None:
-  """Raises :class:`_Unreachable` unless ``url``'s host accepts a TCP
-  connection within :data:`REACH_TIMEOUT_S` (one try, no retries)."""
-  parts = urllib.parse.urlsplit(url)
-  if parts.scheme not in ("http", "https") or not parts.hostname:
-    return  # (ftp, file: left to tfds)
-  port = parts.port or (443 if parts.scheme == "https" else 80)
-  try:
-    socket.create_connection((parts.hostname, port),
-                             timeout=REACH_TIMEOUT_S).close()
-  except OSError as e:
-    raise _Unreachable(f"{url} cannot be reached ({paths.cause(e)})"
-                       ) from None
+  """Raises :class:`_Unreachable` unless ``url``'s host (or its proxy)
+  accepts a TCP connection within
+  :data:`ddpm_jax.reachability.TIMEOUT_S` (one try, no retries)."""
+  why = reachability.unreachable(url)
+  if why is not None:
+    raise _Unreachable(f"{url} cannot be reached ({why})")
 
 
 def _unreachable_in(e: BaseException) -> Optional[str]:

@@ -112,13 +112,15 @@ def test_a_model_by_repo_id(tmp_path):
                          "Face cache (") and "HF_HUB_OFFLINE is set" in line
   assert "hf download org/other --local-dir DIR" in line, line
 
-  # A Hub that cannot be reached, nothing cached: one line, soon.
+  # A Hub that cannot be reached, nothing cached: one line, soon (the
+  # endpoint is tried once first: huggingface_hub's own retries of a refused
+  # connection alone take about 23 s; this run takes a few seconds).
   start = time.time()
   [[unreachable]] = run_entries_in_one_process(
       [("sample.py", [["--model", "org/tiny", *sample]])], cwd=work,
       env=dict(env(f"http://127.0.0.1:{_closed_port()}"),
                HF_HOME=str(tmp_path / "empty")))
-  assert time.time() - start < 60
+  assert time.time() - start < 20
   line = error_line(unreachable)
   assert line.startswith("error: could not reach the Hugging Face Hub at "
                          "http://127.0.0.1:"), line

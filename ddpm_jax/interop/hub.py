@@ -12,6 +12,7 @@ import os
 from typing import Optional
 
 from ddpm_jax import paths
+from ddpm_jax import reachability
 from ddpm_jax.interop import ConversionError
 from ddpm_jax.interop.diffusers_config import CONFIG_NAME
 from ddpm_jax.interop.diffusers_scheduler import SCHEDULER_CONFIG_NAME
@@ -34,9 +35,15 @@ def fetch(repo_id: str, revision: Optional[str] = None) -> str:
   from huggingface_hub import constants, hf_hub_download
   from huggingface_hub import errors as hub_errors
 
+  # Asked once, before huggingface_hub would retry a refused connection for
+  # about 23 s: unreachable, the cache alone answers.
+  cut_off = (None if constants.HF_HUB_OFFLINE else
+             reachability.unreachable(constants.ENDPOINT))
+
   def get(name: str) -> Optional[str]:
     try:
-      return hf_hub_download(repo_id, name, revision=revision)
+      return hf_hub_download(repo_id, name, revision=revision,
+                             local_files_only=cut_off is not None)
     except hub_errors.LocalEntryNotFoundError:
       raise  # (a subclass: not in the cache, and the Hub not reached)
     except hub_errors.EntryNotFoundError:
@@ -78,7 +85,8 @@ def fetch(repo_id: str, revision: Optional[str] = None) -> str:
           f"with the network, or {_by_hand(repo_id)}") from None
     raise ConversionError(
         f"could not reach the Hugging Face Hub at {constants.ENDPOINT} for "
-        f"{repo_id} ({_cause(e)}): {_by_hand(repo_id)}") from None
+        f"{repo_id} ({cut_off or _cause(e)}): {_by_hand(repo_id)}"
+    ) from None
   except OSError as e:
     raise ConversionError(f"could not fetch Hub repo {repo_id} "
                           f"({paths.cause(e)}): {_by_hand(repo_id)}") from None
