@@ -77,7 +77,7 @@ def main(argv):
   if FLAGS.num < 0:
     cli.fail(f"--num must be >= 0 (0: the metric's default), got "
              f"{FLAGS.num}")
-  flag_checks.counts(1, FLAGS.batch_size)
+  flag_checks.batch_size(FLAGS.batch_size)
   if FLAGS.metric != "fid" and (FLAGS.reference_stats or
                                 FLAGS.precision_recall):
     cli.fail("--reference_stats and --precision_recall go with --metric fid")

@@ -98,12 +98,9 @@ def main(argv):
   # Before JAX and the model: the counts and the paths.
   flag_checks.counts(FLAGS.num, FLAGS.batch_size)
   if FLAGS.interpolate is not None:
-    _indices(FLAGS.interpolate)
-    if len(FLAGS.interpolate) != 2 or FLAGS.lambdas < 2:
-      cli.fail("--interpolate takes two image indices I,J and --lambdas "
-               ">= 2")
+    flag_checks.interpolation(_indices(FLAGS.interpolate), FLAGS.lambdas)
   if FLAGS.partial is not None:
-    _indices(FLAGS.partial)
+    flag_checks.partial(_indices(FLAGS.partial))
   flag_checks.trained_workdir(FLAGS.workdir)
   flag_checks.out_folder(FLAGS.out, paths.join(FLAGS.workdir, "samples")
                          if FLAGS.workdir is not None else None)

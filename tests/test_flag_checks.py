@@ -54,6 +54,13 @@ def _cases(tmp_path):
        f"a folder"),
       (["sample.py", "--workdir", str(folder), "--interpolate", "1,x"],
        "error: image indices must be integers, got 1,x"),
+      (["sample.py", "--workdir", str(folder), "--interpolate", "0,1,2"],
+       "error: --interpolate takes two image indices I,J, got [0, 1, 2]"),
+      (["sample.py", "--workdir", str(folder), "--interpolate", "0,1",
+        "--lambdas", "1"],
+       "error: --lambdas must be >= 2, got 1"),
+      (["sample.py", "--workdir", str(folder), "--partial=0,-1"],
+       "error: give image indices >= 0, e.g. --partial=0,1,2"),
       (["evaluate.py", "--workdir", str(a_file)],
        f"error: --workdir {a_file} is a file, not a folder: give the "
        f"workdir of a train.py run"),

@@ -8,7 +8,6 @@ files itself, so ``tfds.testing.mock_data``, which replaces
 
 import functools
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from ddpm_jax import data
 from ddpm_jax import tfds_input
 from tests.test_data import take, tiny_train_config
 from tests.tfds_fakes import prepare_cifar10_stand_in
+from tests.tfds_fakes import register_unreachable_images
 from tests.tfds_fakes import tiny_image_ids as ids
 from tests.tfds_fakes import tiny_images_stream
 
@@ -244,38 +244,11 @@ def test_tfds_not_prepared_says_what_to_do(tmp_path, monkeypatch):
 
 
 @functools.lru_cache(maxsize=None)
-def _unreachable_builder():
-  """A registered tfds dataset, 'ddpm_jax_unreachable', whose one file is
-  downloaded from a local port where nothing listens; the URL."""
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/images.npz"
-
-  class DdpmJaxUnreachable(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features
-                                   .FeaturesDict({"image": tfds.features.Image(
-                                       shape=(8, 8, 3))}))
-
-    def _split_generators(self, dl_manager):
-      path = dl_manager.download(url)
-      return {"train": self._generate_examples(path)}
-
-    def _generate_examples(self, path):
-      for i, image in enumerate(np.load(path)["images"]):
-        yield i, {"image": image}
-
-  del DdpmJaxUnreachable  # (registered by name)
-  return url
-
-
 def test_an_unreachable_download_fails_at_once_and_leaves_nothing(tmp_path):
   # Without the network: one line within 30 s naming the URL (tfds alone
   # retries for minutes), and the partial download and dataset folders it
   # made are removed (what was in data_dir before stays).
-  url = _unreachable_builder()
+  url = register_unreachable_images()
   (tmp_path / "keep").mkdir()
   (tmp_path / "keep" / "a.txt").write_text("x")
   began = time.time()

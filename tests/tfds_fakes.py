@@ -2,7 +2,17 @@
 input pipeline reads their record files as it reads any prepared
 dataset's. Needs TensorFlow (the test extra) to prepare them."""
 
+import socket
+
 import numpy as np
+
+
+def _image_features(builder, shape):
+  """The DatasetInfo of a builder whose examples are one image of ``shape``."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.core.DatasetInfo(builder=builder, features=tfds.features
+                               .FeaturesDict({"image": tfds.features.Image(
+                                   shape=shape)}))
 
 
 def prepare_tiny_images(data_dir, num_shards=None):
@@ -16,9 +26,7 @@ def prepare_tiny_images(data_dir, num_shards=None):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features
-                                   .FeaturesDict({"image": tfds.features.Image(
-                                       shape=(10, 12, 3))}))
+      return _image_features(self, (10, 12, 3))
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -32,6 +40,32 @@ def prepare_tiny_images(data_dir, num_shards=None):
             tfds.download.DownloadConfig(num_shards=num_shards))
   DdpmJaxTinyImages(data_dir=str(data_dir)).download_and_prepare(
       download_config=config)
+
+
+def register_unreachable_images():
+  """Registers 'ddpm_jax_unreachable', a tfds dataset whose one file is
+  downloaded from a local port where nothing listens; returns that URL."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/images.npz"
+
+  class DdpmJaxUnreachable(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return _image_features(self, (8, 8, 3))
+
+    def _split_generators(self, dl_manager):
+      path = dl_manager.download(url)
+      return {"train": self._generate_examples(path)}
+
+    def _generate_examples(self, path):
+      for i, image in enumerate(np.load(path)["images"]):
+        yield i, {"image": image}
+
+  del DdpmJaxUnreachable  # (registered by name)
+  return url
 
 
 def prepare_cifar10_stand_in(data_dir, n=16):

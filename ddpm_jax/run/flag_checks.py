@@ -6,18 +6,64 @@ bucket URL is checked where it is first read."""
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from ddpm_jax import cli
 from ddpm_jax import paths
 
 
-def counts(num: int, batch_size: int, num_flag: str = "--num") -> None:
-  """``num`` and ``batch_size`` positive."""
+def count_error(num: int, batch_size: int) -> Optional[str]:
+  """What is wrong with a sample count ``num`` and ``batch_size``, or None
+  (both must be positive). The library functions raise it as a
+  ``ValueError``; :func:`counts` refuses it as a flag."""
   if num <= 0:
-    cli.fail(f"{num_flag} must be positive, got {num}")
+    return f"--num must be positive, got {num}"
   if batch_size <= 0:
-    cli.fail(f"--batch_size must be positive, got {batch_size}")
+    return f"--batch_size must be positive, got {batch_size}"
+  return None
+
+
+def indices_error(indices: Sequence[int]) -> Optional[str]:
+  """What is wrong with held-out image indices (``--partial``), or None."""
+  if not indices or min(indices) < 0:
+    return "give image indices >= 0, e.g. --partial=0,1,2"
+  return None
+
+
+def interpolation_error(pair: Sequence[int],
+                        num_lambdas: int) -> Optional[str]:
+  """What is wrong with ``--interpolate`` and ``--lambdas``, or None."""
+  if len(pair) != 2:
+    return f"--interpolate takes two image indices I,J, got {list(pair)}"
+  if num_lambdas < 2:
+    return f"--lambdas must be >= 2, got {num_lambdas}"
+  return indices_error(pair)
+
+
+def counts(num: int, batch_size: int) -> None:
+  """``--num`` and ``--batch_size`` positive (:func:`count_error`)."""
+  _refuse(count_error(num, batch_size))
+
+
+def batch_size(value: int) -> None:
+  """``--batch_size`` positive, for an entry point whose ``--num`` has
+  another meaning."""
+  _refuse(count_error(1, value))
+
+
+def partial(indices: Sequence[int]) -> None:
+  """``--partial``'s indices (:func:`indices_error`)."""
+  _refuse(indices_error(indices))
+
+
+def interpolation(pair: Sequence[int], num_lambdas: int) -> None:
+  """``--interpolate`` and ``--lambdas`` (:func:`interpolation_error`)."""
+  _refuse(interpolation_error(pair, num_lambdas))
+
+
+def _refuse(error: Optional[str]) -> None:
+  if error is not None:
+    cli.fail(error)
 
 
 def trained_workdir(workdir: Optional[str]) -> None:

@@ -13,17 +13,17 @@ from ddpm_jax.diffusion import FIXED_VARIANCES as VARIANCES
 from ddpm_jax.interop import diffusers_config, sources
 from ddpm_jax.interop import repo_ids, tf_checkpoint
 from ddpm_jax.models.unet import eps_fn
-from ddpm_jax.run import outputs, profile_window
+from ddpm_jax.run import flag_checks, outputs, profile_window
 from ddpm_jax.run.flags import FLAG_NAMES
 from ddpm_jax.samplers import figures, generate, scan_progress
 from ddpm_jax.samplers.registry import get_sampler
 
 
-def _check_counts(num: int, batch_size: int) -> None:
-  if num <= 0:
-    raise ValueError(f"--num must be positive, got {num}")
-  if batch_size <= 0:
-    raise ValueError(f"--batch_size must be positive, got {batch_size}")
+def _check(error: Optional[str]) -> None:
+  """Raises ``error`` (one of :mod:`ddpm_jax.run.flag_checks`' messages) as
+  a ValueError, for callers of these functions that are not the CLI."""
+  if error is not None:
+    raise ValueError(error)
 
 
 def memory_bytes() -> int:
@@ -139,7 +139,7 @@ def sample_from_workdir(workdir: str, num: int, batch_size: int, seed: int,
   ``profile`` writes a ``jax.profiler`` trace of the sampling (its
   compile included) into ``<prefix>_profile/``.
   """
-  _check_counts(num, batch_size)
+  _check(flag_checks.count_error(num, batch_size))
   if jax.process_index() == 0:  # (the process that writes)
     outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
@@ -174,7 +174,7 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
   (at ``revision``) or an original TF checkpoint (by default under
   samples/ in the model's folder, :func:`model_dir`); returns the output
   prefix. ``profile``: as :func:`sample_from_workdir`."""
-  _check_counts(num, batch_size)
+  _check(flag_checks.count_error(num, batch_size))
   if jax.process_index() == 0:  # (the process that writes)
     outputs.check_writable(out, paths.join(model_dir(path), "samples"))
   config, params, _ = sources.load_model(path, image_size, use_ema, revision)
@@ -192,8 +192,7 @@ def sample_from_model(path: str, num: int, batch_size: int, seed: int,
 
 def _held_out(config, indices: Sequence[int]) -> np.ndarray:
   """Images ``indices`` of the config's held-out split, in [-1, 1]."""
-  if not indices or min(indices) < 0:
-    raise ValueError("give image indices >= 0, e.g. --partial=0,1,2")
+  _check(flag_checks.indices_error(indices))
   split = config.data.eval_split
   pool = np.concatenate(list(data.eval_batches(config, split, 256,
                                                max(indices) + 1)))
@@ -218,7 +217,7 @@ def progressive_from_workdir(workdir: str, every: int, num: int, seed: int,
   """Fig. 6: ``num`` samples with their x_t and predicted x_0 every
   ``every`` steps, written by :func:`ddpm_jax.images.write_progression`;
   returns the output prefix."""
-  _check_counts(num, num)
+  _check(flag_checks.count_error(num, num))
   outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   apply_overrides(config, None, sampler)
@@ -252,7 +251,7 @@ def partial_from_workdir(workdir: str, indices: Sequence[int],
   """Fig. 7: for each held-out image, one x_t after ``t`` forward steps and
   ``num`` reverse chains from it. Writes a grid (a row per image: x_0, x_t,
   the samples) and ``.npz`` (``x_t``, ``samples``); returns the prefix."""
-  _check_counts(num, num)
+  _check(flag_checks.count_error(num, num))
   outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   t = _forward_steps(config, t)
@@ -287,10 +286,7 @@ def interpolate_from_workdir(workdir: str, pair: Sequence[int],
   mixed at ``num_lambdas`` evenly spaced lambdas in [0, 1] and decoded with
   shared noise. Writes a strip (x0_a, the decodings, x0_b) and ``.npz``
   (``lambdas``, ``images``); returns the prefix."""
-  if len(pair) != 2:
-    raise ValueError(f"--interpolate takes two image indices, got {pair}")
-  if num_lambdas < 2:
-    raise ValueError(f"--lambdas must be >= 2, got {num_lambdas}")
+  _check(flag_checks.interpolation_error(pair, num_lambdas))
   outputs.check_writable(out, paths.join(workdir, "samples"))
   config, params, step = _load_workdir(workdir, use_ema, dtype)
   t = _forward_steps(config, t)
