@@ -162,27 +162,39 @@ def _entries(root: str) -> set:
 @contextlib.contextmanager
 def _leaves_nothing_on_failure(builder):
   """A preparation that fails removes what it made under the local
-  data_dir (its partial downloads and dataset folders) and nothing that
-  was there before."""
+  data_dir: the dataset's new folders and partial downloads (tfds keeps
+  them under ``<data_dir>/<name>`` and ``<data_dir>/downloads/<name>``)
+  and the folders it made that are left empty. Nothing that was there
+  before, nor anything another process made meanwhile (another dataset
+  prepared into the same data_dir), is touched."""
   root = str(builder.data_dir_root)
   if paths.is_url(root):
     yield
     return
   before = _entries(root) if os.path.isdir(root) else set()
   made_root = not os.path.exists(root)
+  own = (os.path.join(root, builder.name),
+         os.path.join(root, "downloads", builder.name))
   try:
     yield
   except BaseException:
+    # Deepest first, so that a folder is emptied before it is looked at.
     for path in sorted(_entries(root) - before, key=len, reverse=True):
       try:
-        if os.path.isdir(path) and not os.path.islink(path):
-          shutil.rmtree(path, ignore_errors=True)
-        else:
-          os.remove(path)
+        if any(path == o or path.startswith(o + os.sep) for o in own):
+          if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            os.remove(path)
+        elif os.path.isdir(path) and not os.path.islink(path):
+          os.rmdir(path)  # only if empty
       except OSError:
         pass
     if made_root:
-      shutil.rmtree(root, ignore_errors=True)
+      try:
+        os.rmdir(root)
+      except OSError:
+        pass
     raise
 
 

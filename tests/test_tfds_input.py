@@ -19,6 +19,7 @@ from ddpm_jax import data
 from ddpm_jax import tfds_input
 from tests.test_data import take, tiny_train_config
 from tests.tfds_fakes import prepare_cifar10_stand_in
+from tests import tfds_fakes
 from tests.tfds_fakes import register_unreachable_images
 from tests.tfds_fakes import tiny_image_ids as ids
 from tests.tfds_fakes import tiny_images_stream
@@ -247,21 +248,41 @@ def test_tfds_not_prepared_says_what_to_do(tmp_path, monkeypatch):
 def test_an_unreachable_download_fails_at_once_and_leaves_nothing(tmp_path):
   # Without the network: one line within 30 s naming the URL (tfds alone
   # retries for minutes), and the partial download and dataset folders it
-  # made are removed (what was in data_dir before stays).
+  # made are removed. What was in data_dir before stays, and so does what
+  # another process prepared into it meanwhile (its dataset and download).
   url = register_unreachable_images()
   (tmp_path / "keep").mkdir()
   (tmp_path / "keep" / "a.txt").write_text("x")
+  theirs = [tmp_path / "other_images" / "1.0.0" / "dataset_info.json",
+            tmp_path / "downloads" / "other_images" / "images.npz"]
+
+  def another_preparation():
+    for path in theirs:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text("theirs")
+
+  tfds_fakes.MEANWHILE.append(another_preparation)
   began = time.time()
-  with pytest.raises(data.DataError) as e:
-    tfds_input.prepared_builder("ddpm_jax_unreachable", str(tmp_path))
+  try:
+    with pytest.raises(data.DataError) as e:
+      tfds_input.prepared_builder("ddpm_jax_unreachable", str(tmp_path))
+  finally:
+    tfds_fakes.MEANWHILE.remove(another_preparation)
   assert time.time() - began < 30
   line = str(e.value)
   assert "\n" not in line and line.startswith(
       "tfds dataset 'ddpm_jax_unreachable' is not in "), line
   assert f"could not be downloaded: {url} cannot be reached (" in line, line
   assert "tfds build ddpm_jax_unreachable --data_dir DIR" in line, line
-  assert sorted(os.listdir(tmp_path)) == ["keep"]
+  assert sorted(os.listdir(tmp_path)) == ["downloads", "keep", "other_images"]
   assert os.listdir(tmp_path / "keep") == ["a.txt"]
+  assert os.listdir(tmp_path / "downloads") == ["other_images"]
+  assert all(path.read_text() == "theirs" for path in theirs)
+  # A data_dir the preparation made is removed with what it made.
+  with pytest.raises(data.DataError):
+    tfds_input.prepared_builder("ddpm_jax_unreachable",
+                                str(tmp_path / "new"))
+  assert not (tmp_path / "new").exists()
 
 
 def test_a_damaged_record_file_is_named(tmp_path):

@@ -42,10 +42,19 @@ def prepare_tiny_images(data_dir, num_shards=None):
       download_config=config)
 
 
+# Called by 'ddpm_jax_unreachable' just before its download (what another
+# process does meanwhile); see register_unreachable_images.
+MEANWHILE = []
+_UNREACHABLE_URL = []
+
+
 def register_unreachable_images():
-  """Registers 'ddpm_jax_unreachable', a tfds dataset whose one file is
-  downloaded from a local port where nothing listens; returns that URL."""
+  """Registers 'ddpm_jax_unreachable' (once per process), a tfds dataset
+  whose one file is downloaded from a local port where nothing listens,
+  after calling each function in :data:`MEANWHILE`; returns that URL."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if _UNREACHABLE_URL:
+    return _UNREACHABLE_URL[0]
   with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/images.npz"
@@ -57,6 +66,8 @@ def register_unreachable_images():
       return _image_features(self, (8, 8, 3))
 
     def _split_generators(self, dl_manager):
+      for function in MEANWHILE:
+        function()
       path = dl_manager.download(url)
       return {"train": self._generate_examples(path)}
 
@@ -65,6 +76,7 @@ def register_unreachable_images():
         yield i, {"image": image}
 
   del DdpmJaxUnreachable  # (registered by name)
+  _UNREACHABLE_URL.append(url)
   return url
 
 
