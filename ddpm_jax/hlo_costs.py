@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 _BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2,
           "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
@@ -165,11 +165,22 @@ def _operand_shapes(parsed, rest: str) -> List:
           if n in parsed and _shapes(parsed[n][2])]
 
 
-def _own_flops_of(parsed, ins_of: Dict[str, List]) -> Dict[str, float]:
+# The opcodes :func:`_own_flops` counts; every other instruction has none.
+_FLOP_OPCODES = frozenset(("convolution", "dot", "custom-call"))
+
+
+def _own_flops_of(parsed, ins_of: Optional[Dict[str, List]] = None
+                  ) -> Dict[str, float]:
   """{instruction: its own FLOPs} (a convolution's or a dot's), from its
-  operands' shapes ``ins_of``."""
-  return {n: _own_flops(op, res, ins_of[n], rest[len(_operands(rest)):])
-          for n, (_, op, res, rest) in parsed.items()}
+  operands' shapes ``ins_of`` (found here where not given)."""
+  own = {}
+  for n, (_, op, res, rest) in parsed.items():
+    if op not in _FLOP_OPCODES:
+      own[n] = 0.0
+      continue
+    ins = ins_of[n] if ins_of is not None else _operand_shapes(parsed, rest)
+    own[n] = _own_flops(op, res, ins, rest[len(_operands(rest)):])
+  return own
 
 
 def program_flops(hlo_text: str) -> float:
@@ -182,8 +193,7 @@ def program_flops(hlo_text: str) -> float:
   that MFU is defined over. For a program partitioned over devices, the
   FLOPs of one device's part."""
   parsed, comp_of, entry = _parse(hlo_text)
-  own = _own_flops_of(parsed, {n: _operand_shapes(parsed, rest)
-                               for n, (_, _, _, rest) in parsed.items()})
+  own = _own_flops_of(parsed)
   memo: Dict[str, float] = {}
 
   def flops(comp: str, seen: Tuple[str, ...] = ()) -> float:
