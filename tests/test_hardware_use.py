@@ -43,6 +43,7 @@ def test_rates():
   assert r["mfu"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow  # two training runs of the U-Net, end to end
 def test_the_logged_tflops_are_the_compiled_steps_and_a_profile_changes_nothing(
     tmp_path):
   # Two runs: without a peak (none is known for the CPU: no MFU) and
