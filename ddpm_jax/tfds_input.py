@@ -22,7 +22,6 @@ import itertools
 import logging
 import os
 import queue
-import shutil
 import threading
 from typing import Iterable, Iterator, Optional
 
@@ -165,8 +164,9 @@ def _leaves_nothing_on_failure(builder):
   data_dir: the dataset's new folders and partial downloads (tfds keeps
   them under ``<data_dir>/<name>`` and ``<data_dir>/downloads/<name>``)
   and the folders it made that are left empty. Nothing that was there
-  before, nor anything another process made meanwhile (another dataset
-  prepared into the same data_dir), is touched."""
+  before, nor a dataset another process finished preparing meanwhile (a
+  folder with its ``dataset_info.json``, of this dataset or another), nor
+  another dataset's downloads, is touched."""
   root = str(builder.data_dir_root)
   if paths.is_url(root):
     yield
@@ -181,13 +181,12 @@ def _leaves_nothing_on_failure(builder):
     # Deepest first, so that a folder is emptied before it is looked at.
     for path in sorted(_entries(root) - before, key=len, reverse=True):
       try:
-        if any(path == o or path.startswith(o + os.sep) for o in own):
-          if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-          else:
-            os.remove(path)
-        elif os.path.isdir(path) and not os.path.islink(path):
-          os.rmdir(path)  # only if empty
+        if _in_prepared_dataset(path, root):
+          continue  # another process's finished preparation
+        if os.path.isdir(path) and not os.path.islink(path):
+          os.rmdir(path)  # only if empty: what it held is handled above
+        elif any(path.startswith(o + os.sep) for o in own):
+          os.remove(path)
       except OSError:
         pass
     if made_root:
@@ -196,6 +195,19 @@ def _leaves_nothing_on_failure(builder):
       except OSError:
         pass
     raise
+
+
+def _in_prepared_dataset(path: str, root: str) -> bool:
+  """Whether ``path`` is or is under a folder of ``root`` that holds a
+  finished preparation (tfds writes ``dataset_info.json`` last, into the
+  version folder it then renames into place: its temporary name starts
+  with "incomplete")."""
+  while len(path) > len(root):
+    if (os.path.isfile(os.path.join(path, "dataset_info.json")) and
+        not os.path.basename(path).startswith("incomplete")):
+      return True
+    path = os.path.dirname(path)
+  return False
 
 
 def have_tensorflow() -> bool:

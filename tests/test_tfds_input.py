@@ -249,12 +249,16 @@ def test_an_unreachable_download_fails_at_once_and_leaves_nothing(tmp_path):
   # Without the network: one line within 30 s naming the URL (tfds alone
   # retries for minutes), and the partial download and dataset folders it
   # made are removed. What was in data_dir before stays, and so does what
-  # another process prepared into it meanwhile (its dataset and download).
+  # another process prepared into it meanwhile: another dataset and its
+  # download, and this very dataset, finished.
   url = register_unreachable_images()
   (tmp_path / "keep").mkdir()
   (tmp_path / "keep" / "a.txt").write_text("x")
   theirs = [tmp_path / "other_images" / "1.0.0" / "dataset_info.json",
-            tmp_path / "downloads" / "other_images" / "images.npz"]
+            tmp_path / "downloads" / "other_images" / "images.npz",
+            # the same dataset, prepared by another process that could
+            # download it
+            tmp_path / "ddpm_jax_unreachable" / "1.0.0" / "dataset_info.json"]
 
   def another_preparation():
     for path in theirs:
@@ -274,7 +278,11 @@ def test_an_unreachable_download_fails_at_once_and_leaves_nothing(tmp_path):
       "tfds dataset 'ddpm_jax_unreachable' is not in "), line
   assert f"could not be downloaded: {url} cannot be reached (" in line, line
   assert "tfds build ddpm_jax_unreachable --data_dir DIR" in line, line
-  assert sorted(os.listdir(tmp_path)) == ["downloads", "keep", "other_images"]
+  assert sorted(os.listdir(tmp_path)) == [
+      "ddpm_jax_unreachable", "downloads", "keep", "other_images"]
+  assert os.listdir(tmp_path / "ddpm_jax_unreachable") == ["1.0.0"]
+  assert os.listdir(tmp_path / "ddpm_jax_unreachable" / "1.0.0") == [
+      "dataset_info.json"]
   assert os.listdir(tmp_path / "keep") == ["a.txt"]
   assert os.listdir(tmp_path / "downloads") == ["other_images"]
   assert all(path.read_text() == "theirs" for path in theirs)
