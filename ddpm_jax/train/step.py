@@ -192,6 +192,9 @@ def multi_step(state: TrainState, batches: Tuple[Any, ...], n: jnp.ndarray,
   runs every chunk length."""
   k = len(batches)
   stacked = jax.tree_util.tree_map(lambda *b: jnp.stack(b), *batches)
+  # Jitted so that the loop body reuses the trace that finds the metrics'
+  # shapes here: traced once, not twice (XLA inlines the call).
+  step_fn = jax.jit(step_fn)
   shapes = jax.eval_shape(step_fn, state, batches[0], schedule)[1]
   rows = jax.tree_util.tree_map(
       lambda s: jnp.zeros((k,) + s.shape, s.dtype), shapes)
