@@ -1,7 +1,8 @@
 """What verifying checkpoints costs: saving and restoring a config's train
 state with the digests (ddpm_jax.checkpoints.save / restore_latest: a
 digest of every array at save, their check and a finiteness check at
-restore) against plain Orbax saves and restores of the same state.
+restore) against plain Orbax saves and restores of the same state, and
+sampling's read of the same checkpoint (the step and the EMA parameters).
 
   python benchmarks/checkpoint_io.py --config cifar10 --repeats 5
 
@@ -83,15 +84,27 @@ def main(argv):
     manager.close()
     return seconds
 
+  def sampling_read():
+    # What sample.py, evaluate.py and the exporter read: the step and the
+    # EMA parameters, checked.
+    manager = checkpoints.checkpoint_manager(os.path.join(root, "verified"))
+    seconds = common.timed(lambda: jax.block_until_ready(
+        checkpoints.restore_latest(manager, state,
+                                   fields=("step", "ema_params")).state))
+    manager.close()
+    return seconds
+
   try:
     # One untimed run of each first: the restores' digest pass compiles
     # for the restored arrays there.
-    for fn in (plain_save, verified_save, plain_restore, verified_restore):
+    for fn in (plain_save, verified_save, plain_restore, verified_restore,
+               sampling_read):
       fn()
     times = common.alternate({"plain save": plain_save,
                               "verified save": verified_save}, FLAGS.repeats)
     times.update(common.alternate({"plain restore": plain_restore,
-                                   "verified restore": verified_restore},
+                                   "verified restore": verified_restore,
+                                   "sampling read": sampling_read},
                                   FLAGS.repeats))
   finally:
     if FLAGS.dir is None:
@@ -109,7 +122,9 @@ def main(argv):
         f"({m['verified save']:.2f} s / {m['plain save']:.2f} s), restore "
         f"{m['verified restore'] / m['plain restore']:.2f}x "
         f"({m['verified restore']:.2f} s / {m['plain restore']:.2f} s); "
-        f"state {size / 2**20:.0f} MiB")
+        f"sampling's read (step and EMA, checked) "
+        f"{m['sampling read'] / m['plain restore']:.2f}x "
+        f"({m['sampling read']:.2f} s); state {size / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from ddpm_jax import checkpoints, paths, write_deadlines
+from ddpm_jax import checkpoints, paths, storage_messages, write_deadlines
 
 # A save's outcome, as each process sees it.
 PENDING, DONE, FAILED = 0, 1, 2
@@ -82,7 +82,7 @@ def _root_cause(errors: List[BaseException]) -> str:
       e = e.__cause__ or e.__context__
   if not errors:
     return "its folder was not committed"
-  text = checkpoints.without_internals(
+  text = storage_messages.without_internals(
       (str(errors[0]).strip().splitlines() or [""])[0])
   if "os_error_code" in text or ": " in text:
     return text.rsplit(": ", 1)[-1][:200]
@@ -105,7 +105,7 @@ class Saves:
     self._loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     for logger in self._loggers:
       logger.addFilter(self._errors)
-    checkpoints.quiet_storage_noise()
+    storage_messages.quiet_storage_noise()
 
   def save(self, step: int, state: Any, data_position: dict) -> None:
     """Starts saving ``state`` as ``step`` (after confirming the previous

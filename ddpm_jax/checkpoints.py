@@ -7,16 +7,15 @@ position, JSON) and ``digests`` (each state array's digest, JSON:
 ``fold_in(rng, step)`` and the input stream is a function of (seed,
 position), so restoring both resumes a run exactly where it stopped. A
 state with a NaN or an infinity is never saved, and a restored state is
-used only if every array is finite and matches its saved digest."""
+used only if every array read is finite and matches its saved digest
+(sampling reads only the step and the parameters it uses)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
-import warnings
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -24,7 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default
-from ddpm_jax import checkpoint_digests, parallel, paths, streams
+from ddpm_jax import (checkpoint_digests, parallel, paths,
+                      storage_messages, streams)
 from ddpm_jax.models.classifier import (NoisyClassifier,
                                         classifier_from_config,
                                         init_classifier)
@@ -104,12 +104,20 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   manager.save(step, args=ocp.args.Composite(**items))
 
 
-def verify(state: Any, saved_digests: Optional[dict]) -> Optional[str]:
+def verify(state: Any, saved_digests: Optional[dict],
+           fields: Optional[Sequence[str]] = None) -> Optional[str]:
   """Why a restored ``state`` must not be used, in one sentence (an array
   that is not finite, or whose digest differs from ``saved_digests``, the
   checkpoint's digests item); None when it passes. A checkpoint written
-  before digests existed (None) is checked for finiteness only."""
+  before digests existed (None) is checked for finiteness only.
+  ``fields``: ``state`` holds only these fields of the train state (see
+  :func:`restore_latest`), checked against their own digests."""
   summary = checkpoint_digests.summarize(state)
+  if saved_digests is not None and fields is not None:
+    saved_digests = dict(saved_digests, digests={
+        name: digest
+        for name, digest in (saved_digests.get("digests") or {}).items()
+        if name.split(".")[0] in fields})
   if saved_digests is not None:
     changed = checkpoint_digests.mismatches(saved_digests, summary)
     if changed:
@@ -121,6 +129,20 @@ def verify(state: Any, saved_digests: Optional[dict]) -> Optional[str]:
   return None
 
 
+def _restore_fields(template: Any, fields: Sequence[str]
+                    ) -> ocp.args.PyTreeRestore:
+  """Orbax's arguments to restore only ``fields`` of a train state saved
+  whole, onto those fields of ``template`` (arrays or
+  ``jax.ShapeDtypeStruct`` leaves with their shardings)."""
+  item = {field: getattr(template, field) for field in fields}
+  restore_args = jax.tree_util.tree_map(
+      lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding,
+                                        global_shape=leaf.shape,
+                                        dtype=leaf.dtype), item)
+  return ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                partial_restore=True)
+
+
 class Restored(NamedTuple):
   """A restored checkpoint: the state, and the input position saved with it
   (None for a checkpoint written without one)."""
@@ -129,10 +151,18 @@ class Restored(NamedTuple):
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: Any,
-                   set_aside: bool = False) -> Optional[Restored]:
+                   set_aside: bool = False,
+                   fields: Optional[Sequence[str]] = None
+                   ) -> Optional[Restored]:
   """The newest readable checkpoint, its state restored onto ``template``
   (whose arrays' shardings it takes, whatever mesh wrote it), or None if
   there is none.
+
+  ``fields`` (e.g. ``('step', 'ema_params')``, what sampling uses): only
+  these fields of the train state are read and checked, and the state
+  restored is a dict of them; the rest of the checkpoint (the optimizer
+  state, the other parameters: three quarters of it with Adam) is not
+  read. The same manager must then always be given ``fields``.
 
   A newest checkpoint that fails to restore while an older one succeeds is
   taken to be damaged (a truncated write): a message names it, and with
@@ -144,7 +174,7 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
   error is raised and nothing is moved: a config that no longer matches
   the checkpoints is not mistaken for damage.
   """
-  quiet_storage_noise()
+  storage_messages.quiet_storage_noise()
   steps = sorted(manager.all_steps(), reverse=True)
   failures = []
   for step in steps:
@@ -156,7 +186,8 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
                                STATE_ITEM))
       if mismatch:
         raise ValueError(mismatch)
-      items = {STATE_ITEM: ocp.args.StandardRestore(template)}
+      items = {STATE_ITEM: ocp.args.StandardRestore(template)
+               if fields is None else _restore_fields(template, fields)}
       for name in (DATA_ITEM, DIGESTS_ITEM):
         if paths.isdir(paths.join(str(manager.directory), str(step), name)):
           items[name] = ocp.args.JsonRestore()
@@ -165,10 +196,10 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
       restored = Restored(out[STATE_ITEM],
                           None if position is None else dict(position))
     except Exception as e:  # pylint: disable=broad-except
-      failures.append((step, f"is unreadable ({_read_error(e)})", e))
+      failures.append((step, f"is unreadable ({storage_messages.read_error(e)})", e))
       continue
     problem = verify(restored.state, dict(out[DIGESTS_ITEM])
-                     if DIGESTS_ITEM in items else None)
+                     if DIGESTS_ITEM in items else None, fields)
     if not problem and position is not None:
       try:
         streams.Position.from_json(restored.data_position)
@@ -200,94 +231,6 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
                      f"back from a backup, or move the checkpoints folder "
                      f"away to train from the start)") from e
   return None
-
-
-# Where a storage library's message turns to its internals (TensorStore
-# appends a spec, a bound method's repr or source locations).
-_INTERNALS = (" See full TensorStore details", " [source locations",
-              " [tensorstore_spec", "<bound method")
-
-
-class _ReportedElsewhere(logging.Filter):
-  """Drops the storage libraries' log records about a checkpoint that this
-  module reports itself in one line: Orbax's 'Failed to get item metadata'
-  warning for a damaged one, and asyncio's 'exception was never retrieved'
-  for the TensorStore reads a failed restore leaves behind."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    message = str(record.msg)
-    if message.startswith("Failed to get item metadata from directory"):
-      return False
-    if message.startswith(("Task exception was never retrieved",
-                           "Future exception was never retrieved")):
-      e = record.exc_info[1] if record.exc_info else None
-      return "tensorstore" not in repr(e).lower()
-    return True
-
-
-def without_internals(text: str) -> str:
-  """``text`` (a storage library's message) cut where its internals begin
-  (TensorStore's spec, source locations, bound methods)."""
-  for marker in _INTERNALS:
-    text = text.split(marker, 1)[0]
-  return text.strip().rstrip(".:;,")
-
-
-def quiet_storage_noise() -> None:
-  """Keeps the console to the one line that matters when a save or a
-  restore fails. TensorStore completes the other reads or writes with
-  callbacks into an event loop Orbax has already closed; each raises
-  'Event loop is closed' into sys.unraisablehook (a workdir whose every
-  checkpoint was truncated printed 7,000 lines of them), and the storage
-  libraries log what this module reports (:class:`_ReportedElsewhere`).
-  Drops those, and only those, for the rest of the process."""
-  # The writes a failed save abandons, reported at the interpreter's exit.
-  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
-                          category=RuntimeWarning)
-  for name in ("absl", "asyncio"):
-    logger = logging.getLogger(name)
-    if not any(isinstance(f, _ReportedElsewhere) for f in logger.filters):
-      logger.addFilter(_ReportedElsewhere())
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_loop_callbacks", False):
-    return
-
-  def hook(unraisable):
-    e = unraisable.exc_value
-    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
-      return
-    previous(unraisable)
-
-  hook.drops_closed_loop_callbacks = True
-  sys.unraisablehook = hook
-
-
-def _read_error(e: BaseException) -> str:
-  """Why a checkpoint could not be read, in one short clause: the first
-  line of the innermost error of ``e``'s chain (TensorStore's own, e.g.
-  'Error reading "params.x/0.0" in OCDBT database at ...: ZSTD_decompress
-  Stream() failed: Data corruption detected'), cut where the library's
-  internals begin."""
-  chain, seen = [], set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    chain.append(e)
-    e = e.__cause__ or e.__context__
-  for error in reversed(chain):
-    text = (str(error).strip().splitlines() or [""])[0]
-    text = without_internals(text)
-    # 'OUT_OF_RANGE: Error opening "cast" driver: Error opening "zarr"
-    # driver: Error reading "a.b/.zarray" in OCDBT database at ...: Error
-    # reading Byte range [0, 47029) of ...: Requested byte range [0, 47029)
-    # is not valid for value of size 100': what was read, and why it failed.
-    text = re.sub(r'^[A-Z_]+: ', "", text)
-    text = re.sub(r'Error opening "[^"]*" driver: ', "", text)
-    what = re.match(r'Error reading "[^"]*"', text)
-    if what and ": " in text[what.end():]:
-      text = f"{what.group(0)}: {text.rsplit(': ', 1)[-1]}"
-    if text:
-      return text[:240]
-  return type(chain[0]).__name__
 
 
 def _named_shapes(tree: Any) -> dict:

@@ -202,10 +202,12 @@ def test_profile_tables_the_ops_of_a_traced_step_and_sampler(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_io_compares_plain_and_verified_saves_and_restores():
+  # ... and sampling's read of the step and the EMA.
   lines = run("benchmarks/checkpoint_io.py", "--config", "smoke",
               "--repeats", "1")
-  sides = [json.loads(l) for l in lines[-6:-2]]
+  sides = [json.loads(l) for l in lines[-7:-2]]
   assert [s["side"] for s in sides] == ["plain save", "verified save",
-                                        "plain restore", "verified restore"]
+                                        "plain restore", "verified restore",
+                                        "sampling read"]
   assert all(s["median_s"] > 0 and s["state_bytes"] > 0 for s in sides)
   assert lines[-1].startswith("verified / plain, median of 1: save ")

@@ -16,7 +16,8 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from ddpm_jax import checkpoint_digests, checkpoints, from_config, train
+from ddpm_jax import (checkpoint_digests, checkpoints, from_config,
+                      storage_messages, train)
 from tests.tiny_configs import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +95,30 @@ def truncate_data(workdir, steps):
       os.truncate(f, 100)
 
 
+def changed_kernel(tree):
+  """``tree`` (params or a tree like them) with one value of its input
+  convolution's kernel changed to another finite one."""
+  kernel = np.array(tree["conv_in"]["kernel"])
+  kernel[1, 1, 0, 5] += 0.25
+  tree = jax.tree_util.tree_map(lambda x: x, tree)
+  tree["conv_in"]["kernel"] = jnp.asarray(kernel)
+  return tree
+
+
+def store_as(tmp_path, step, state):
+  """Replaces checkpoint ``step``'s stored state with ``state``, the
+  digests saved with it untouched."""
+  other = checkpoints.checkpoint_manager(str(tmp_path / "other"))
+  other.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(
+      state)))
+  other.wait_until_finished()
+  target = tmp_path / "run" / "checkpoints" / str(step) / "state"
+  shutil.rmtree(target)
+  shutil.copytree(tmp_path / "other" / "checkpoints" / str(step) / "state",
+                  target)
+  shutil.rmtree(tmp_path / "other")
+
+
 def change_a_value(tmp_path, step, state):
   """Replaces checkpoint ``step``'s stored state with ``state`` with one
   value of its params changed to another finite one, the digests saved with
@@ -101,19 +126,7 @@ def change_a_value(tmp_path, step, state):
   digest can tell. (Random bytes in its files, as a disk would change them,
   mostly land in zstd-compressed data and fail to decode:
   test_random_bytes_... covers that; this is the case where they decode.)"""
-  kernel = np.array(state.params["conv_in"]["kernel"])
-  kernel[1, 1, 0, 5] += 0.25
-  params = jax.tree_util.tree_map(lambda x: x, state.params)
-  params["conv_in"]["kernel"] = jnp.asarray(kernel)
-  other = checkpoints.checkpoint_manager(str(tmp_path / "other"))
-  other.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(
-      state.replace(params=params))))
-  other.wait_until_finished()
-  target = tmp_path / "run" / "checkpoints" / str(step) / "state"
-  shutil.rmtree(target)
-  shutil.copytree(tmp_path / "other" / "checkpoints" / str(step) / "state",
-                  target)
-  shutil.rmtree(tmp_path / "other")
+  store_as(tmp_path, step, state.replace(params=changed_kernel(state.params)))
 
 
 def test_digests_do_not_depend_on_the_values_position_only():
@@ -147,6 +160,39 @@ def test_changed_bytes_fail_the_digest_check_and_the_previous_is_used(
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints_unreadable")) == [
       "2"]
   assert manager.all_steps() == [1]
+
+
+def test_reading_some_fields_checks_those_and_reads_nothing_else(
+    tmp_path, template, capsys):
+  # What sampling reads: the step and the EMA parameters. A changed value in
+  # the optimizer state, which a whole restore refuses, does not stop it;
+  # one in the EMA does, as for a whole restore.
+  fields = ("step", "ema_params")
+  saved(tmp_path, {1: at_step(template, 1), 2: at_step(template, 2)})
+  state = at_step(template, 2)
+  adam = state.opt_state[0]
+  store_as(tmp_path, 2, state.replace(opt_state=(
+      adam._replace(mu=changed_kernel(adam.mu)),) + state.opt_state[1:]))
+
+  def restore(**options):
+    return checkpoints.restore_latest(checkpoints.checkpoint_manager(
+        str(tmp_path / "run"), read_only=True), template, **options)
+
+  some = restore(fields=fields)
+  assert sorted(some.state) == sorted(fields) and int(some.state["step"]) == 2
+  for a, b in zip(jax.tree_util.tree_leaves(some.state["ema_params"]),
+                  jax.tree_util.tree_leaves(template.ema_params)):
+    np.testing.assert_array_equal(a, b)
+  assert capsys.readouterr().err == ""
+  assert int(restore().state.step) == 1  # the whole state: refused
+  assert "digest check failed for opt_state.0.mu.conv_in.kernel" in (
+      capsys.readouterr().err)
+
+  store_as(tmp_path, 2, state.replace(
+      ema_params=changed_kernel(state.ema_params)))
+  assert int(restore(fields=fields).state["step"]) == 1
+  assert ("checkpoint 2 fails its check (digest check failed for "
+          "ema_params.conv_in.kernel") in capsys.readouterr().err
 
 
 def test_a_nonfinite_state_is_never_saved(tmp_path, template):
@@ -321,11 +367,11 @@ def test_a_read_error_is_cut_where_the_library_internals_begin(tail):
                  'range [0, 2608) of local file "/w/4/state/d/x": Requested '
                  'byte range [0, 2608) is not valid for value of size 100'
                  + tail)
-  assert checkpoints._read_error(e) == (
+  assert storage_messages.read_error(e) == (
       'Error reading "a.b/.zarray": Requested byte range [0, 2608) is not '
       'valid for value of size 100')
   zstd = ValueError('DATA_LOSS: Error reading "params.x/0.0" in OCDBT '
                     'database at local file "/w/": ZSTD_decompressStream() '
                     'failed: Data corruption detected' + tail)
-  assert checkpoints._read_error(zstd) == (
+  assert storage_messages.read_error(zstd) == (
       'Error reading "params.x/0.0": Data corruption detected')

@@ -1,10 +1,11 @@
 """Which weights a workdir hands out: interop.sources.load_workdir (the path
 of sample.py, evaluate.py and the export) returns the EMA parameters when
 asked and the raw ones with use_ema=False, read from a checkpoint where the
-two differ in every leaf."""
+two differ in every leaf, and reads nothing else of it."""
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from ddpm_jax import checkpoints, from_config, train
@@ -20,7 +21,10 @@ def test_load_workdir_returns_ema_or_raw_params(tmp_path):
   state = train.create_train_state(config, model, tx)
   raw = jax.tree_util.tree_map(lambda p: p + 1.0, state.params)
   ema = jax.tree_util.tree_map(lambda p: p - 2.0, state.params)
-  state = state.replace(step=state.step + 3, params=raw, ema_params=ema)
+  # The optimizer state is not read: saved here as another optimizer's,
+  # which a restore of the whole state onto the config's would refuse.
+  state = state.replace(step=state.step + 3, params=raw, ema_params=ema,
+                        opt_state=optax.sgd(0.1, momentum=0.9).init(raw))
   workdir = str(tmp_path / "run")
   manager = checkpoints.checkpoint_manager(workdir)
   checkpoints.save(manager, 3, state)

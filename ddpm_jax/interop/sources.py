@@ -27,7 +27,8 @@ def _base_config() -> ml_collections.ConfigDict:
 def load_workdir(workdir: str, use_ema: bool = True
                  ) -> Tuple[ml_collections.ConfigDict, Any, int]:
   """A train.py workdir -> (its config, the latest checkpoint's EMA (or raw)
-  params, that checkpoint's step)."""
+  params, that checkpoint's step). Only those params and the step are read
+  from the checkpoint, and checked against their digests."""
   paths.check_reachable(workdir)
   if not paths.isfile(paths.join(workdir, checkpoints.CONFIG_FILE)):
     raise FileNotFoundError(
@@ -42,12 +43,15 @@ def load_workdir(workdir: str, use_ema: bool = True
           f"--workdir {workdir}) or pass another --workdir")
     model = from_config.make_model(config)
     tx = from_config.make_optimizer(config)
+    # Only the step and the parameters used are read (and checked), not
+    # the optimizer state or the other parameters.
+    field = "ema_params" if use_ema else "params"
     state = checkpoints.restore_latest(
-        manager, train_state_shapes(config, model, tx)).state
+        manager, train_state_shapes(config, model, tx),
+        fields=("step", field)).state
   finally:
     manager.close()
-  params = state.ema_params if use_ema else state.params
-  return config, params, int(state.step)
+  return config, state[field], int(state["step"])
 
 
 def _scheduler_file(path: str) -> Optional[str]:
