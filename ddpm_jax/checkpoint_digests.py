@@ -15,7 +15,7 @@ checkpoint written by 8 devices verifies when restored on 1.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -92,10 +92,22 @@ def nonfinite(summary: Mapping[str, Tuple[str, bool]]) -> List[str]:
   return sorted(name for name, (_, finite) in summary.items() if not finite)
 
 
-def to_json(summary: Mapping[str, Tuple[str, bool]]) -> dict:
-  """What a checkpoint stores: the scheme and each leaf's digest."""
-  return {"format": FORMAT,
-          "digests": {name: digest for name, (digest, _) in summary.items()}}
+def shapes(tree: Any) -> Dict[str, List[int]]:
+  """{leaf name: its shape} for every array of ``tree``."""
+  return {leaf_name(path): [int(d) for d in np.shape(x)]
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def to_json(summary: Mapping[str, Tuple[str, bool]],
+            leaf_shapes: Optional[Mapping[str, List[int]]] = None) -> dict:
+  """What a checkpoint stores: the scheme, each leaf's digest and, where
+  given, each leaf's shape (:func:`shapes`; a restore compares the
+  parameters' with the config's model before it reads any array)."""
+  out = {"format": FORMAT,
+         "digests": {name: digest for name, (digest, _) in summary.items()}}
+  if leaf_shapes is not None:
+    out["shapes"] = dict(leaf_shapes)
+  return out
 
 
 def mismatches(saved: Mapping[str, Any],

@@ -34,6 +34,8 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
 DIGESTS_ITEM = "digests"
+# The file of a JSON item (Orbax's JsonSave) in its folder.
+_JSON_ITEM_FILE = "metadata"
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -97,8 +99,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
         f"the train state of step {step} is not finite ({_names(bad)}): "
         f"not saved; the last checkpoint is step {manager.latest_step()}")
   items = {STATE_ITEM: ocp.args.StandardSave(state),
-           DIGESTS_ITEM: ocp.args.JsonSave(
-               checkpoint_digests.to_json(summary))}
+           DIGESTS_ITEM: ocp.args.JsonSave(checkpoint_digests.to_json(
+               summary, checkpoint_digests.shapes(state)))}
   if data_position is not None:
     items[DATA_ITEM] = ocp.args.JsonSave(data_position)
   manager.save(step, args=ocp.args.Composite(**items))
@@ -182,8 +184,7 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
       # A checkpoint of another model is refused from its metadata, before
       # a restore starts reads that would outlive the error.
       mismatch = params_mismatch(
-          template, paths.join(str(manager.directory), str(step),
-                               STATE_ITEM))
+          template, paths.join(str(manager.directory), str(step)))
       if mismatch:
         raise ValueError(mismatch)
       items = {STATE_ITEM: ocp.args.StandardRestore(template)
@@ -240,19 +241,37 @@ def _named_shapes(tree: Any) -> dict:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def params_mismatch(template: Any, state_dir: str) -> Optional[str]:
-  """How the parameters saved in ``state_dir`` (a checkpoint's state item)
-  differ in names or shapes from ``template.params``, in one sentence; None
-  where they agree, or where the metadata cannot be read (the restore
-  itself then decides)."""
+def _saved_param_shapes(step_dir: str) -> Optional[dict]:
+  """{'a.b.c': shape} of the parameters saved in checkpoint ``step_dir``:
+  from its digests item where that lists the shapes (one small file), else
+  from Orbax's metadata of its state item (which opens every array); None
+  where neither can be read (the restore itself then decides)."""
+  try:
+    saved = json.loads(paths.read_text(paths.join(
+        step_dir, DIGESTS_ITEM, _JSON_ITEM_FILE)))["shapes"]
+    return {name[len("params."):]: tuple(shape)
+            for name, shape in saved.items() if name.startswith("params.")}
+  except Exception:  # pylint: disable=broad-except
+    pass  # saved without shapes: Orbax's metadata
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(paths.join(
+          step_dir, STATE_ITEM)).item_metadata["params"]
+    return _named_shapes(saved)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def params_mismatch(template: Any, step_dir: str) -> Optional[str]:
+  """How the parameters saved in checkpoint ``step_dir`` differ in names or
+  shapes from ``template.params``, in one sentence; None where they agree,
+  or where the saved shapes cannot be read (the restore itself then
+  decides)."""
   want = getattr(template, "params", None)
   if want is None:
     return None
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      saved = checkpointer.metadata(state_dir).item_metadata["params"]
-    saved = _named_shapes(saved)
-  except Exception:  # pylint: disable=broad-except
+  saved = _saved_param_shapes(step_dir)
+  if saved is None:
     return None
   want = _named_shapes(want)
   only_saved = sorted(set(saved) - set(want))

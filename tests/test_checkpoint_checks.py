@@ -195,6 +195,33 @@ def test_reading_some_fields_checks_those_and_reads_nothing_else(
           "ema_params.conv_in.kernel") in capsys.readouterr().err
 
 
+def test_another_models_checkpoint_is_named_from_its_saved_shapes(
+    tmp_path, template):
+  # The parameters' names and shapes are compared before any array is read:
+  # from the shapes the digests item lists (here with every data file
+  # truncated, so that Orbax's own metadata cannot be read), and, for a
+  # checkpoint saved before they were listed, from Orbax's metadata.
+  wider = template.replace(params={**template.params, "conv_in": {
+      "kernel": jnp.zeros((3, 3, 1, 16)), "bias": jnp.zeros((16,))}})
+  want = ("params.conv_in.bias has shape (8,) in the checkpoint and (16,) in "
+          "the config's model; use the config that trained it")
+  saved(tmp_path, {1: at_step(template, 1)})
+  step_dir = str(tmp_path / "run" / "checkpoints" / "1")
+  assert checkpoints.params_mismatch(template, step_dir) is None
+  truncate_data(tmp_path / "run", (1,))
+  assert checkpoints.params_mismatch(wider, step_dir) == want
+
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "old"))
+  summary = checkpoint_digests.summarize(template)
+  manager.save(1, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(template),
+      digests=ocp.args.JsonSave(checkpoint_digests.to_json(summary))))
+  manager.wait_until_finished()
+  old = str(tmp_path / "old" / "checkpoints" / "1")
+  assert checkpoints.params_mismatch(template, old) is None
+  assert checkpoints.params_mismatch(wider, old) == want
+
+
 def test_a_nonfinite_state_is_never_saved(tmp_path, template):
   manager = saved(tmp_path, {1: at_step(template, 1)})
   with pytest.raises(checkpoints.NonFiniteStateError,
