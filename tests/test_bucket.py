@@ -156,14 +156,18 @@ def test_sigkill_and_restart_in_the_bucket_matches_uninterrupted_run(gcs):
   import subprocess
   import sys
   p = subprocess.run([sys.executable, "tests/scripts/kill_resume.py",
-                      "--kills", "2", "--steps", "8", "--seed", "2",
+                      # 12 steps: with 8, one cold suite run (2026-12-07)
+                      # ended after one kill; the script stops killing
+                      # once the latest checkpoint is 2 steps from the end
+                      # or the run finishes first. killed_at says where.
+                      "--kills", "2", "--steps", "12", "--seed", "2",
                       "--workdir", f"gs://{BUCKET}/kill"], cwd=ROOT,
                      env=dict(os.environ, **gcs), capture_output=True,
                      text=True, timeout=1200)
   assert p.stdout.strip(), p.stderr[-3000:]
   result = json.loads(p.stdout.strip().splitlines()[-1])
   assert p.returncode == 0, (result, p.stderr[-3000:])
-  assert result["kills"] == 2
+  assert result["kills"] == 2, result
   assert result["max_abs_diff"] <= 1e-6 and result["int_leaves_equal"]
   assert not _local_leftovers()
 

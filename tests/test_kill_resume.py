@@ -30,5 +30,5 @@ def test_sigkill_and_restart_matches_uninterrupted_run(tmp_path):
   assert p.stdout.strip(), p.stderr[-3000:]
   result = json.loads(p.stdout.strip().splitlines()[-1])
   assert p.returncode == 0, (result, p.stderr[-3000:])
-  assert result["kills"] == 3
+  assert result["kills"] == 3, result
   assert result["max_abs_diff"] <= 1e-6 and result["int_leaves_equal"]

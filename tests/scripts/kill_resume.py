@@ -121,7 +121,7 @@ def main():
   subprocess.run(command(straight), cwd=ROOT, env=env(), check=True,
                  capture_output=True)
 
-  kills_done = 0
+  kills_done, killed_at = 0, []  # the latest checkpoint after each kill
   while kills_done < args.kills:
     done_before = latest_step(killed)
     if done_before >= STEPS - 2:
@@ -143,6 +143,7 @@ def main():
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kills_done += 1
+    killed_at.append(latest_step(killed))
   p = subprocess.run(command(killed), cwd=ROOT, env=env(),
                      capture_output=True, text=True)
   if p.returncode != 0:
@@ -155,7 +156,8 @@ def main():
               for k in a if a[k].dtype.kind == "f")
   steps_equal = all(np.array_equal(a[k], b[k]) for k in a
                     if a[k].dtype.kind != "f")
-  print(json.dumps({"kills": kills_done, "max_abs_diff": worst,
+  print(json.dumps({"kills": kills_done, "killed_at": killed_at,
+                    "max_abs_diff": worst,
                     "int_leaves_equal": steps_equal}))
   sys.exit(0 if worst <= 1e-6 and steps_equal else 1)
 
