@@ -25,6 +25,7 @@ PLACEHOLDERS = {"N": "2", "i": "0", "W": "workdir/digits", "C": "tiny8",
                 "DIR": "workdir/digits", "PATH": "models/x"}
 ARGPARSE_SCRIPTS = ("tests/scripts/kill_resume.py",
                     "tests/scripts/suite_profile.py",
+                    "tests/scripts/spy_summary.py",
                     "ddpm_jax.interop.inception_weights")
 
 
