@@ -51,8 +51,9 @@ class _RoutineReadOnlyNotes(logging.Filter):
   """Drops the warnings Orbax logs on every read-only restore (sampling,
   evaluation, export), which read like errors but report nothing wrong:
   the options a read-only manager ignores, the read-only directory, and
-  the step metadata missing from a state item (which
-  :func:`params_mismatch` reads on its own; the step's is elsewhere)."""
+  the step metadata missing from a state item (whose metadata
+  :func:`params_mismatch` reads on its own for a checkpoint saved without
+  the shapes; the step's is elsewhere)."""
 
   _NOTES = ("CheckpointManagerOptions.read_only=True",
             "Given directory is read only")
@@ -176,13 +177,16 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
   error is raised and nothing is moved: a config that no longer matches
   the checkpoints is not mistaken for damage.
   """
+  if isinstance(fields, str):
+    raise TypeError(f"fields must be a sequence of field names, not the "
+                    f"string {fields!r}")
   storage_messages.quiet_storage_noise()
   steps = sorted(manager.all_steps(), reverse=True)
   failures = []
   for step in steps:
     try:
-      # A checkpoint of another model is refused from its metadata, before
-      # a restore starts reads that would outlive the error.
+      # A checkpoint of another model is refused from the shapes saved with
+      # it, before a restore starts reads that would outlive the error.
       mismatch = params_mismatch(
           template, paths.join(str(manager.directory), str(step)))
       if mismatch:
@@ -193,11 +197,19 @@ def restore_latest(manager: ocp.CheckpointManager, template: Any,
         if paths.isdir(paths.join(str(manager.directory), str(step), name)):
           items[name] = ocp.args.JsonRestore()
       out = manager.restore(step, args=ocp.args.Composite(**items))
+      if fields is not None:
+        # Orbax gives a field the checkpoint lacks as the template's leaf.
+        missing = [checkpoint_digests.leaf_name(path) for path, leaf in
+                   jax.tree_util.tree_leaves_with_path(out[STATE_ITEM])
+                   if not isinstance(leaf, jax.Array)]
+        if missing:
+          raise ValueError(f"it holds no {_names(missing)}")
       position = out[DATA_ITEM] if DATA_ITEM in items else None
       restored = Restored(out[STATE_ITEM],
                           None if position is None else dict(position))
     except Exception as e:  # pylint: disable=broad-except
-      failures.append((step, f"is unreadable ({storage_messages.read_error(e)})", e))
+      failures.append(
+          (step, f"is unreadable ({storage_messages.read_error(e)})", e))
       continue
     problem = verify(restored.state, dict(out[DIGESTS_ITEM])
                      if DIGESTS_ITEM in items else None, fields)

@@ -18,9 +18,10 @@ _INTERNALS = (" See full TensorStore details", " [source locations",
 
 class _ReportedElsewhere(logging.Filter):
   """Drops the storage libraries' log records about a checkpoint that
-  ddpm-jax reports itself in one line (:mod:`ddpm_jax.checkpoints`): Orbax's 'Failed to get item metadata'
-  warning for a damaged one, and asyncio's 'exception was never retrieved'
-  for the TensorStore reads a failed restore leaves behind."""
+  ddpm-jax reports itself in one line (:mod:`ddpm_jax.checkpoints`):
+  Orbax's 'Failed to get item metadata' warning for a damaged one, and
+  asyncio's 'exception was never retrieved' for the TensorStore reads a
+  failed restore leaves behind."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = str(record.msg)

@@ -195,6 +195,28 @@ def test_reading_some_fields_checks_those_and_reads_nothing_else(
           "ema_params.conv_in.kernel") in capsys.readouterr().err
 
 
+def test_a_field_the_checkpoint_lacks_is_one_error_not_a_crash(tmp_path,
+                                                               template):
+  # Orbax's partial restore gives a field the checkpoint does not hold as
+  # the template's own leaf (here shapes, not arrays): refused by name.
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "run"))
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(
+      {"step": template.step, "params": template.params})))
+  manager.wait_until_finished()
+  shapes = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      template)
+  with pytest.raises(ValueError, match=r"checkpoint 1 in .* is unreadable "
+                     r"\(it holds no ema_params\.conv_in\.bias, "
+                     r"ema_params\.conv_in\.kernel, ema_params\.conv_out\.bias"
+                     r" and 1 more\)"):
+    checkpoints.restore_latest(checkpoints.checkpoint_manager(
+        str(tmp_path / "run"), read_only=True), shapes,
+        fields=("step", "ema_params"))
+  with pytest.raises(TypeError, match="not the string 'ema_params'"):
+    checkpoints.restore_latest(manager, shapes, fields="ema_params")
+
+
 def test_another_models_checkpoint_is_named_from_its_saved_shapes(
     tmp_path, template):
   # The parameters' names and shapes are compared before any array is read:

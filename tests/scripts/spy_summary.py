@@ -30,7 +30,7 @@ KINDS = (("cache read", "_cache_read ("), ("cache write", "_cache_write ("),
          ("lowering", "lower_jaxpr_to_module ("),
          ("tracing", "trace_to_jaxpr ("), ("import", "_find_and_load ("),
          ("checkpoint restore", "restore_latest ("),
-         ("checkpoint save", "checkpoints.py:"),
+         ("checkpoint save", "save (ddpm_jax/checkpoints.py:"),
          ("Orbax (threads)", "orbax/"), ("asyncio (threads)", "asyncio/"))
 _PROCESS = re.compile(r'process (\d+):"([^"]*)"')
 _MODULE = re.compile(r"<module> \(([^:]+)")
@@ -94,6 +94,7 @@ def summarize(path, rate):
 
 
 def main():
+  """Prints the summary of the raw file named on the command line."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("raw", help="py-spy's output (-f raw)")
   parser.add_argument("--rate", type=float, default=20,
