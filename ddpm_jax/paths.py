@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import urllib.parse
+import urllib.request
 import uuid
 from typing import Any, Dict, List
 
@@ -132,6 +133,7 @@ def check_reachable(path: Any, timeout_s: float = 30.0) -> None:
     return
   root = bucket(path)
   _check_emulator_listens(root)
+  _check_gcs_client_setup(root)
   result = {}
 
   def probe():
@@ -179,6 +181,39 @@ def _check_emulator_listens(root: str) -> None:
         f"(STORAGE_EMULATOR_HOST; {type(e).__name__}): start the storage "
         f"emulator there, or unset STORAGE_EMULATOR_HOST for real GCS"
     ) from None
+
+
+# Where the GCS clients send their requests when no emulator is set.
+GCS_HOST = "storage.googleapis.com"
+
+
+def _check_gcs_client_setup(root: str) -> None:
+  """For a gs:// URL on real GCS (no STORAGE_EMULATOR_HOST): a one-line
+  error at once, not after the clients' half-minute of retries, when
+  GOOGLE_APPLICATION_CREDENTIALS names a file that does not exist, or when
+  the storage host's name does not resolve (no network; skipped behind a
+  proxy, which resolves names itself)."""
+  if (not root.startswith(("gs://", "gcs://"))
+      or os.environ.get("STORAGE_EMULATOR_HOST")):
+    return
+  key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+  if key and not os.path.isfile(key):
+    raise ConnectionError(
+        f"cannot reach {root}: GOOGLE_APPLICATION_CREDENTIALS names {key}, "
+        f"which is not a file: point it at a service account's key file, or "
+        f"unset it to use gcloud's (gcloud auth application-default login)")
+  if (urllib.request.getproxies().get("https")
+      and not urllib.request.proxy_bypass(GCS_HOST)):
+    return
+  try:
+    socket.getaddrinfo(GCS_HOST, 443)
+  except socket.gaierror as e:
+    if e.errno != socket.EAI_NONAME:
+      return  # a transient failure: the clients retry it, within the deadline
+    raise ConnectionError(
+        f"cannot reach {root}: the storage host {GCS_HOST} does not resolve "
+        f"({e.strerror}): check the network (for an emulator, set "
+        f"STORAGE_EMULATOR_HOST)") from None
 
 
 def check_writable_folder(path: Any, flag: str) -> None:

@@ -282,8 +282,10 @@ def test_tensorboard_events_in_the_bucket_go_on_in_parts(gcs, tmp_path,
 def test_no_endpoint_and_no_credentials_are_one_line_errors_within_60s(gcs):
   import subprocess
   import sys
-  # An endpoint nobody listens on, and real GCS without credentials (or
-  # network): each stops with one line naming the bucket, in time.
+  # An endpoint nobody listens on, and real GCS with a credentials file
+  # that does not exist: each stops with one line naming the bucket, at
+  # once (test_real_gcs_..._refused_at_once below: the checks before the
+  # clients' retries).
   unreachable = dict(os.environ, **gcs)
   unreachable.update(STORAGE_EMULATOR_HOST="http://127.0.0.1:9",
                      TENSORSTORE_GCS_HTTP_URL="http://127.0.0.1:9")
@@ -304,7 +306,63 @@ def test_no_endpoint_and_no_credentials_are_one_line_errors_within_60s(gcs):
     assert "gs://ddpm-elsewhere" in line, line
     if p is procs[0]:  # said at once, not after gcsfs's retries
       assert "nothing answers at http://127.0.0.1:9" in line, line
+    else:
+      assert "GOOGLE_APPLICATION_CREDENTIALS names /nonexistent/" in line, line
   assert not _local_leftovers()
+
+
+def test_real_gcs_without_a_key_file_or_a_resolving_host_is_refused_at_once(
+    monkeypatch):
+  # Without these checks the GCS clients retry for half a minute, and the
+  # run ends at check_reachable's deadline with a line that names neither
+  # cause.
+  import socket
+  from ddpm_jax import paths
+  for name in ("STORAGE_EMULATOR_HOST", "https_proxy", "HTTPS_PROXY",
+               "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+    monkeypatch.delenv(name, raising=False)
+  asked = []
+
+  def resolve(host, port, *args, **kwargs):
+    asked.append(host)
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+  monkeypatch.setattr(socket, "getaddrinfo", resolve)
+  monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+  start = time.time()
+  with pytest.raises(ConnectionError, match=(
+      "^cannot reach gs://b: GOOGLE_APPLICATION_CREDENTIALS names "
+      "/nonexistent/key.json, which is not a file")):
+    paths.check_reachable("gs://b/run")
+  monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+  with pytest.raises(ConnectionError, match=(
+      "^cannot reach gs://b: the storage host storage.googleapis.com does "
+      "not resolve")):
+    paths.check_reachable("gs://b/run")
+  assert asked == ["storage.googleapis.com"]
+  assert time.time() - start < 5
+  # Behind a proxy the name is the proxy's to resolve: not checked here.
+  monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+  monkeypatch.setattr(paths, "_check_emulator_listens", lambda root: None)
+  monkeypatch.setattr(paths.epath, "Path", _Exists)
+  paths.check_reachable("gs://b/run")
+  assert asked == ["storage.googleapis.com"]
+  # An emulator's endpoint is checked instead (test_no_endpoint_...).
+  monkeypatch.delenv("HTTPS_PROXY")
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+  monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+  paths.check_reachable("gs://b/run")
+  assert asked == ["storage.googleapis.com"]
+
+
+class _Exists:
+  """A stand-in for epath.Path whose every path exists."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def exists(self):
+    return True
 
 
 def test_a_tfds_dataset_in_the_bucket_is_read_per_process(gcs,

@@ -62,10 +62,35 @@ def load(script):
                         run_name="documented_command")
 
 
-def run_commands(script, argvs):
-  """Runs each argv of ``argvs`` with ``script``'s main, as cli.run does
-  for a real process; one result dict per argv."""
+def app_run(main):
+  """``absl.app.run(main)`` as a script's ``__main__`` block runs it (the
+  benchmarks'); its exit code."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  try:
+    app.run(main)
+  except SystemExit as e:
+    if e.code is None:
+      return 0
+    return e.code if isinstance(e.code, int) else 1
+  return 0
+
+
+def runner(script):
+  """How ``script``'s ``__main__`` block runs its main: ddpm_jax's
+  ``cli.run`` (the entry points), or absl's ``app.run`` (the
+  benchmarks)."""
   from ddpm_jax import cli  # pylint: disable=g-import-not-at-top
+  if script.startswith("-m "):
+    return cli.run
+  with open(os.path.join(ROOT, script), encoding="utf-8") as f:
+    return cli.run if "cli.run(main)" in f.read() else app_run
+
+
+def run_commands(script, argvs):
+  """Runs each argv of ``argvs`` with ``script``'s main, as its
+  ``__main__`` block does for a real process (:func:`runner`); one result
+  dict per argv."""
+  run = runner(script)
   before = set(flags.FLAGS)
   name = script[3:] if script.startswith("-m ") else script
   # As in a process of its own, the module executes with its (first)
@@ -94,7 +119,7 @@ def run_commands(script, argvs):
     python_handler.stream = err
     try:
       with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.run(module["main"])
+        rc = run(module["main"])
     finally:
       python_handler.stream = stream
     results.append({"argv": argv, "rc": rc, "stdout": out.getvalue(),
