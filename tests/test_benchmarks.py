@@ -3,6 +3,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -13,21 +14,64 @@ from tests import processes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(*args, devices=None):
-  env = dict(os.environ)
-  if devices:
-    env["XLA_FLAGS"] = processes.xla_flags(devices)
-  p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
-                     text=True, timeout=600, env=env)
-  assert p.returncode == 0, p.stderr[-3000:]
-  return p.stdout.strip().splitlines()
+# The slow tests' benchmark commands, by script, in the order they run.
+# They run in one process of 2 simulated devices (the train step's MFU is
+# checked over both), one after another as each would in a process of its
+# own (tests/scripts/run_commands.py): one Python start, PyTorch's import
+# among it, instead of ten.
+SMOKE = ["--config", "smoke"]
+COMMANDS = {
+    "benchmarks/train_step.py": {
+        "both": [*SMOKE, "--batch", "8", "--steps", "1", "--repeats", "2",
+                 "--peak_tflops", "2"],
+        "per_call": [*SMOKE, "--batch", "8", "--steps", "4",
+                     "--steps_per_call", "2", "--repeats", "1",
+                     "--jax_only"]},
+    "benchmarks/sampling.py": {
+        "both": [*SMOKE, "--num", "2", "--timesteps", "2", "--repeats", "1"],
+        "set": [*SMOKE, "--num", "2", "--timesteps", "2", "--repeats", "1",
+                "--jax_only", "--set", "model.attention_impl=xla", "--set",
+                "model.num_groups=8"],
+        "ticks": [*SMOKE, "--num", "2", "--timesteps", "2", "--repeats",
+                  "1", "--ticks"]},
+    "benchmarks/compile_time.py": {"parts": [*SMOKE, "--batch", "4"]},
+    "benchmarks/op_profile.py": {
+        "train": [*SMOKE, "--what", "train", "--batch", "4", "--calls", "2",
+                  "--out", "{out}/train"],
+        "sample": [*SMOKE, "--what", "sample", "--num", "2", "--timesteps",
+                   "3", "--calls", "1", "--out", "{out}/sample"],
+        # After "sample": its folder is no longer empty.
+        "not_empty": ["--out", "{out}/sample"]},
+    "benchmarks/checkpoint_io.py": {"sides": [*SMOKE, "--repeats", "1"]},
+}
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+  """{(script, name): the command's result (argv, returncode, stdout,
+  stderr)} for COMMANDS, with '{out}' a new folder."""
+  out = str(tmp_path_factory.mktemp("op_profile"))
+  groups = [(script, [[a.format(out=out) for a in argv]
+                      for argv in named.values()])
+            for script, named in COMMANDS.items()]
+  results = processes.run_entries_in_one_process(
+      groups, env=dict(os.environ, XLA_FLAGS=processes.xla_flags(2)))
+  return {(script, name): r
+          for (script, named), rs in zip(COMMANDS.items(), results)
+          for name, r in zip(named, rs)}
+
+
+def stdout_lines(ran, script, name):
+  """The stdout lines of COMMANDS[script][name], which must have ended
+  well."""
+  r = ran[(f"benchmarks/{script}", name)]
+  assert r.returncode == 0, (r.argv, r.stderr[-3000:])
+  return r.stdout.strip().splitlines()
 
 
 @pytest.mark.slow
-def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
-  lines = run("benchmarks/train_step.py", "--config", "smoke", "--batch",
-              "8", "--steps", "1", "--repeats", "2", "--peak_tflops", "2",
-              devices=2)
+def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio(ran):
+  lines = stdout_lines(ran, "train_step.py", "both")
   jax_side, torch_side = json.loads(lines[-4]), json.loads(lines[-3])
   assert jax_side["side"] == "jax" and torch_side["side"] == "torch"
   assert len(jax_side["runs_s"]) == 2 and jax_side["compile_s"] > 0
@@ -39,27 +83,21 @@ def test_train_step_and_sampling_benchmarks_print_both_sides_and_ratio():
   assert set(jax_side["conv_backward"]) == {"conv", "subpixel"}
   assert "ratio jax/torch" in lines[-1]
   # Several steps per call: the steps counted, the loop's backward plan.
-  lines = run("benchmarks/train_step.py", "--config", "smoke", "--batch",
-              "8", "--steps", "4", "--steps_per_call", "2", "--repeats", "1",
-              "--jax_only")
+  lines = stdout_lines(ran, "train_step.py", "per_call")
   jax_side = json.loads(lines[-3])
   assert jax_side["steps_per_call"] == 2 and jax_side["steps_per_s"] > 0
   assert jax_side["gflop_per_step"] > 0
-  lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
-              "--timesteps", "2", "--repeats", "1")
+  lines = stdout_lines(ran, "sampling.py", "both")
   assert json.loads(lines[-4])["timesteps"] == 2
   assert "ratio jax/torch (speed)" in lines[-1]
   # --jax_only: no PyTorch side, the JAX time last; --set recorded.
-  lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
-              "--timesteps", "2", "--repeats", "1", "--jax_only", "--set",
-              "model.attention_impl=xla", "--set", "model.num_groups=8")
+  lines = stdout_lines(ran, "sampling.py", "set")
   jax_side = json.loads(lines[-3])
   assert jax_side["side"] == "jax"
   assert jax_side["set"] == ["model.attention_impl=xla", "model.num_groups=8"]
   assert "torch" not in lines[-1] and lines[-1].endswith("cpu")
   # --ticks: the chain with its in-scan progress ticks against the plain.
-  lines = run("benchmarks/sampling.py", "--config", "smoke", "--num", "2",
-              "--timesteps", "2", "--repeats", "1", "--ticks")
+  lines = stdout_lines(ran, "sampling.py", "ticks")
   assert [json.loads(l)["side"] for l in lines[-4:-2]] == ["jax",
                                                           "jax_ticks"]
   assert "ticking every 1 steps" in lines[-1], lines[-1]
@@ -75,9 +113,8 @@ def test_set_refuses_an_unknown_field_in_one_line():
 
 
 @pytest.mark.slow
-def test_compile_time_reports_the_step_and_its_parts():
-  lines = run("benchmarks/compile_time.py", "--config", "smoke", "--batch",
-              "4")
+def test_compile_time_reports_the_step_and_its_parts(ran):
+  lines = stdout_lines(ran, "compile_time.py", "parts")
   parts = [json.loads(l) for l in lines[-6:-2]]
   assert [p["part"] for p in parts] == ["forward", "gradient", "update",
                                         "step"]
@@ -169,10 +206,8 @@ def test_program_flops_count_loops_by_their_trips():
 
 
 @pytest.mark.slow
-def test_profile_tables_the_ops_of_a_traced_step_and_sampler(tmp_path):
-  lines = run("benchmarks/op_profile.py", "--config", "smoke", "--what",
-              "train", "--batch", "4", "--calls", "2", "--out",
-              str(tmp_path / "train"))
+def test_profile_tables_the_ops_of_a_traced_step_and_sampler(ran):
+  lines = stdout_lines(ran, "op_profile.py", "train")
   rows = [json.loads(l) for l in lines if l.startswith('{"op"')]
   summary = json.loads([l for l in lines if l.startswith('{"what"')][0])
   assert summary["module"] == "jit_train_step" and summary["calls"] == 2
@@ -183,28 +218,26 @@ def test_profile_tables_the_ops_of_a_traced_step_and_sampler(tmp_path):
   assert any(r["gflop_per_s"] for r in rows)
   assert not any(r["kind"] == "while" for r in rows)
   assert summary["conv_dot_gflop_per_call"] > 0
-  assert list((tmp_path / "train").glob("**/*.trace.json.gz"))
+  out = pathlib.Path(ran[("benchmarks/op_profile.py", "train")].argv[-1])
+  assert list(out.glob("**/*.trace.json.gz"))
   assert lines[-len(rows) - 1].startswith("op ")
-  # The sampler: the ops of its scan body run once per step (3 steps,
-  # one device).
-  lines = run("benchmarks/op_profile.py", "--config", "smoke", "--what",
-              "sample", "--num", "2", "--timesteps", "3", "--calls", "1",
-              "--out", str(tmp_path / "sample"))
+  # The sampler: the ops of its scan body run once per step on each
+  # device (3 steps, the 2 devices' runs summed).
+  lines = stdout_lines(ran, "op_profile.py", "sample")
   rows = [json.loads(l) for l in lines if l.startswith('{"op"')]
-  assert max(r["runs_per_call"] for r in rows) == 3
-  assert any(r["gflop_per_s"] and r["runs_per_call"] == 3 for r in rows)
+  summary = json.loads([l for l in lines if l.startswith('{"what"')][0])
+  assert summary["jax_devices"] == "2 x cpu"
+  assert max(r["runs_per_call"] for r in rows) == 3 * 2
+  assert any(r["gflop_per_s"] and r["runs_per_call"] == 3 * 2 for r in rows)
   # A trace folder that is not empty is refused.
-  p = subprocess.run([sys.executable, "benchmarks/op_profile.py", "--out",
-                      str(tmp_path / "sample")], cwd=ROOT,
-                     capture_output=True, text=True, timeout=600)
+  p = ran[("benchmarks/op_profile.py", "not_empty")]
   assert p.returncode == 1 and "is not empty" in p.stderr.splitlines()[-1]
 
 
 @pytest.mark.slow
-def test_checkpoint_io_compares_plain_and_verified_saves_and_restores():
+def test_checkpoint_io_compares_plain_and_verified_saves_and_restores(ran):
   # ... and sampling's read of the step and the EMA.
-  lines = run("benchmarks/checkpoint_io.py", "--config", "smoke",
-              "--repeats", "1")
+  lines = stdout_lines(ran, "checkpoint_io.py", "sides")
   sides = [json.loads(l) for l in lines[-7:-2]]
   assert [s["side"] for s in sides] == ["plain save", "verified save",
                                         "plain restore", "verified restore",

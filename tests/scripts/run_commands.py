@@ -64,14 +64,18 @@ def load(script):
 
 def app_run(main):
   """``absl.app.run(main)`` as a script's ``__main__`` block runs it (the
-  benchmarks'); its exit code."""
+  benchmarks'); its exit code. An exit with a message prints it to stderr,
+  as Python does at a process's end."""
   from absl import app  # pylint: disable=g-import-not-at-top
   try:
     app.run(main)
   except SystemExit as e:
     if e.code is None:
       return 0
-    return e.code if isinstance(e.code, int) else 1
+    if isinstance(e.code, int):
+      return e.code
+    print(e.code, file=sys.stderr)
+    return 1
   return 0
 
 
