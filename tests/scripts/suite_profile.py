@@ -25,6 +25,9 @@ Prints a table per test file, longest first:
   workers keep both cores busy, so this, not wall, is what a file costs
   the run.
 
+Then the tests that wait (:func:`waits`): those that sleep or wait on a
+timeout while a core could work.
+
 Compiles outside any test (at collection) go in a row named '?'. While
 profiling, tests/site/sitecustomize.py shadows any other sitecustomize
 module.
@@ -143,9 +146,10 @@ def summarize(records):
     row = rows[_file(r["test"])]
     if r["kind"] == "start":
       row["tests"] += 1
-      row["start"] = min(row["start"] or r["t"], r["t"])
+      row["start"] = (r["t"] if row["start"] is None
+                      else min(row["start"], r["t"]))
     elif r["kind"] == "end":
-      row["end"] = max(row["end"] or r["t"], r["t"])
+      row["end"] = r["t"] if row["end"] is None else max(row["end"], r["t"])
       row["cpu"] += r.get("cpu", 0.0)
     elif r["hit"]:
       row["hits"] += 1
@@ -155,8 +159,36 @@ def summarize(records):
       row["compile_s"] += r["secs"]
   for row in rows.values():
     row["wall"] = ((row["end"] - row["start"])
-                   if row["start"] and row["end"] else 0.0)
+                   if row["start"] is not None and row["end"] is not None
+                   else 0.0)
   return dict(rows)
+
+
+def waits(records, min_s=3.0):
+  """The tests that used less than half a core while they ran (CPU
+  seconds of the worker and its waited-for processes under half their
+  wall seconds) and whose wall seconds exceed their CPU seconds by at
+  least ``min_s``, most first: [(idle s, wall s, cpu s, test)]. Such a
+  test sleeps or waits on a timeout while its core could work. (A test
+  that computes runs slower than its CPU seconds too while the other
+  worker shares the cores, but not at under half a core.)"""
+  starts = {r["test"]: r["t"] for r in records if r["kind"] == "start"}
+  out = []
+  for r in records:
+    if r["kind"] == "end" and r["test"] in starts:
+      wall = r["t"] - starts[r["test"]]
+      cpu = r.get("cpu", 0.0)
+      if wall - cpu >= min_s and cpu < wall / 2:
+        out.append((wall - cpu, wall, cpu, r["test"]))
+  return sorted(out, reverse=True)
+
+
+def waits_table(rows):
+  """:func:`waits`' rows as a Markdown table."""
+  lines = ["| test | idle s | wall s | cpu s |", "|---|---:|---:|---:|"]
+  lines += [f"| {test} | {idle:.0f} | {wall:.0f} | {cpu:.0f} |"
+            for idle, wall, cpu, test in rows]
+  return "\n".join(lines)
 
 
 def table(rows):
@@ -211,6 +243,11 @@ def main():
   print(f"\npytest exit {rc}, {wall:.0f} s wall; {added} entries added to "
         f"the compile cache {cache}\n")
   print(table(rows))
+  idle = waits(records)
+  if idle:
+    print(f"\nTests that wait (under half a core, wall - CPU >= 3 s; "
+          f"{sum(w[0] for w in idle):.0f} s in all):\n")
+    print(waits_table(idle))
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"rc": rc, "wall": wall, "cache_added": added, "rows": rows,
