@@ -192,7 +192,8 @@ def _check_gcs_client_setup(root: str) -> None:
   error at once, not after the clients' half-minute of retries, when
   GOOGLE_APPLICATION_CREDENTIALS names a file that does not exist, or when
   the storage host's name does not resolve (no network; skipped behind a
-  proxy, which resolves names itself)."""
+  proxy, which resolves names itself, and where the clients are given
+  another endpoint)."""
   if (not root.startswith(("gs://", "gcs://"))
       or os.environ.get("STORAGE_EMULATOR_HOST")):
     return
@@ -204,6 +205,11 @@ def _check_gcs_client_setup(root: str) -> None:
         f"unset it to use gcloud's (gcloud auth application-default login)")
   if (urllib.request.getproxies().get("https")
       and not urllib.request.proxy_bypass(GCS_HOST)):
+    return
+  gcsfs_options = {**fsspec.config.conf.get("gs", {}),
+                   **fsspec.config.conf.get("gcs", {})}
+  if (os.environ.get("TENSORSTORE_GCS_HTTP_URL")
+      or gcsfs_options.get("endpoint_url")):
     return
   try:
     socket.getaddrinfo(GCS_HOST, 443)

@@ -318,9 +318,13 @@ def test_real_gcs_without_a_key_file_or_a_resolving_host_is_refused_at_once(
   # cause.
   import socket
   from ddpm_jax import paths
-  for name in ("STORAGE_EMULATOR_HOST", "https_proxy", "HTTPS_PROXY",
-               "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+  import fsspec
+  for name in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
+               "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+               "no_proxy", "NO_PROXY"):
     monkeypatch.delenv(name, raising=False)
+  for protocol in ("gs", "gcs"):
+    monkeypatch.setitem(fsspec.config.conf, protocol, {})
   asked = []
 
   def resolve(host, port, *args, **kwargs):
@@ -341,14 +345,22 @@ def test_real_gcs_without_a_key_file_or_a_resolving_host_is_refused_at_once(
     paths.check_reachable("gs://b/run")
   assert asked == ["storage.googleapis.com"]
   assert time.time() - start < 5
-  # Behind a proxy the name is the proxy's to resolve: not checked here.
-  monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+  # Behind a proxy the name is the proxy's to resolve, and an endpoint
+  # given to the clients is theirs: not checked here.
   monkeypatch.setattr(paths, "_check_emulator_listens", lambda root: None)
   monkeypatch.setattr(paths.epath, "Path", _Exists)
+  monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+  paths.check_reachable("gs://b/run")
+  monkeypatch.delenv("HTTPS_PROXY")
+  monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", "https://private.example")
+  paths.check_reachable("gs://b/run")
+  monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL")
+  monkeypatch.setitem(fsspec.config.conf, "gs",
+                      {"endpoint_url": "https://private.example"})
   paths.check_reachable("gs://b/run")
   assert asked == ["storage.googleapis.com"]
   # An emulator's endpoint is checked instead (test_no_endpoint_...).
-  monkeypatch.delenv("HTTPS_PROXY")
+  monkeypatch.setitem(fsspec.config.conf, "gs", {})
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
   monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
   paths.check_reachable("gs://b/run")
