@@ -206,10 +206,9 @@ def _check_gcs_client_setup(root: str) -> None:
   if (urllib.request.getproxies().get("https")
       and not urllib.request.proxy_bypass(GCS_HOST)):
     return
-  gcsfs_options = {**fsspec.config.conf.get("gs", {}),
-                   **fsspec.config.conf.get("gcs", {})}
-  if (os.environ.get("TENSORSTORE_GCS_HTTP_URL")
-      or gcsfs_options.get("endpoint_url")):
+  endpoints = [fsspec.config.conf.get(protocol, {}).get("endpoint_url")
+               for protocol in ("gs", "gcs")]
+  if os.environ.get("TENSORSTORE_GCS_HTTP_URL") or any(endpoints):
     return
   try:
     socket.getaddrinfo(GCS_HOST, 443)
