@@ -1,6 +1,7 @@
 """Test settings: exact float32 matmuls, a persistent compile cache, and
 pytest markers. Parity tests compare at highest matmul precision."""
 
+import gc
 import os
 
 import pytest
@@ -26,6 +27,17 @@ if _SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
   os.environ["PYTHONPATH"] = os.pathsep.join(
       filter(None, [_SITE, os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("DDPM_JAX_CACHE_EVERY_PROCESS", "1")
+# The cyclic garbage collector runs less often, here and (through
+# sitecustomize.py) in every process the tests start: with Python's
+# default thresholds (700, 10, 10) it took about a tenth of the CPU time of
+# a test worker (which holds JAX, PyTorch and TensorFlow's objects) and of
+# a tiny train.py run, mostly in full collections over the objects the
+# imports made (docs/testing.md). It changes when unreachable cycles are
+# freed, not what a test computes.
+GC_THRESHOLDS = "100000,50,100"
+os.environ.setdefault("DDPM_JAX_GC_THRESHOLDS", GC_THRESHOLDS)
+gc.set_threshold(*(int(v) for v in
+                   os.environ["DDPM_JAX_GC_THRESHOLDS"].split(",")))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The entry points split the CPU into one JAX device per core
 # (ddpm_jax.parallel.use_cpu_cores). The tests' train.py / sample.py runs

@@ -12,7 +12,9 @@ here, so the entry points still set their flags first) it
   JAX's rule, which spares a shared bucket the writes of every host;
 - records every compile and persistent-cache hit under the test that
   started the process, when tests/scripts/suite_profile.py profiles the
-  suite ($DDPM_JAX_SUITE_PROFILE).
+  suite ($DDPM_JAX_SUITE_PROFILE);
+- sets the cyclic garbage collector's thresholds the suite runs with
+  ($DDPM_JAX_GC_THRESHOLDS, set by tests/conftest.py), at once.
 
 A failure of either is a warning, never a failed import of jax. While this
 folder is on PYTHONPATH it shadows any other sitecustomize module."""
@@ -24,6 +26,7 @@ import sys
 
 EVERY_PROCESS_ENV = "DDPM_JAX_CACHE_EVERY_PROCESS"
 PROFILE_ENV = "DDPM_JAX_SUITE_PROFILE"
+GC_ENV = "DDPM_JAX_GC_THRESHOLDS"
 
 
 def _warn(what, error):
@@ -135,5 +138,16 @@ class _AfterJax(importlib.abc.MetaPathFinder):
     return spec
 
 
+def _set_gc_thresholds(value):
+  """``gc.set_threshold`` of the comma-separated integers ``value``."""
+  import gc  # pylint: disable=g-import-not-at-top
+  try:
+    gc.set_threshold(*(int(v) for v in value.split(",")))
+  except (TypeError, ValueError) as e:
+    _warn(f"${GC_ENV}={value!r} not applied", e)
+
+
+if os.environ.get(GC_ENV):
+  _set_gc_thresholds(os.environ[GC_ENV])
 if _on(EVERY_PROCESS_ENV) or _on(PROFILE_ENV):
   sys.meta_path.insert(0, _AfterJax())
