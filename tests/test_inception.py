@@ -214,8 +214,18 @@ def test_fid_score_of_a_model_end_to_end(random_params, tmp_path,
       config, model, params, "fid", 10, seed=3, batch_size=10,
       reference_stats=str(tmp_path / "fid_stats_digits_test_8px_10.npz"))
   assert again["fid"] == pytest.approx(result["fid"], rel=1e-9)
-  with pytest.raises(metrics.MetricsError, match="same feature layer"):
-    bad = str(tmp_path / "small.npz")
-    metrics.save_statistics(bad, np.zeros(3), np.eye(3))
+  # Statistics of another feature layer are refused before any sampling
+  # (FID-50k would sample for hours first).
+  bad = str(tmp_path / "small.npz")
+  metrics.save_statistics(bad, np.zeros(3), np.eye(3))
+
+  def no_sampling(*args, **kwargs):
+    raise AssertionError("sampled before the statistics were checked")
+
+  monkeypatch.setattr(generate, "generate", no_sampling)
+  with pytest.raises(metrics.MetricsError,
+                     match=f"{bad}: statistics of 3 features, not the FID "
+                           r"Inception's 2048 \(pool3\): compare statistics "
+                           "of the same feature layer"):
     sample_quality.score(config, model, params, "fid", 10,
                          reference_stats=bad)

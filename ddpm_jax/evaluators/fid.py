@@ -92,6 +92,19 @@ def fid_of_features(features: np.ndarray, reference: Tuple[np.ndarray,
   return metrics.frechet_distance(mu, sigma, *reference)
 
 
+def check_statistics(reference: Tuple[np.ndarray, np.ndarray], params: Any,
+                     name: str) -> None:
+  """A one-line error unless ``reference`` (mu, sigma) are statistics of
+  as many features as the Inception ``params`` give (pool3: 2048): checked
+  before any sampling, which a mismatch would waste."""
+  dim = int(np.shape(params["fc"]["kernel"])[0])
+  if np.shape(reference[0]) != (dim,):
+    raise metrics.MetricsError(
+        f"{name}: statistics of {np.shape(reference[0])[0]} features, not "
+        f"the FID Inception's {dim} (pool3): compare statistics of the "
+        f"same feature layer")
+
+
 def _cache_dir(cache_dir: str) -> str:
   return cache_dir or os.environ.get("DDPM_JAX_CACHE") or os.path.join(
       os.path.expanduser("~"), ".cache", "ddpm_jax")

@@ -45,6 +45,7 @@ def score(config: ml_collections.ConfigDict, model: Any, params: Any,
     weights = inception_weights.load_params(inception)
     if reference_stats:
       reference = metrics.load_statistics(reference_stats)
+      fid.check_statistics(reference, weights, reference_stats)
     else:
       reference = fid.dataset_statistics(config, reference_split, weights,
                                          reference_num or None)
