@@ -16,7 +16,7 @@ here, so the entry points still set their flags first) it
 - sets the cyclic garbage collector's thresholds the suite runs with
   ($DDPM_JAX_GC_THRESHOLDS, set by tests/conftest.py), at once.
 
-A failure of either is a warning, never a failed import of jax. While this
+A failure of any part is a warning, never a failed import of jax. While this
 folder is on PYTHONPATH it shadows any other sitecustomize module."""
 
 import importlib.abc
