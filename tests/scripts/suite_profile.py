@@ -23,7 +23,9 @@ Prints a table per test file, longest first:
 - cpu s: CPU seconds (user and system) of the worker and of the processes
   it started and waited for while the file's tests ran. The suite's two
   workers keep both cores busy, so this, not wall, is what a file costs
-  the run.
+  the run;
+- gc s: of those, the seconds Python's cyclic garbage collector took (the
+  worker's per test, a started process's at its exit).
 
 Then the tests that wait (:func:`waits`): those that sleep or wait on a
 timeout while a core could work.
@@ -34,7 +36,9 @@ module.
 """
 
 import argparse
+import atexit
 import collections
+import gc
 import json
 import os
 import pathlib
@@ -90,6 +94,35 @@ def register_listeners(current_test):
 
   monitoring.register_event_listener(on_event)
   monitoring.register_event_duration_secs_listener(on_duration)
+  if "_pytest" not in sys.modules:  # a test worker: the plugin times it
+    _time_gc()
+    atexit.register(lambda: _flush_gc(current_test()))
+
+
+_GC = {"start": None, "secs": 0.0}  # this process's collections
+
+
+def _time_gc():
+  """Adds each garbage collection's seconds to ``_GC`` (once)."""
+  def on_gc(phase, info):
+    del info
+    if phase == "start":
+      _GC["start"] = time.perf_counter()
+    elif _GC["start"] is not None:
+      _GC["secs"] += time.perf_counter() - _GC["start"]
+      _GC["start"] = None
+  if not any(getattr(c, "_suite_profile", False) for c in gc.callbacks):
+    on_gc._suite_profile = True  # pylint: disable=protected-access
+    gc.callbacks.append(on_gc)
+
+
+def _flush_gc(test):
+  """Records the collector's seconds since the last record, under
+  ``test``."""
+  if _GC["secs"]:
+    _append({"kind": "gc", "test": test, "pid": os.getpid(),
+             "secs": _GC["secs"]})
+    _GC["secs"] = 0.0
 
 
 # -- pytest plugin (tests/conftest.py loads it when $DDPM_JAX_SUITE_PROFILE
@@ -110,6 +143,8 @@ def pytest_runtest_protocol(item, nextitem):
   del nextitem
   if not os.environ.get(LOG_ENV):
     return None
+  _time_gc()
+  _flush_gc("?")  # collections between tests (collection, fixtures' ends)
   _RUN_HERE[item.nodeid] = _cpu_secs()
   os.environ[TEST_ENV] = item.nodeid
   _append({"kind": "start", "test": item.nodeid, "t": time.time()})
@@ -120,6 +155,7 @@ def pytest_runtest_logfinish(nodeid, location):
   """Records the end of a test this process ran."""
   del location
   if os.environ.get(LOG_ENV) and nodeid in _RUN_HERE:
+    _flush_gc(nodeid)
     _append({"kind": "end", "test": nodeid, "t": time.time(),
              "cpu": _cpu_secs() - _RUN_HERE[nodeid]})
 
@@ -138,10 +174,10 @@ def _cache_entries(cache_dir):
 
 def summarize(records):
   """Per test file: wall seconds, compiles, cached compiles, compile
-  seconds, persistent-cache hits."""
+  seconds, persistent-cache hits, CPU and garbage-collection seconds."""
   rows = collections.defaultdict(lambda: {
       "start": None, "end": None, "tests": 0, "compiled": 0, "cached": 0,
-      "compile_s": 0.0, "hits": 0, "cpu": 0.0})
+      "compile_s": 0.0, "hits": 0, "cpu": 0.0, "gc_s": 0.0})
   for r in records:
     row = rows[_file(r["test"])]
     if r["kind"] == "start":
@@ -151,6 +187,8 @@ def summarize(records):
     elif r["kind"] == "end":
       row["end"] = r["t"] if row["end"] is None else max(row["end"], r["t"])
       row["cpu"] += r.get("cpu", 0.0)
+    elif r["kind"] == "gc":
+      row["gc_s"] += r["secs"]
     elif r["hit"]:
       row["hits"] += 1
     else:
@@ -193,18 +231,20 @@ def waits_table(rows):
 
 def table(rows):
   """The per-file rows as a Markdown table, longest first, with totals."""
-  lines = ["| file | tests | wall s | cpu s | compiled (>= 0.5 s) | "
-           "compile s | hits |", "|---|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| file | tests | wall s | cpu s | gc s | compiled (>= 0.5 s) | "
+           "compile s | hits |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
   order = sorted(rows, key=lambda f: -rows[f]["wall"])
   for f in order:
     r = rows[f]
     lines.append(f"| {f} | {r['tests']} | {r['wall']:.0f} | {r['cpu']:.0f} | "
-                 f"{r['compiled']} ({r['cached']}) | {r['compile_s']:.0f} | "
-                 f"{r['hits']} |")
+                 f"{r['gc_s']:.1f} | {r['compiled']} ({r['cached']}) | "
+                 f"{r['compile_s']:.0f} | {r['hits']} |")
   tot = {k: sum(r[k] for r in rows.values())
-         for k in ("tests", "compiled", "cached", "compile_s", "hits", "cpu")}
-  lines.append(f"| all | {tot['tests']} | | {tot['cpu']:.0f} | {tot['compiled']} "
-               f"({tot['cached']}) | {tot['compile_s']:.0f} | {tot['hits']} |")
+         for k in ("tests", "compiled", "cached", "compile_s", "hits", "cpu",
+                   "gc_s")}
+  lines.append(f"| all | {tot['tests']} | | {tot['cpu']:.0f} | "
+               f"{tot['gc_s']:.1f} | {tot['compiled']} ({tot['cached']}) | "
+               f"{tot['compile_s']:.0f} | {tot['hits']} |")
   return "\n".join(lines)
 
 
