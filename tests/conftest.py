@@ -27,6 +27,10 @@ if _SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
   os.environ["PYTHONPATH"] = os.pathsep.join(
       filter(None, [_SITE, os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("DDPM_JAX_CACHE_EVERY_PROCESS", "1")
+# ... and compiles a multi-process job's programs once, in its first
+# process, which hands each to the others (they share this machine's
+# cores: each compiled every program at once).
+os.environ.setdefault("DDPM_JAX_SHARE_PROGRAMS", "1")
 # The cyclic garbage collector runs less often, here and (through
 # sitecustomize.py) in every process the tests start: with Python's
 # default thresholds (700, 10, 10) it took about a tenth of the CPU time of

@@ -4,6 +4,7 @@ in one process, and signals sent once the processes are ready."""
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # tests/conftest.py adds this to XLA_FLAGS; docs/testing.md has the
 # measurements.
 OPT_FLAG = "--xla_backend_optimization_level=0"
+
+
+def free_port():
+  """A TCP port of localhost that nothing listens on now (a job's
+  coordinator)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def xla_flags(devices):

@@ -447,9 +447,9 @@ def test_the_documented_pod_command_preempted_and_resumed_in_the_bucket(
   import subprocess
   import sys
   from ddpm_jax import paths
+  from tests.processes import free_port
   from tests.test_multihost import (assert_same_state, env, finish,
-                                    signal_once_training, watch,
-                                    free_port, saved_state)
+                                    signal_once_training, watch, saved_state)
   from tests.tfds_fakes import prepare_cifar10_stand_in
 
   # A stand-in for CIFAR-10 prepared in the bucket (`tfds build cifar10

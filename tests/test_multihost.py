@@ -8,7 +8,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 
@@ -39,12 +38,6 @@ TINY = [
 ]
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def env(devices):
   """A job process's environment: ``devices`` simulated CPU devices, and
   stdout a pipe without PYTHONUNBUFFERED (:func:`signal_once_training`
@@ -58,7 +51,7 @@ def start_job(workdir, *args, host_options=None, entry=("train.py", *TINY)):
   """Two processes of one job (2 devices each) of ``entry`` (train.py on
   the tiny config) on ``workdir`` (None: no --workdir); Popen objects. ``host_options``: {process id: (extra
   environment, preexec_fn)}."""
-  port = free_port()
+  port = processes.free_port()
   procs = []
   for i in range(2):
     extra_env, preexec = (host_options or {}).get(i, ({}, None))

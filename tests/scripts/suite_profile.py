@@ -19,7 +19,8 @@ Prints a table per test file, longest first:
   every program; the entries the whole run added are counted above the
   table);
 - compile s: the seconds those compiles took;
-- hits: programs read back from the persistent cache instead;
+- hits: programs read back from the persistent cache instead, or
+  received from the first process of a multi-process job;
 - cpu s: CPU seconds (user and system) of the worker and of the processes
   it started and waited for while the file's tests ran. The suite's two
   workers keep both cores busy, so this, not wall, is what a file costs
@@ -54,6 +55,9 @@ LOG_ENV = "DDPM_JAX_SUITE_PROFILE"
 TEST_ENV = "DDPM_JAX_SUITE_PROFILE_TEST"
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 HIT_EVENT = "/jax/compilation_cache/cache_hits"
+# A program a process of a test job received from the job's first process
+# instead of compiling it (tests/site/sitecustomize.py): counted as a hit.
+RECEIVED_EVENT = "/ddpm_jax/tests/program_received"
 SLOW_SECS = 0.5  # a compile this long is counted apart (in brackets)
 
 
@@ -81,7 +85,7 @@ def register_listeners(current_test):
 
   def on_event(event, **kwargs):
     del kwargs
-    if event == HIT_EVENT:
+    if event in (HIT_EVENT, RECEIVED_EVENT):
       local.hit = True
 
   def on_duration(event, secs, **kwargs):

@@ -10,6 +10,16 @@ here, so the entry points still set their flags first) it
   every program again at each start. Only the tests do this (a local
   cache folder, entries under distinct keys); the entry points keep
   JAX's rule, which spares a shared bucket the writes of every host;
+- compiles a program of a multi-process job once, in the job's first
+  process, which hands the executable to the others through the job's
+  key-value store (JAX's ``jax_share_binary_between_hosts``; same
+  variable). Its cache key must then be the same in every process: on the
+  CPU JAX hashes each process's own view of the devices' topology into
+  it, so here the devices of a program that spans processes are hashed
+  by kind, id, process and the machine's CPU features instead. The
+  processes of a test job share the machine's two cores: each compiled
+  every program of the job at once, twice the CPU for the same program.
+  Single-process programs keep JAX's key;
 - records every compile and persistent-cache hit under the test that
   started the process, when tests/scripts/suite_profile.py profiles the
   suite ($DDPM_JAX_SUITE_PROFILE);
@@ -27,6 +37,9 @@ import sys
 EVERY_PROCESS_ENV = "DDPM_JAX_CACHE_EVERY_PROCESS"
 PROFILE_ENV = "DDPM_JAX_SUITE_PROFILE"
 GC_ENV = "DDPM_JAX_GC_THRESHOLDS"
+SHARE_ENV = "DDPM_JAX_SHARE_PROGRAMS"
+# Recorded when a process receives a compiled program from another.
+RECEIVED_EVENT = "/ddpm_jax/tests/program_received"
 
 
 def _warn(what, error):
@@ -46,6 +59,11 @@ def _install():
       _write_cache_from_every_process()
     except Exception as e:  # pylint: disable=broad-except
       _warn("the compile cache is written by process 0 alone", e)
+  if _on(SHARE_ENV):
+    try:
+      _share_programs_between_processes()
+    except Exception as e:  # pylint: disable=broad-except
+      _warn("each process of a job compiles its programs", e)
   if _on(PROFILE_ENV):
     try:
       _register_profile()
@@ -93,6 +111,71 @@ def _write_cache_from_every_process():
     return None
 
   compiler._cache_write = cache_write  # pylint: disable=protected-access
+
+
+def _share_programs_between_processes():
+  """Turns JAX's sharing of compiled programs between the processes of a
+  job on, with process-independent cache keys for the CPU programs that
+  span processes (the docstring above). Not installed (a warning) where
+  JAX's key function is not the one this wraps."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import cache_key  # pylint: disable=g-import-not-at-top
+  original = cache_key._hash_accelerator_config  # pylint: disable=protected-access
+  if list(inspect.signature(original).parameters) != ["hash_obj",
+                                                      "accelerators"]:
+    raise RuntimeError(f"jax's _hash_accelerator_config takes "
+                       f"{list(inspect.signature(original).parameters)}")
+  features = hashlib.sha256(_cpu_features().encode()).hexdigest()
+
+  def hash_accelerator_config(hash_obj, accelerators):
+    devices = list(accelerators.flat)
+    if (len({d.process_index for d in devices}) < 2
+        or any(d.platform != "cpu" for d in devices)):
+      return original(hash_obj, accelerators)
+    hash_obj.update(features.encode())
+    for d in devices:
+      hash_obj.update(f"{d.device_kind}/{d.id}/{d.process_index};".encode())
+    return None
+
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
+  from jax._src import compiler  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  share = compiler._compile_and_share_module  # pylint: disable=protected-access
+  if "first_process_id" not in inspect.signature(share).parameters:
+    raise RuntimeError("jax's _compile_and_share_module takes "
+                       f"{list(inspect.signature(share).parameters)}")
+
+  def compile_or_receive(*args, **kwargs):
+    first = inspect.signature(share).bind(*args, **kwargs).arguments[
+        "first_process_id"]
+    if distributed.global_state.process_id != first:
+      # A program this process receives rather than compiles, for the
+      # suite's profile (tests/scripts/suite_profile.py).
+      monitoring.record_event(RECEIVED_EVENT)
+    return share(*args, **kwargs)
+
+  # JAX keeps the programs it shared on its function (the same dict).
+  compile_or_receive.__dict__.update(share.__dict__)
+  compiler._compile_and_share_module = compile_or_receive  # pylint: disable=protected-access
+  cache_key._hash_accelerator_config = hash_accelerator_config  # pylint: disable=protected-access
+  jax.config.update("jax_share_binary_between_hosts", True)
+  # A job whose first process is gone fails its wait within this, not
+  # JAX's 20 minutes.
+  jax.config.update("jax_share_binary_between_hosts_timeout_ms", 180_000)
+
+
+def _cpu_features():
+  """The machine's CPU model and instruction-set flags (a compiled CPU
+  program is only valid where they are the same)."""
+  import platform  # pylint: disable=g-import-not-at-top
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      lines = [l for l in f if l.startswith(("model name", "flags"))]
+    return "".join(sorted(set(lines)))
+  except OSError:
+    return f"{platform.machine()} {platform.processor()}"
 
 
 def _register_profile():
@@ -149,5 +232,5 @@ def _set_gc_thresholds(value):
 
 if os.environ.get(GC_ENV):
   _set_gc_thresholds(os.environ[GC_ENV])
-if _on(EVERY_PROCESS_ENV) or _on(PROFILE_ENV):
+if _on(EVERY_PROCESS_ENV) or _on(SHARE_ENV) or _on(PROFILE_ENV):
   sys.meta_path.insert(0, _AfterJax())
