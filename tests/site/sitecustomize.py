@@ -12,8 +12,8 @@ here, so the entry points still set their flags first) it
   JAX's rule, which spares a shared bucket the writes of every host;
 - compiles a program of a multi-process job once, in the job's first
   process, which hands the executable to the others through the job's
-  key-value store (JAX's ``jax_share_binary_between_hosts``; same
-  variable). Its cache key must then be the same in every process: on the
+  key-value store (JAX's ``jax_share_binary_between_hosts``), when
+  $DDPM_JAX_SHARE_PROGRAMS is set (tests/conftest.py). Its cache key must then be the same in every process: on the
   CPU JAX hashes each process's own view of the devices' topology into
   it, so here the devices of a program that spans processes are hashed
   by kind, id, process and the machine's CPU features instead. The
