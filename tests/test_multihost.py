@@ -24,9 +24,8 @@ TINY = [
     "--config", "configs/digits.py", "--config.model.ch=32",
     "--config.model.num_res_blocks=1", "--config.diffusion.num_timesteps=20",
     # One resolution level (with attention): what is tested is the job's
-    # distribution, and each process compiles the job's programs under a
-    # cache key of its own (on the CPU the key differs between processes;
-    # tests/site/sitecustomize.py lets process 1 write its entries too).
+    # distribution (process 0 compiles the job's programs and hands them
+    # to process 1: tests/site/sitecustomize.py).
     "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)",
     "--config.model.num_groups=8",
     "--config.training.batch_size=8", "--config.training.log_every=1",

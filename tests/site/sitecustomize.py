@@ -143,13 +143,13 @@ def _share_programs_between_processes():
   from jax._src import compiler  # pylint: disable=g-import-not-at-top
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   share = compiler._compile_and_share_module  # pylint: disable=protected-access
-  if "first_process_id" not in inspect.signature(share).parameters:
+  signature = inspect.signature(share)
+  if "first_process_id" not in signature.parameters:
     raise RuntimeError("jax's _compile_and_share_module takes "
-                       f"{list(inspect.signature(share).parameters)}")
+                       f"{list(signature.parameters)}")
 
   def compile_or_receive(*args, **kwargs):
-    first = inspect.signature(share).bind(*args, **kwargs).arguments[
-        "first_process_id"]
+    first = signature.bind(*args, **kwargs).arguments["first_process_id"]
     if distributed.global_state.process_id != first:
       # A program this process receives rather than compiles, for the
       # suite's profile (tests/scripts/suite_profile.py).
