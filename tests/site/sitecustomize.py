@@ -5,9 +5,9 @@ here, so the entry points still set their flags first) it
 
 - lets every process of a multi-process job write the persistent compile
   cache ($DDPM_JAX_CACHE_EVERY_PROCESS, set by tests/conftest.py). JAX
-  writes it from process 0 alone, and on the CPU a program's key differs
-  between the processes, so a 2-process test job's process 1 compiled
-  every program again at each start. Only the tests do this (a local
+  writes it from process 0 alone, so a 2-process test job's process 1
+  compiled the programs of its own devices again at each start (those
+  spanning the processes are shared, below). Only the tests do this (a local
   cache folder, entries under distinct keys); the entry points keep
   JAX's rule, which spares a shared bucket the writes of every host;
 - compiles a program of a multi-process job once, in the job's first
